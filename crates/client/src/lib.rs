@@ -179,13 +179,11 @@ async fn current_key(conn: &mut http::HttpConn, config: &ClientConfig) -> Result
         .public_key()
         .map_err(|e| Error::Protocol(e.to_string()))?;
     let fp = fingerprint_of(&pk);
-    if let Some(pin) = &config.pin {
-        if *pin != fp {
-            return Err(Error::ServerKeyMismatch {
-                expected: pin.clone(),
-                actual: fp,
-            });
-        }
+    if let Some(pin) = config.pin.as_ref().filter(|pin| **pin != fp) {
+        return Err(Error::ServerKeyMismatch {
+            expected: pin.clone(),
+            actual: fp,
+        });
     }
     Ok(ServerKey {
         pk,

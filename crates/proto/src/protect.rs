@@ -294,9 +294,10 @@ mod tests {
         let mut o = Opener::new(&KEY);
         assert_eq!(o.open(&mut f1.clone()).unwrap_err(), Error::Verify);
         // In order works.
+        let (mut f0, mut f1) = (f0, f1);
         let mut o = Opener::new(&KEY);
-        o.open(&mut f0.clone()).unwrap();
-        o.open(&mut f1.clone()).unwrap();
+        o.open(&mut f0).unwrap();
+        o.open(&mut f1).unwrap();
         assert_eq!(o.next_seq(), 2);
     }
 

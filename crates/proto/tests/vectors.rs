@@ -5,6 +5,8 @@
 //! Regenerate after an intended change with
 //! `WSGATE_REGENERATE_VECTORS=1 cargo test -p wsgate-proto --test vectors`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 
 use rand::SeedableRng as _;

@@ -221,7 +221,7 @@ pub(crate) fn is_nonce_char(c: char) -> bool {
 }
 
 /// Splits `key=value` for the expected one-letter key.
-pub(crate) fn attr<'a>(part: &'a str, key: char) -> Option<&'a str> {
+pub(crate) fn attr(part: &str, key: char) -> Option<&str> {
     let mut chars = part.chars();
     (chars.next() == Some(key) && chars.next() == Some('=')).then(|| &part[2..])
 }

@@ -1,0 +1,561 @@
+//! Configuration: the TOML file as written ([`FileConfig`]) and the
+//! validated, resolved form the gateway runs on ([`Config`]).
+//!
+//! Raw input → validated config → run: nothing starts until every value has
+//! been checked, and every error names the setting and what to do about it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::routes::{Builtin, Route, RouteTable, Target};
+
+/// A configuration problem, worded for the person fixing it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML is malformed or has an unknown or mistyped key.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with line and column.
+        message: String,
+    },
+    /// A value is out of range or inconsistent.
+    #[error("invalid setting `{setting}`: {message}")]
+    Invalid {
+        /// The setting, as written in the file.
+        setting: String,
+        /// What is wrong and what to do.
+        message: String,
+    },
+}
+
+fn invalid(setting: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        setting: setting.into(),
+        message: message.into(),
+    }
+}
+
+/// The configuration file as written. Every field is optional; defaults are
+/// documented on [`Config`].
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// `listen = "127.0.0.1:8080"`.
+    pub listen: Option<String>,
+    /// `data_dir = "wsgate-data"`.
+    pub data_dir: Option<PathBuf>,
+    /// `trusted_proxies = ["127.0.0.1/32"]`: peers whose `Forwarded` /
+    /// `X-Forwarded-For` headers are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// `session_ip_check = true`: a WebSocket must come from the login's IP.
+    pub session_ip_check: Option<bool>,
+    /// `[limits]`.
+    #[serde(default)]
+    pub limits: FileLimits,
+    /// `[login]`.
+    #[serde(default)]
+    pub login: FileLogin,
+    /// `[[routes]]`.
+    #[serde(default)]
+    pub routes: Vec<FileRoute>,
+}
+
+/// `[limits]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct FileLimits {
+    pub max_message_size: Option<usize>,
+    pub max_name_len: Option<usize>,
+    pub max_in_flight: Option<usize>,
+    pub key_init_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub ping_interval_secs: Option<u64>,
+    pub http_body_limit: Option<usize>,
+    pub http_header_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
+}
+
+/// `[login]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct FileLogin {
+    pub iterations: Option<u32>,
+    pub max_failures_per_user: Option<u32>,
+    pub max_failures_per_ip: Option<u32>,
+    pub failure_window_secs: Option<u64>,
+    pub session_ttl_secs: Option<u64>,
+    pub exchange_ttl_secs: Option<u64>,
+}
+
+/// One `[[routes]]` entry as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRoute {
+    /// Exact name, or a prefix ending in `.*`.
+    pub name: String,
+    /// `echo` or `whoami`.
+    pub builtin: Option<String>,
+    /// `http://host:port` (forwarding arrives in a later version).
+    pub upstream: Option<String>,
+    /// Refuse frames without ENC.
+    #[serde(default)]
+    pub sensitive: bool,
+}
+
+impl FileConfig {
+    /// Reads and parses a config file.
+    pub fn from_path(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Self::from_toml(&text, path)
+    }
+
+    /// Parses TOML text; `path` only labels errors.
+    pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Limits on sizes, counts and waits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Limits {
+    /// Largest WebSocket message; larger closes with 1009. Default 1 MiB.
+    pub max_message_size: usize,
+    /// Longest envelope name (≤ 1024). Default 1024.
+    pub max_name_len: usize,
+    /// Requests in flight per connection before `ERR busy`. Default 64.
+    pub max_in_flight: usize,
+    /// HELLO → KEY_INIT deadline; then close 4408. Default 10 s.
+    pub key_init_timeout: Duration,
+    /// Silence after which a connection is closed. Default 60 s.
+    pub idle_timeout: Duration,
+    /// Silence after which the server pings. Default 20 s.
+    pub ping_interval: Duration,
+    /// Largest HTTP request body. Default 16 KiB.
+    pub http_body_limit: usize,
+    /// Deadline for a client to send its HTTP request headers. Default 10 s.
+    pub http_header_timeout: Duration,
+    /// Concurrent TCP connections before new ones are refused. Default 200 000.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_message_size: 1 << 20,
+            max_name_len: wsgate_proto::envelope::MAX_NAME_LEN,
+            max_in_flight: 64,
+            key_init_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(20),
+            http_body_limit: 16 << 10,
+            http_header_timeout: Duration::from_secs(10),
+            max_connections: 200_000,
+        }
+    }
+}
+
+/// Login policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LoginPolicy {
+    /// PBKDF2 iterations for new users (and the fake ones). Default 600 000.
+    pub iterations: u32,
+    /// Failures per user name in a window before 429. Default 10.
+    pub max_failures_per_user: u32,
+    /// Failures per IP in a window before 429. Default 50.
+    pub max_failures_per_ip: u32,
+    /// The failure window. Default 5 minutes.
+    pub failure_window: Duration,
+    /// Session lifetime, absolute from login. Default 12 hours.
+    pub session_ttl: Duration,
+    /// Lifetime of a login exchange between its two requests. Default 60 s
+    /// (the protocol's value; lower it only in tests).
+    pub exchange_ttl: Duration,
+}
+
+impl Default for LoginPolicy {
+    fn default() -> Self {
+        Self {
+            iterations: wsgate_proto::scram::DEFAULT_ITERATIONS,
+            max_failures_per_user: 10,
+            max_failures_per_ip: 50,
+            failure_window: Duration::from_secs(300),
+            session_ttl: Duration::from_secs(12 * 3600),
+            exchange_ttl: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The validated configuration the gateway runs on.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// Listen address. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// Key set, server secret and SQLite credentials. Default `wsgate-data`.
+    pub data_dir: PathBuf,
+    /// Proxies whose forwarding headers are believed. Default none.
+    pub trusted_proxies: Vec<IpNet>,
+    /// Whether KEY_INIT must come from the login's IP. Default true.
+    pub session_ip_check: bool,
+    /// Sizes, counts and waits.
+    pub limits: Limits,
+    /// Login policy.
+    pub login: LoginPolicy,
+    /// Route table (defaults `sys.echo`, `sys.whoami` included).
+    pub routes: RouteTable,
+    /// Serve the demo page at `/`.
+    pub demo: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: PathBuf::from("wsgate-data"),
+            trusted_proxies: Vec::new(),
+            session_ip_check: true,
+            limits: Limits::default(),
+            login: LoginPolicy::default(),
+            routes: RouteTable::with_defaults(),
+            demo: false,
+        }
+    }
+}
+
+fn secs(
+    setting: &str,
+    value: Option<u64>,
+    default: Duration,
+    min: u64,
+    max: u64,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if (min..=max).contains(&v) => Ok(Duration::from_secs(v)),
+        Some(v) => Err(invalid(
+            setting,
+            format!("{v} is out of range; use {min}..={max} seconds"),
+        )),
+    }
+}
+
+fn ranged<T: PartialOrd + Copy + std::fmt::Display>(
+    setting: &str,
+    value: Option<T>,
+    default: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) if v >= min && v <= max => Ok(v),
+        Some(v) => Err(invalid(
+            setting,
+            format!("{v} is out of range; use {min}..={max}"),
+        )),
+    }
+}
+
+impl Config {
+    /// Validates a file config into a runnable config.
+    pub fn from_file(file: FileConfig) -> Result<Self, ConfigError> {
+        let d = Self::default();
+        let listen = match &file.listen {
+            None => d.listen,
+            Some(s) => parse_listen(s)?,
+        };
+        let trusted_proxies = file
+            .trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.parse::<IpNet>()
+                    .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
+                    .map_err(|_| {
+                        invalid(
+                            format!("trusted_proxies[{i}]"),
+                            format!("{s:?} is not an IP address or CIDR block like \"10.0.0.0/8\""),
+                        )
+                    })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let l = &file.limits;
+        let dl = Limits::default();
+        let limits = Limits {
+            max_message_size: ranged(
+                "limits.max_message_size",
+                l.max_message_size,
+                dl.max_message_size,
+                64,
+                64 << 20,
+            )?,
+            max_name_len: ranged(
+                "limits.max_name_len",
+                l.max_name_len,
+                dl.max_name_len,
+                16,
+                1024,
+            )?,
+            max_in_flight: ranged(
+                "limits.max_in_flight",
+                l.max_in_flight,
+                dl.max_in_flight,
+                1,
+                4096,
+            )?,
+            key_init_timeout: secs(
+                "limits.key_init_timeout_secs",
+                l.key_init_timeout_secs,
+                dl.key_init_timeout,
+                1,
+                300,
+            )?,
+            idle_timeout: secs(
+                "limits.idle_timeout_secs",
+                l.idle_timeout_secs,
+                dl.idle_timeout,
+                2,
+                86_400,
+            )?,
+            ping_interval: secs(
+                "limits.ping_interval_secs",
+                l.ping_interval_secs,
+                dl.ping_interval,
+                1,
+                86_400,
+            )?,
+            http_body_limit: ranged(
+                "limits.http_body_limit",
+                l.http_body_limit,
+                dl.http_body_limit,
+                1024,
+                16 << 20,
+            )?,
+            http_header_timeout: secs(
+                "limits.http_header_timeout_secs",
+                l.http_header_timeout_secs,
+                dl.http_header_timeout,
+                1,
+                300,
+            )?,
+            max_connections: ranged(
+                "limits.max_connections",
+                l.max_connections,
+                dl.max_connections,
+                1,
+                10_000_000,
+            )?,
+        };
+        if limits.ping_interval >= limits.idle_timeout {
+            return Err(invalid(
+                "limits.ping_interval_secs",
+                "must be shorter than limits.idle_timeout_secs, or idle connections are closed before they are pinged",
+            ));
+        }
+        let g = &file.login;
+        let dg = LoginPolicy::default();
+        let login = LoginPolicy {
+            iterations: ranged(
+                "login.iterations",
+                g.iterations,
+                dg.iterations,
+                wsgate_proto::scram::MIN_ITERATIONS,
+                wsgate_proto::scram::MAX_ITERATIONS,
+            )?,
+            max_failures_per_user: ranged(
+                "login.max_failures_per_user",
+                g.max_failures_per_user,
+                dg.max_failures_per_user,
+                1,
+                1_000_000,
+            )?,
+            max_failures_per_ip: ranged(
+                "login.max_failures_per_ip",
+                g.max_failures_per_ip,
+                dg.max_failures_per_ip,
+                1,
+                1_000_000,
+            )?,
+            failure_window: secs(
+                "login.failure_window_secs",
+                g.failure_window_secs,
+                dg.failure_window,
+                1,
+                86_400,
+            )?,
+            session_ttl: secs(
+                "login.session_ttl_secs",
+                g.session_ttl_secs,
+                dg.session_ttl,
+                1,
+                90 * 86_400,
+            )?,
+            exchange_ttl: secs(
+                "login.exchange_ttl_secs",
+                g.exchange_ttl_secs,
+                dg.exchange_ttl,
+                1,
+                60,
+            )?,
+        };
+        let mut routes = RouteTable::with_defaults();
+        for (i, r) in file.routes.iter().enumerate() {
+            routes
+                .insert(route_from_file(i, r)?)
+                .map_err(|m| invalid(format!("routes[{i}].name"), m))?;
+        }
+        Ok(Self {
+            listen,
+            data_dir: file.data_dir.unwrap_or(d.data_dir),
+            trusted_proxies,
+            session_ip_check: file.session_ip_check.unwrap_or(true),
+            limits,
+            login,
+            routes,
+            demo: false,
+        })
+    }
+}
+
+/// Parses a listen address, with a hint for the common mistakes.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, ConfigError> {
+    s.parse::<SocketAddr>().map_err(|_| {
+        invalid("listen", format!("{s:?} is not an address with a port; write it like \"127.0.0.1:8080\" or \"[::1]:8080\""))
+    })
+}
+
+fn route_from_file(i: usize, r: &FileRoute) -> Result<Route, ConfigError> {
+    let target = match (&r.builtin, &r.upstream) {
+        (Some(b), None) => Target::Builtin(match b.as_str() {
+            "echo" => Builtin::Echo,
+            "whoami" => Builtin::Whoami,
+            other => {
+                return Err(invalid(
+                    format!("routes[{i}].builtin"),
+                    format!("unknown builtin {other:?}; use \"echo\" or \"whoami\""),
+                ));
+            }
+        }),
+        (None, Some(u)) => {
+            let uri: http::Uri = u.parse().map_err(|_| {
+                invalid(
+                    format!("routes[{i}].upstream"),
+                    format!("{u:?} is not a URL like \"http://127.0.0.1:9000\""),
+                )
+            })?;
+            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+                return Err(invalid(
+                    format!("routes[{i}].upstream"),
+                    format!("{u:?} must be an http:// URL with a host"),
+                ));
+            }
+            return Err(invalid(
+                format!("routes[{i}].upstream"),
+                "upstream forwarding is not available in this version yet; use builtin = \"echo\" or \"whoami\"",
+            ));
+        }
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                format!("routes[{i}]"),
+                "set either `builtin` or `upstream`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(invalid(
+                format!("routes[{i}]"),
+                "needs a target: builtin = \"echo\" or upstream = \"http://…\"",
+            ));
+        }
+    };
+    Route::new(&r.name, target, r.sensitive).map_err(|m| invalid(format!("routes[{i}].name"), m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::from_file(FileConfig::from_toml(text, Path::new("test.toml"))?)
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = parse(
+            r#"
+            listen = "127.0.0.1:9090"
+            data_dir = "somewhere"
+            trusted_proxies = ["127.0.0.1/32", "10.1.2.3"]
+            [[routes]]
+            name = "secret.echo"
+            builtin = "echo"
+            sensitive = true
+            [[routes]]
+            name = "app.*"
+            builtin = "whoami"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.listen, "127.0.0.1:9090".parse().unwrap());
+        assert_eq!(c.trusted_proxies.len(), 2);
+        let r = c.routes.lookup("secret.echo").unwrap();
+        assert!(r.sensitive);
+        assert_eq!(
+            c.routes.lookup("app.thing").unwrap().target,
+            Target::Builtin(Builtin::Whoami)
+        );
+        assert!(c.routes.lookup("sys.echo").is_some(), "defaults stay");
+        assert_eq!(c.limits, Limits::default());
+    }
+
+    #[test]
+    fn errors_name_the_setting_and_the_line() {
+        let e = parse("listen = \"nope\"").unwrap_err().to_string();
+        assert!(e.contains("listen") && e.contains("127.0.0.1:8080"), "{e}");
+        let e = parse("lissen = \"127.0.0.1:1\"").unwrap_err().to_string();
+        assert!(e.contains("lissen") && e.contains("line 1"), "{e}");
+        let e = parse("[[routes]]\nname = \"x\"\nbuiltin = \"nope\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("routes[0].builtin") && e.contains("echo"), "{e}");
+        let e = parse("[limits]\nmax_name_len = 5000")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("limits.max_name_len"), "{e}");
+        let e = parse("trusted_proxies = [\"bogus\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("trusted_proxies[0]"), "{e}");
+        let e = parse("[[routes]]\nname = \"a\"\nupstream = \"http://127.0.0.1:1\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not available"), "{e}");
+        let e = parse("[login]\niterations = 10").unwrap_err().to_string();
+        assert!(e.contains("login.iterations"), "{e}");
+    }
+}

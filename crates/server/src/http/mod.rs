@@ -1,0 +1,21 @@
+//! HTTP: the accept loop and the plain-HTTP endpoints.
+
+pub(crate) mod assets;
+pub(crate) mod auth;
+pub(crate) mod serve;
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+/// A JSON response with `Cache-Control: no-store` (login replies must never
+/// be cached by an intermediary).
+pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
+    let mut resp = (status, body.to_string()).into_response();
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}

@@ -1,0 +1,163 @@
+//! The accept loop: hyper HTTP/1.1 with a header-read deadline, a cap on
+//! concurrent connections, and graceful shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use axum::Router;
+use axum::extract::ConnectInfo;
+use axum::routing::{get, put};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tower_service::Service as _;
+
+use crate::config::Config;
+use crate::keys::{KeySet, ServerSecret};
+use crate::store::{CredentialStore, StateStore};
+use crate::ws::registry::SessionRegistry;
+use crate::{Shared, http, ws};
+
+/// One gateway node, ready to serve.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl Gateway {
+    /// Assembles a node from its parts.
+    pub fn new(
+        config: Config,
+        keys: KeySet,
+        secret: ServerSecret,
+        credentials: Arc<dyn CredentialStore>,
+        state: Arc<dyn StateStore>,
+    ) -> Self {
+        let sessions = SessionRegistry::new(state.clone());
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                keys,
+                secret,
+                credentials,
+                state,
+                sessions,
+                open_connections: Arc::new(AtomicUsize::new(0)),
+            }),
+        }
+    }
+
+    /// The configuration this node runs on.
+    pub fn config(&self) -> &Config {
+        &self.shared.config
+    }
+
+    /// The axum router of every endpoint. Requests need a
+    /// `ConnectInfo<SocketAddr>` extension ([`Gateway::serve`] adds it).
+    pub fn router(&self) -> Router {
+        let mut router = Router::new()
+            .route("/auth/key", get(http::auth::get_key))
+            .route("/auth/session", put(http::auth::put_session))
+            .route("/ws", get(ws::upgrade))
+            .route("/sm.js", get(http::assets::sm_js))
+            .route("/healthz", get(|| async { "ok" }));
+        if self.shared.config.demo {
+            router = router.route("/", get(http::assets::demo_page));
+        }
+        router.with_state(self.shared.clone())
+    }
+
+    /// Serves connections from `listener` until `shutdown` completes, then
+    /// stops accepting and lets HTTP requests in progress finish.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()>,
+    ) -> std::io::Result<()> {
+        let router = self.router();
+        let limits = self.shared.config.limits.clone();
+        let open = self.shared.open_connections.clone();
+        // Each connection task holds a sender; when all are gone, all are done.
+        let (draining, mut drained) = tokio::sync::mpsc::channel::<()>(1);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        self.shared.sessions.start();
+        tokio::pin!(shutdown);
+        loop {
+            let (tcp, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // EMFILE and friends: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            if open.load(Ordering::Relaxed) >= limits.max_connections {
+                tracing::warn!(%peer, "connection refused: limits.max_connections reached");
+                drop(tcp);
+                continue;
+            }
+            let _ = tcp.set_nodelay(true);
+            let guard = ConnGuard::new(open.clone());
+            let router = router.clone();
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                    router.clone().call(req)
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.http_header_timeout)
+                .max_buf_size(16 * 1024)
+                .serve_connection(TokioIo::new(tcp), service)
+                .with_upgrades();
+            let (draining, mut stop) = (draining.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                let (_guard, _draining) = (guard, draining);
+                tokio::pin!(conn);
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
+                    () = async { let _ = stop.wait_for(|s| *s).await; } => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(%peer, error = %e, "http connection ended with an error");
+                }
+            });
+        }
+        drop(listener);
+        drop(draining);
+        let _ = stop_tx.send(true);
+        tokio::select! {
+            _ = drained.recv() => {}
+            () = tokio::time::sleep(std::time::Duration::from_secs(10)) => {
+                tracing::warn!("HTTP connections still open after 10 s; stopping anyway");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Counts an open TCP connection. The HTTP connection's guard drops when
+/// hyper hands the socket to a WebSocket, which then takes its own.
+pub(crate) struct ConnGuard(Arc<AtomicUsize>);
+
+impl ConnGuard {
+    pub(crate) fn new(counter: Arc<AtomicUsize>) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}

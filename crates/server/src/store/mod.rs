@@ -1,0 +1,230 @@
+//! The gateway's two stores (DESIGN §1, §6).
+//!
+//! * [`CredentialStore`]: per user only what SCRAM needs — `salt`,
+//!   `iterations`, `StoredKey`, `ServerKey` — never a password. SQLite by
+//!   default ([`SqliteCredentialStore`]), [`MemoryCredentialStore`] for tests
+//!   and embedding; PostgreSQL for fleets later.
+//! * [`StateStore`]: everything short-lived that every node of a fleet must
+//!   see — SCRAM exchanges between the two login requests, sessions, failure
+//!   counters for rate limiting, and session revocations. In-process by
+//!   default ([`MemoryStateStore`]), Redis for fleets later.
+//!
+//! Every backend runs the same conformance suite (`store/tests.rs`).
+
+mod memory;
+mod sqlite;
+
+#[cfg(test)]
+pub(crate) mod tests;
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use zeroize::Zeroizing;
+
+pub use memory::{MemoryCredentialStore, MemoryStateStore};
+pub use sqlite::SqliteCredentialStore;
+pub use wsgate_proto::scram::Verifier;
+
+/// What the credential store keeps per user (DESIGN §4): never the password.
+///
+/// `name` is the SASLprep'd (stored-strings rules) user name, exactly as it
+/// is looked up and as `user` appears in replies.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UserRecord {
+    /// The stored (SASLprep'd) user name.
+    pub name: String,
+    /// The SCRAM salt (≥ 16 bytes).
+    pub salt: Vec<u8>,
+    /// PBKDF2 iterations.
+    pub iterations: u32,
+    /// `StoredKey = SHA-256(ClientKey)`.
+    pub stored_key: [u8; 32],
+    /// `ServerKey = HMAC(SaltedPassword, "Server Key")`.
+    pub server_key: [u8; 32],
+}
+
+impl UserRecord {
+    /// A record from a verifier computed with
+    /// [`wsgate_proto::scram::derive_verifier`].
+    pub fn from_verifier(
+        name: impl Into<String>,
+        salt: Vec<u8>,
+        iterations: u32,
+        verifier: &Verifier,
+    ) -> Self {
+        Self {
+            name: name.into(),
+            salt,
+            iterations,
+            stored_key: verifier.stored_key,
+            server_key: *verifier.server_key,
+        }
+    }
+
+    /// The SCRAM verifier of this user.
+    pub fn verifier(&self) -> Verifier {
+        Verifier {
+            stored_key: self.stored_key,
+            server_key: Zeroizing::new(self.server_key),
+        }
+    }
+}
+
+impl fmt::Debug for UserRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UserRecord")
+            .field("name", &self.name)
+            .field("salt_len", &self.salt.len())
+            .field("iterations", &self.iterations)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A store failure.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// `add_user` for a name that is already taken.
+    #[error(
+        "user {0:?} already exists; remove it first or choose another name \
+         (setting a new password replaces the user instead of adding it)"
+    )]
+    UserExists(String),
+    /// The backend could not be reached or refused to work (IO error, lock
+    /// held too long, connection lost). Retrying may help.
+    #[error("the store is unavailable: {0}; check that it is reachable and writable, then retry")]
+    Unavailable(String),
+    /// The backend answered with data wsgate cannot use.
+    #[error("the store holds invalid data: {0}; repair the store or restore it from a backup")]
+    Corrupt(String),
+}
+
+/// Where user verifiers live. Implementations must be cheap to share
+/// (`Arc<dyn CredentialStore>`).
+#[async_trait::async_trait]
+pub trait CredentialStore: Send + Sync + fmt::Debug + 'static {
+    /// The user named exactly `name` (no further mapping), if any.
+    async fn get_user(&self, name: &str) -> Result<Option<UserRecord>, StoreError>;
+    /// Adds a user; [`StoreError::UserExists`] if the name is taken.
+    async fn add_user(&self, record: UserRecord) -> Result<(), StoreError>;
+    /// Adds or replaces a user.
+    async fn set_user(&self, record: UserRecord) -> Result<(), StoreError>;
+    /// Removes a user; `true` if it existed.
+    async fn remove_user(&self, name: &str) -> Result<bool, StoreError>;
+    /// Every user name, sorted by bytes (`str` order).
+    async fn list_users(&self) -> Result<Vec<String>, StoreError>;
+}
+
+/// A login session (DESIGN §4): every node accepts it.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct SessionRecord {
+    /// The stored user name.
+    pub user: String,
+    /// The observed IP at login, in the protocol's text form.
+    pub ip: String,
+    /// `fp` of the server key the login was bound to.
+    pub key_fp: String,
+    /// The session key; serialized as b64u.
+    #[serde(with = "b64u_key")]
+    pub session_key: Zeroizing<[u8; 32]>,
+    /// Absolute expiry, unix seconds. The session is valid while
+    /// `now < expires_at`.
+    pub expires_at: u64,
+}
+
+impl SessionRecord {
+    /// Whether the session has expired at `now` (unix seconds).
+    pub fn is_expired_at(&self, now: u64) -> bool {
+        now >= self.expires_at
+    }
+
+    /// Whole seconds left at `now` (unix seconds); 0 once expired.
+    pub fn expires_in_at(&self, now: u64) -> u64 {
+        self.expires_at.saturating_sub(now)
+    }
+}
+
+impl fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("user", &self.user)
+            .field("ip", &self.ip)
+            .field("key_fp", &self.key_fp)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The current wall-clock time in unix seconds, the clock of
+/// [`SessionRecord::expires_at`]. A clock before 1970 reads as 0.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Short-lived state shared by every node of a fleet.
+#[async_trait::async_trait]
+pub trait StateStore: Send + Sync + fmt::Debug + 'static {
+    /// Stores a SCRAM exchange for `ttl`; exactly one `take_exchange` gets it
+    /// (atomic take-once), later ones and expired ones get None.
+    async fn put_exchange(
+        &self,
+        sid: &str,
+        state: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), StoreError>;
+    /// Takes the exchange `sid`: `Some` at most once, `None` if unknown,
+    /// already taken or expired.
+    async fn take_exchange(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Stores a session; it lives until its `expires_at`.
+    async fn put_session(&self, id: &str, record: &SessionRecord) -> Result<(), StoreError>;
+    /// The session `id`; None if unknown, expired or revoked.
+    async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// Removes the session and notifies every watcher (later: every node),
+    /// whether or not this store knew it.
+    async fn revoke_session(&self, id: &str) -> Result<(), StoreError>;
+    /// Session ids revoked from now on. A receiver that lags behind gets
+    /// `RecvError::Lagged`; it should then re-check its sessions with
+    /// [`get_session`](Self::get_session), which returns None for revoked ones.
+    /// Expiry is not announced here: holders of a session close it at
+    /// `expires_at` themselves.
+    fn watch_revocations(&self) -> tokio::sync::broadcast::Receiver<String>;
+    /// Counts one failure for `key` in a fixed window that starts at the
+    /// key's first failure; returns (count including this one, time left in
+    /// the window).
+    async fn record_failure(
+        &self,
+        key: &str,
+        window: Duration,
+    ) -> Result<(u32, Duration), StoreError>;
+    /// (count, time left in the window) for `key`; (0, 0) if none.
+    async fn failures(&self, key: &str) -> Result<(u32, Duration), StoreError>;
+    /// Forgets the failures of `key`.
+    async fn reset_failures(&self, key: &str) -> Result<(), StoreError>;
+}
+
+/// Serde for the session key as b64u, so a JSON-encoded record (Redis) stays
+/// compact and strict.
+mod b64u_key {
+    use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
+    use wsgate_proto::b64;
+    use zeroize::Zeroizing;
+
+    pub(super) fn serialize<S: Serializer>(
+        key: &Zeroizing<[u8; 32]>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&Zeroizing::new(b64::encode_b64u(&key[..])))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Zeroizing<[u8; 32]>, D::Error> {
+        let text = Zeroizing::new(String::deserialize(deserializer)?);
+        b64::decode_b64u_array::<32>(&text)
+            .map(Zeroizing::new)
+            .map_err(|_| D::Error::custom("session_key must be 32 bytes of b64u"))
+    }
+}

@@ -1,0 +1,324 @@
+//! The default [`CredentialStore`]: one SQLite file in the data directory.
+//!
+//! The file holds a single table,
+//! `users (name TEXT PRIMARY KEY, salt BLOB, iterations INTEGER, stored_key BLOB, server_key BLOB)`,
+//! and never a password. It runs in WAL mode with a busy timeout, so
+//! `wsgate user add` can write while `wsgate serve` reads.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, ErrorCode, OptionalExtension as _, params};
+
+use super::{CredentialStore, StoreError, UserRecord};
+
+/// How long a statement waits for another process's lock before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The schema this code writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS users (
+    name TEXT PRIMARY KEY NOT NULL,
+    salt BLOB NOT NULL,
+    iterations INTEGER NOT NULL,
+    stored_key BLOB NOT NULL,
+    server_key BLOB NOT NULL
+)";
+
+/// A [`CredentialStore`] in a SQLite file.
+///
+/// rusqlite is synchronous: every call runs on tokio's blocking pool around
+/// one shared connection, so the methods must be called from within a tokio
+/// runtime. Cloning is cheap and shares the connection.
+#[derive(Clone)]
+pub struct SqliteCredentialStore {
+    conn: Arc<Mutex<Connection>>,
+    location: Arc<str>,
+}
+
+impl fmt::Debug for SqliteCredentialStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteCredentialStore")
+            .field("location", &self.location)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SqliteCredentialStore {
+    /// Opens the store at `path`, creating the file (mode 0600) and the
+    /// schema if missing. The directory must exist.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let location = path.display().to_string();
+        create_private_file(path)?;
+        let conn = Connection::open(path).map_err(|e| sql_error(&location, e))?;
+        let journal: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(|e| sql_error(&location, e))?;
+        if !journal.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Unavailable(format!(
+                "{location}: cannot switch to WAL mode (journal mode is {journal:?}); \
+                 put the data directory on a local file system"
+            )));
+        }
+        Self::init(conn, location)
+    }
+
+    /// A private in-memory store (tests).
+    pub fn open_in_memory() -> Result<Self, StoreError> {
+        let location = ":memory:".to_owned();
+        let conn = Connection::open_in_memory().map_err(|e| sql_error(&location, e))?;
+        Self::init(conn, location)
+    }
+
+    /// Where the store lives (a path, or `:memory:`).
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    fn init(conn: Connection, location: String) -> Result<Self, StoreError> {
+        let err = |e| sql_error(&location, e);
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(err)?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .map_err(err)?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::Corrupt(format!(
+                "{location} has schema version {version}, newer than this wsgate \
+                 understands ({SCHEMA_VERSION}); upgrade wsgate"
+            )));
+        }
+        conn.execute_batch(SCHEMA).map_err(err)?;
+        if version < SCHEMA_VERSION {
+            conn.pragma_update(None, "user_version", SCHEMA_VERSION)
+                .map_err(err)?;
+        }
+        Ok(Self {
+            conn: Arc::new(Mutex::new(conn)),
+            location: location.into(),
+        })
+    }
+
+    /// Runs `f` with the connection on the blocking pool.
+    async fn with_conn<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection, &str) -> Result<T, StoreError> + Send + 'static,
+    {
+        let conn = Arc::clone(&self.conn);
+        let location = Arc::clone(&self.location);
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave SQLite inconsistent
+            // (it is transactional), so a poisoned lock is still usable.
+            let conn = conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            f(&conn, &location)
+        })
+        .await
+        .map_err(|e| {
+            StoreError::Unavailable(format!(
+                "{}: the SQLite worker task failed ({e})",
+                self.location
+            ))
+        })?
+    }
+}
+
+#[cfg(unix)]
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(create_error(path, &e)),
+    }
+}
+
+#[cfg(not(unix))]
+fn create_private_file(path: &Path) -> Result<(), StoreError> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(create_error(path, &e)),
+    }
+}
+
+fn create_error(path: &Path, e: &std::io::Error) -> StoreError {
+    let dir = path.parent().map_or_else(PathBuf::new, Path::to_path_buf);
+    StoreError::Unavailable(format!(
+        "cannot create {}: {e}; check that the directory {} exists and is writable by wsgate",
+        path.display(),
+        dir.display()
+    ))
+}
+
+fn sql_error(location: &str, e: rusqlite::Error) -> StoreError {
+    match &e {
+        rusqlite::Error::SqliteFailure(code, _) => match code.code {
+            ErrorCode::NotADatabase | ErrorCode::DatabaseCorrupt => {
+                StoreError::Corrupt(format!("{location} is not a usable SQLite database ({e})"))
+            }
+            ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked => StoreError::Unavailable(
+                format!("{location} stayed locked by another process ({e})"),
+            ),
+            ErrorCode::CannotOpen | ErrorCode::PermissionDenied | ErrorCode::ReadOnly => {
+                StoreError::Unavailable(format!(
+                    "cannot open {location} for writing ({e}); check its permissions and owner"
+                ))
+            }
+            _ => StoreError::Unavailable(format!("{location}: {e}")),
+        },
+        rusqlite::Error::FromSqlConversionFailure(..)
+        | rusqlite::Error::IntegralValueOutOfRange(..)
+        | rusqlite::Error::InvalidColumnType(..)
+        | rusqlite::Error::Utf8Error(..) => StoreError::Corrupt(format!(
+            "{location}: unexpected value in the users table ({e})"
+        )),
+        _ => StoreError::Unavailable(format!("{location}: {e}")),
+    }
+}
+
+type RawRow = (String, Vec<u8>, i64, Vec<u8>, Vec<u8>);
+
+fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
+    Ok((
+        row.get(0)?,
+        row.get(1)?,
+        row.get(2)?,
+        row.get(3)?,
+        row.get(4)?,
+    ))
+}
+
+fn decode_row(location: &str, raw: RawRow) -> Result<UserRecord, StoreError> {
+    let (name, salt, iterations, stored_key, server_key) = raw;
+    let corrupt = |what: String| StoreError::Corrupt(format!("{location}: user {name:?}: {what}"));
+    let iterations = u32::try_from(iterations)
+        .map_err(|_| corrupt(format!("iterations {iterations} is out of range")))?;
+    let stored_key: [u8; 32] = stored_key.as_slice().try_into().map_err(|_| {
+        corrupt(format!(
+            "stored_key is {} bytes, expected 32",
+            stored_key.len()
+        ))
+    })?;
+    let server_key: [u8; 32] = server_key.as_slice().try_into().map_err(|_| {
+        corrupt(format!(
+            "server_key is {} bytes, expected 32",
+            server_key.len()
+        ))
+    })?;
+    Ok(UserRecord {
+        name,
+        salt,
+        iterations,
+        stored_key,
+        server_key,
+    })
+}
+
+#[async_trait::async_trait]
+impl CredentialStore for SqliteCredentialStore {
+    async fn get_user(&self, name: &str) -> Result<Option<UserRecord>, StoreError> {
+        let name = name.to_owned();
+        self.with_conn(move |conn, location| {
+            let raw = conn
+                .prepare_cached(
+                    "SELECT name, salt, iterations, stored_key, server_key \
+                     FROM users WHERE name = ?1",
+                )
+                .and_then(|mut stmt| stmt.query_row(params![name], raw_row).optional())
+                .map_err(|e| sql_error(location, e))?;
+            raw.map(|raw| decode_row(location, raw)).transpose()
+        })
+        .await
+    }
+
+    async fn add_user(&self, record: UserRecord) -> Result<(), StoreError> {
+        self.with_conn(move |conn, location| {
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO users (name, salt, iterations, stored_key, server_key) \
+                     VALUES (?1, ?2, ?3, ?4, ?5)",
+                )
+                .and_then(|mut stmt| {
+                    stmt.execute(params![
+                        record.name,
+                        record.salt,
+                        i64::from(record.iterations),
+                        &record.stored_key[..],
+                        &record.server_key[..],
+                    ])
+                });
+            match inserted {
+                Ok(_) => Ok(()),
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+                {
+                    Err(StoreError::UserExists(record.name))
+                }
+                Err(e) => Err(sql_error(location, e)),
+            }
+        })
+        .await
+    }
+
+    async fn set_user(&self, record: UserRecord) -> Result<(), StoreError> {
+        self.with_conn(move |conn, location| {
+            conn.prepare_cached(
+                "INSERT INTO users (name, salt, iterations, stored_key, server_key) \
+                 VALUES (?1, ?2, ?3, ?4, ?5) \
+                 ON CONFLICT (name) DO UPDATE SET salt = excluded.salt, \
+                 iterations = excluded.iterations, stored_key = excluded.stored_key, \
+                 server_key = excluded.server_key",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    record.name,
+                    record.salt,
+                    i64::from(record.iterations),
+                    &record.stored_key[..],
+                    &record.server_key[..],
+                ])
+            })
+            .map(drop)
+            .map_err(|e| sql_error(location, e))
+        })
+        .await
+    }
+
+    async fn remove_user(&self, name: &str) -> Result<bool, StoreError> {
+        let name = name.to_owned();
+        self.with_conn(move |conn, location| {
+            conn.prepare_cached("DELETE FROM users WHERE name = ?1")
+                .and_then(|mut stmt| stmt.execute(params![name]))
+                .map(|n| n > 0)
+                .map_err(|e| sql_error(location, e))
+        })
+        .await
+    }
+
+    async fn list_users(&self) -> Result<Vec<String>, StoreError> {
+        self.with_conn(|conn, location| {
+            // BINARY collation compares UTF-8 bytes: the same order as `str`.
+            conn.prepare_cached("SELECT name FROM users ORDER BY name")
+                .and_then(|mut stmt| {
+                    stmt.query_map([], |row| row.get(0))?
+                        .collect::<rusqlite::Result<Vec<String>>>()
+                })
+                .map_err(|e| sql_error(location, e))
+        })
+        .await
+    }
+}

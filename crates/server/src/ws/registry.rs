@@ -1,0 +1,123 @@
+//! Which sessions have connections on this node, so a revocation (LOGOUT on
+//! any connection, on any node) closes all of them.
+//!
+//! One task consumes the state store's revocation feed and wakes only the
+//! connections of the revoked session, instead of every connection
+//! listening to every revocation.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use tokio::sync::{broadcast, watch};
+
+use crate::store::StateStore;
+
+#[derive(Debug)]
+struct Entry {
+    revoked: watch::Sender<bool>,
+    connections: usize,
+}
+
+/// Sessions with live connections on this node.
+#[derive(Debug, Clone)]
+pub(crate) struct SessionRegistry {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Arc<dyn StateStore>,
+    sessions: Mutex<HashMap<String, Entry>>,
+    started: OnceLock<()>,
+}
+
+/// A connection's registration; dropping it unregisters.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    inner: Arc<Inner>,
+    session_id: String,
+    pub(crate) revoked: watch::Receiver<bool>,
+}
+
+impl SessionRegistry {
+    pub(crate) fn new(state: Arc<dyn StateStore>) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                state,
+                sessions: Mutex::new(HashMap::new()),
+                started: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Starts the revocation listener (once).
+    pub(crate) fn start(&self) {
+        if self.inner.started.set(()).is_err() {
+            return;
+        }
+        let inner = self.inner.clone();
+        let mut feed = inner.state.watch_revocations();
+        tokio::spawn(async move {
+            loop {
+                match feed.recv().await {
+                    Ok(id) => inner.revoke_local(&id),
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        // Missed some: re-check every local session.
+                        let ids: Vec<String> = inner.lock().keys().cloned().collect();
+                        for id in ids {
+                            if let Ok(None) = inner.state.get_session(&id).await {
+                                inner.revoke_local(&id);
+                            }
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+
+    /// Registers a connection of `session_id`.
+    pub(crate) fn register(&self, session_id: &str) -> Registration {
+        let mut map = self.inner.lock();
+        let entry = map.entry(session_id.to_owned()).or_insert_with(|| Entry {
+            revoked: watch::channel(false).0,
+            connections: 0,
+        });
+        entry.connections += 1;
+        let revoked = entry.revoked.subscribe();
+        drop(map);
+        Registration {
+            inner: self.inner.clone(),
+            session_id: session_id.to_owned(),
+            revoked,
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (every critical section is a single insert/update/remove).
+        self.sessions
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn revoke_local(&self, session_id: &str) {
+        if let Some(entry) = self.lock().get(session_id) {
+            entry.revoked.send_replace(true);
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut map = self.inner.lock();
+        if let Some(entry) = map.get_mut(&self.session_id) {
+            entry.connections -= 1;
+            if entry.connections == 0 {
+                map.remove(&self.session_id);
+            }
+        }
+    }
+}

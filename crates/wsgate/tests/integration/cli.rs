@@ -1,0 +1,279 @@
+//! The built `wsgate` binary, driven as a user would.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use wsgate_client::{ClientConfig, login};
+
+fn wsgate() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_wsgate"));
+    cmd.env("RUST_LOG", "warn");
+    cmd
+}
+
+fn run(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+    let mut child = wsgate()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A `wsgate serve` process; killed when dropped.
+struct Served {
+    child: Child,
+    addr: std::net::SocketAddr,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve(args: &[&str]) -> Served {
+    let mut child = wsgate()
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("wsgate serve printed no listening line");
+        if let Some(url) = line.split("listening on http://").nth(1) {
+            return Served {
+                child,
+                addr: url.trim().parse().unwrap(),
+            };
+        }
+    }
+}
+
+#[test]
+fn user_add_list_remove_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (ok, out, err) = run(
+        &[
+            "user",
+            "add",
+            "carol",
+            "--data-dir",
+            d,
+            "--password-stdin",
+            "--iterations",
+            "4096",
+        ],
+        Some("s3cret pass\n"),
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("added user \"carol\""), "{out}");
+    let (ok, _, err) = run(
+        &["user", "add", "carol", "--data-dir", d, "--password-stdin"],
+        Some("x\n"),
+    );
+    assert!(!ok);
+    assert!(err.contains("already exists"), "{err}");
+    let (ok, out, _) = run(
+        &[
+            "user",
+            "add",
+            "dave",
+            "--data-dir",
+            d,
+            "--password-stdin",
+            "--iterations",
+            "4096",
+        ],
+        Some("pw\n"),
+    );
+    assert!(ok, "{out}");
+    let (ok, out, _) = run(&["user", "list", "--data-dir", d], None);
+    assert!(ok);
+    assert_eq!(out, "carol\ndave\n");
+    let (ok, _, _) = run(&["user", "remove", "dave", "--data-dir", d], None);
+    assert!(ok);
+    let (ok, _, err) = run(&["user", "remove", "dave", "--data-dir", d], None);
+    assert!(!ok);
+    assert!(err.contains("no user \"dave\""), "{err}");
+    let (_, out, _) = run(&["user", "list", "--data-dir", d], None);
+    assert_eq!(out, "carol\n");
+    // The password is stored nowhere.
+    let db = std::fs::read(dir.path().join("credentials.sqlite3")).unwrap();
+    assert!(!db.windows(11).any(|w| w == b"s3cret pass"));
+    // Empty passwords are refused.
+    let (ok, _, err) = run(
+        &["user", "add", "erin", "--data-dir", d, "--password-stdin"],
+        Some("\n"),
+    );
+    assert!(!ok && err.contains("empty"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_demo_creates_the_data_dir_and_the_demo_user_logs_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let served = serve(&[
+        "--demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    use std::os::unix::fs::PermissionsExt as _;
+    let secret_mode = std::fs::metadata(data.join("server_secret"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(secret_mode & 0o777, 0o600);
+    let key = std::fs::read_dir(data.join("keys"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(key.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+    let config = ClientConfig::from_addr(served.addr);
+    let session = login(&config, "demo", "wsgate-demo").await.unwrap();
+    let mut conn = session.connect(&config).await.unwrap();
+    assert_eq!(conn.request("sys.echo", b"hi", true).await.unwrap(), b"hi");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keygen_rotates_and_the_newest_key_is_current() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let (ok, first, err) = run(&["keygen", "--data-dir", d], None);
+    assert!(ok, "{err}");
+    let (ok, second, _) = run(&["keygen", "--data-dir", d], None);
+    assert!(ok);
+    assert_ne!(first, second);
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("keys")).unwrap().count(),
+        2
+    );
+    let fp = second
+        .split("fingerprint ")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap()
+        .to_owned();
+    let (ok, _, _) = run(
+        &[
+            "user",
+            "add",
+            "carol",
+            "--data-dir",
+            d,
+            "--password-stdin",
+            "--iterations",
+            "4096",
+        ],
+        Some("pw\n"),
+    );
+    assert!(ok);
+    let served = serve(&["--listen", "127.0.0.1:0", "--data-dir", d]);
+    // The newest key is the current one.
+    let config = ClientConfig::from_addr(served.addr).pin(fp);
+    let session = login(&config, "carol", "pw").await.unwrap();
+    session.connect(&config).await.unwrap();
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("bad.toml");
+    std::fs::write(
+        &config,
+        "listen = \"127.0.0.1:1\"\n[limits]\nmax_mesage_size = 5\n",
+    )
+    .unwrap();
+    let (ok, _, err) = run(&["serve", "--config", config.to_str().unwrap()], None);
+    assert!(!ok);
+    assert!(
+        err.contains("max_mesage_size") && err.contains("line 3"),
+        "{err}"
+    );
+
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = busy.local_addr().unwrap().to_string();
+    let d = dir.path().join("d");
+    let (ok, _, err) = run(
+        &[
+            "serve",
+            "--listen",
+            &addr,
+            "--data-dir",
+            d.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("already in use") && err.contains("--listen"),
+        "{err}"
+    );
+
+    // An unreadable key file names the file and the fix.
+    let key = std::fs::read_dir(d.join("keys"))
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let (ok, _, err) = run(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            d.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!ok);
+    assert!(err.contains("chmod 600") || err.contains("0600"), "{err}");
+
+    let (ok, _, err) = run(
+        &[
+            "user",
+            "list",
+            "--data-dir",
+            dir.path().join("none").to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(!ok && err.contains("wsgate user add"), "{err}");
+}

@@ -1,0 +1,11 @@
+//! Integration tests over real sockets on 127.0.0.0/8: an in-process gateway
+//! driven by the Rust client and by hand-built frames, and the built
+//! `wsgate` binary driven as a user would.
+
+// Test code: panicking on an unexpected value is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::zombie_processes)]
+
+mod cli;
+mod login;
+mod util;
+mod websocket;

@@ -1,0 +1,163 @@
+//! Fixtures: a gateway on an ephemeral port with a temporary data directory,
+//! and raw HTTP for hand-built login messages.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use wsgate_client::ClientConfig;
+use wsgate_proto::scram;
+use wsgate_server::Gateway;
+use wsgate_server::config::{Config, FileConfig};
+use wsgate_server::keys::DataDir;
+use wsgate_server::store::{CredentialStore, MemoryStateStore, SqliteCredentialStore, UserRecord};
+
+pub(crate) const ALICE: &str = "alice";
+pub(crate) const ALICE_PASSWORD: &str = "correct horse battery staple";
+pub(crate) const BOB: &str = "bob";
+pub(crate) const BOB_PASSWORD: &str = "hunter2-but-longer";
+pub(crate) const SECOND_CLIENT_IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+
+/// A running gateway; stops when dropped.
+pub(crate) struct TestGateway {
+    pub(crate) addr: SocketAddr,
+    pub(crate) fingerprint: String,
+    _data: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl TestGateway {
+    /// Default config plus `toml`, users alice and bob (4096 iterations).
+    pub(crate) async fn start(toml: &str) -> Self {
+        let mut config =
+            Config::from_file(FileConfig::from_toml(toml, "test.toml".as_ref()).unwrap()).unwrap();
+        let data = tempfile::tempdir().unwrap();
+        config.data_dir = data.path().to_owned();
+        let dir = DataDir::new(data.path());
+        let (keys, secret) = dir.load_or_init(&mut rand::rng()).unwrap();
+        let credentials = Arc::new(SqliteCredentialStore::open(&dir.credentials_path()).unwrap());
+        for (name, password) in [(ALICE, ALICE_PASSWORD), (BOB, BOB_PASSWORD)] {
+            credentials
+                .add_user(user_record(name, password))
+                .await
+                .unwrap();
+        }
+        let fingerprint = keys.current().fingerprint().to_owned();
+        let gateway = Gateway::new(
+            config,
+            keys,
+            secret,
+            credentials,
+            Arc::new(MemoryStateStore::new()),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(gateway.serve(listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            addr,
+            fingerprint,
+            _data: data,
+            stop: Some(stop),
+        }
+    }
+
+    pub(crate) fn client(&self) -> ClientConfig {
+        ClientConfig::from_addr(self.addr).timeout(Duration::from_secs(10))
+    }
+}
+
+pub(crate) fn user_record(name: &str, password: &str) -> UserRecord {
+    let salt = vec![0x5a; 16];
+    let verifier = scram::derive_verifier(password, &salt, 4096).unwrap();
+    UserRecord::from_verifier(name, salt, 4096, &verifier)
+}
+
+/// One HTTP reply.
+pub(crate) struct Reply {
+    pub(crate) status: u16,
+    pub(crate) headers: http::HeaderMap,
+    pub(crate) json: Value,
+}
+
+/// A keep-alive HTTP connection from a chosen source address.
+pub(crate) struct RawHttp {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl RawHttp {
+    pub(crate) async fn connect(addr: SocketAddr, from: Option<IpAddr>) -> Self {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        if let Some(ip) = from {
+            socket.bind(SocketAddr::new(ip, 0)).unwrap();
+        }
+        let tcp = socket.connect(addr).await.unwrap();
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        Self { sender }
+    }
+
+    pub(crate) async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Reply {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "127.0.0.1")
+            .body(Full::new(Bytes::copy_from_slice(body)))
+            .unwrap();
+        self.sender.ready().await.unwrap();
+        let resp = self.sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            json,
+        }
+    }
+
+    pub(crate) async fn put_session(&mut self, body: &Value) -> Reply {
+        self.request("PUT", "/auth/session", body.to_string().as_bytes())
+            .await
+    }
+}
+
+/// The first half of a login done by hand: (exchange id, server-first, ip, client state).
+pub(crate) async fn first_request(
+    http: &mut RawHttp,
+    user: &str,
+    password: &str,
+) -> (String, String, String, scram::client::ClientFirst) {
+    let start = scram::client::ClientFirst::new(user, password, &[7u8; 18]).unwrap();
+    let reply = http
+        .put_session(&serde_json::json!({"scram": start.message()}))
+        .await;
+    assert_eq!(reply.status, 401, "{:?}", reply.json);
+    assert_eq!(reply.json["status"], "unauthenticated");
+    let s = |k: &str| reply.json[k].as_str().unwrap().to_owned();
+    (s("sid"), s("scram"), s("ip"), start)
+}
+
+/// The `e=` code of a failed reply.
+pub(crate) fn scram_error(reply: &Reply) -> String {
+    assert_eq!(reply.status, 401, "{:?}", reply.json);
+    assert_eq!(reply.json["status"], "failed", "{:?}", reply.json);
+    reply.json["scram"].as_str().unwrap().to_owned()
+}
