@@ -65,7 +65,11 @@ impl Gateway {
         if self.shared.config.demo {
             router = router.route("/", get(http::assets::demo_page));
         }
-        router.with_state(self.shared.clone())
+        router
+            .layer(axum::extract::DefaultBodyLimit::max(
+                self.shared.config.limits.http_body_limit,
+            ))
+            .with_state(self.shared.clone())
     }
 
     /// Serves connections from `listener` until `shutdown` completes, then

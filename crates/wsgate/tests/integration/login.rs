@@ -267,3 +267,13 @@ async fn a_wrong_pin_stops_the_login_before_any_password_work() {
     let right = gw.client().pin(gw.fingerprint.clone());
     login(&right, ALICE, ALICE_PASSWORD).await.unwrap();
 }
+
+#[tokio::test]
+async fn an_oversized_body_is_refused_and_nothing_is_lost() {
+    let gw = TestGateway::start("[limits]\nhttp_body_limit = 2048").await;
+    let mut http = RawHttp::connect(gw.addr, None).await;
+    let big = format!("{{\"scram\":\"{}\"}}", "a".repeat(4096));
+    let reply = http.request("PUT", "/auth/session", big.as_bytes()).await;
+    assert_eq!(reply.status, 413);
+    login(&gw.client(), ALICE, ALICE_PASSWORD).await.unwrap();
+}
