@@ -67,10 +67,19 @@ impl RawSocket {
 
     /// Like [`RawSocket::open`] with another (or no) subprotocol.
     pub async fn open_with_protocol(config: &ClientConfig, protocol: Option<&str>) -> Result<Self> {
+        Self::open_inner(config, "/ws", protocol).await
+    }
+
+    /// A plain WebSocket to `path` with no subprotocol (e.g. `/raw-echo`).
+    pub async fn open_raw_path(config: &ClientConfig, path: &str) -> Result<Self> {
+        Self::open_inner(config, path, None).await
+    }
+
+    async fn open_inner(config: &ClientConfig, path: &str, protocol: Option<&str>) -> Result<Self> {
         let tcp = crate::http::tcp_connect(config.addr, config.local_addr, config.timeout).await?;
         let mut req = hyper::Request::builder()
             .method("GET")
-            .uri("/ws")
+            .uri(path)
             .header("Host", &config.host)
             .header("Upgrade", "websocket")
             .header("Connection", "upgrade")

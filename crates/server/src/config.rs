@@ -74,6 +74,18 @@ pub struct FileConfig {
     /// `[[routes]]`.
     #[serde(default)]
     pub routes: Vec<FileRoute>,
+    /// `[testing]`: endpoints for conformance tests and benchmarks only.
+    #[serde(default)]
+    pub testing: FileTesting,
+}
+
+/// `[testing]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTesting {
+    /// Serve `/raw-echo`: a plain WebSocket echo on the same stack, with no
+    /// envelope, login or crypto (Autobahn conformance, benchmark baseline).
+    pub raw_echo: Option<bool>,
 }
 
 /// `[limits]` as written.
@@ -231,6 +243,8 @@ pub struct Config {
     pub routes: RouteTable,
     /// Serve the demo page at `/`.
     pub demo: bool,
+    /// Serve the unauthenticated `/raw-echo` WebSocket endpoint (testing only).
+    pub raw_echo: bool,
 }
 
 impl Default for Config {
@@ -244,6 +258,7 @@ impl Default for Config {
             login: LoginPolicy::default(),
             routes: RouteTable::with_defaults(),
             demo: false,
+            raw_echo: false,
         }
     }
 }
@@ -439,6 +454,7 @@ impl Config {
             login,
             routes,
             demo: false,
+            raw_echo: file.testing.raw_echo.unwrap_or(false),
         })
     }
 }

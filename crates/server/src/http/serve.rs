@@ -62,6 +62,10 @@ impl Gateway {
             .route("/ws", get(ws::upgrade))
             .route("/sm.js", get(http::assets::sm_js))
             .route("/healthz", get(|| async { "ok" }));
+        if self.shared.config.raw_echo {
+            tracing::warn!("[testing] raw_echo is on: /raw-echo echoes anything, unauthenticated");
+            router = router.route("/raw-echo", get(ws::raw_echo::upgrade));
+        }
         if self.shared.config.demo {
             router = router.route("/", get(http::assets::demo_page));
         }
