@@ -33,14 +33,13 @@ pub(crate) async fn upgrade(mut req: Request) -> Response {
             let Ok(frame) = ws.read_frame().await else {
                 break;
             };
-            match frame.opcode {
-                OpCode::Text | OpCode::Binary => {
-                    if ws.write_frame(frame).await.is_err() {
-                        break;
-                    }
-                }
-                OpCode::Close => break,
-                _ => {}
+            let done = match frame.opcode {
+                OpCode::Text | OpCode::Binary => ws.write_frame(frame).await.is_err(),
+                OpCode::Close => true,
+                _ => false,
+            };
+            if done {
+                break;
             }
         }
     });
