@@ -1,0 +1,181 @@
+// Type declarations for sm.js, the wsgate browser module (served by the
+// gateway at /sm.js). Hand-written; test/types-check.ts and
+// test/bundle.test.js keep it in line with the implementation.
+
+/** Stable error codes sm.js itself produces. Server ERR codes and SCRAM `e=` values pass through as they are. */
+export type WsgateErrorCode =
+  | "invalid-proof"
+  | "invalid-server-signature"
+  | "channel-bindings-dont-match"
+  | "other-error"
+  | "rate_limited"
+  | "server_key_mismatch"
+  | "session_expired"
+  | "closed"
+  | "timeout"
+  | "network_error"
+  | "protocol_error"
+  | "encryption_required"
+  | "not_found"
+  | "forbidden"
+  | "busy"
+  | "invalid_argument"
+  | "invalid_username"
+  | "invalid_password"
+  | "invalid_json"
+  | "too_large"
+  | "unsupported"
+  | "internal_error"
+  | (string & {});
+
+/** Every failure is a WsgateError: `code` is stable, `message` says what to do. */
+export declare class WsgateError extends Error {
+  constructor(code: string, message: string, extra?: { status?: number; retryAfter?: number; cause?: unknown; serverMessage?: string });
+  readonly name: "WsgateError";
+  code: WsgateErrorCode;
+  /** HTTP status, for login failures. */
+  status?: number;
+  /** Seconds to wait, for `rate_limited`. */
+  retryAfter?: number;
+  /** The server's own message, for ERR responses. */
+  serverMessage?: string;
+}
+
+export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
+
+/** What the frame hook learns about each WebSocket message (null if it does not parse). */
+export interface FrameInfo {
+  type: number;
+  /** "HELLO", "KEY_INIT", "KEY_ACK", "REQUEST", "RESPONSE", "SUBSCRIBE", "UNSUBSCRIBE", "PUBLISH", "EVENT", "LOGOUT" */
+  typeName: string;
+  flags: number;
+  id: number;
+  name: string;
+  /** ENC flag: the body is encrypted. */
+  encrypted: boolean;
+  /** Integrity-protected (every frame after KEY_INIT / from KEY_ACK on). */
+  protected: boolean;
+}
+
+export interface ConnectOptions {
+  username: string;
+  password: string;
+  /** http(s) base URL of the gateway; default: the page's origin. The ws(s) URL is derived (`<base>/ws`). */
+  url?: string;
+  /** Expected fingerprint(s) of the server key: b64u(SHA-256(pk)), 43 characters. */
+  pin?: string | string[];
+  /** Crypto backend. "auto" (default): Web Crypto when `crypto.subtle` exists, else the noble pure-JS primitives. */
+  crypto?: "auto" | "webcrypto" | "noble";
+  /** Sees every WebSocket message exactly as it crosses the wire (what an intermediary sees). */
+  onFrame?: (direction: "in" | "out", bytes: Uint8Array, info: FrameInfo | null) => void;
+  /** Reconnect with backoff after a connection loss (default true). */
+  reconnect?: boolean;
+  /** ms, default 30000. */
+  requestTimeout?: number;
+  /** ms to wait for HELLO and KEY_ACK, default 10000. */
+  handshakeTimeout?: number;
+  /** ms for each login HTTP request, default 30000. */
+  httpTimeout?: number;
+  /** Requests in flight on one connection (default 64); more wait for a free slot. */
+  maxInFlight?: number;
+  /** Longest reconnect delay in ms, default 10000. */
+  maxReconnectDelay?: number;
+  /** Requests larger than this (bytes on the wire) fail locally with `too_large`; default 1 MiB, the gateway's default limit. */
+  maxMessageSize?: number;
+  /**
+   * When the server no longer knows the session (close 4401, e.g. a gateway restarted with an
+   * in-memory state store), log in again with the cached SCRAM SaltedPassword instead of ending
+   * with `session_expired`. Default false. A session ended on purpose (4001) is never renewed.
+   */
+  autoRelogin?: boolean;
+  /** fetch implementation (default: globalThis.fetch). */
+  fetch?: typeof fetch;
+  /** WebSocket implementation (default: globalThis.WebSocket). */
+  WebSocket?: typeof WebSocket;
+  /** For tests only: exposes the session's secrets. Never use in production. */
+  testHooks?: {
+    onSecrets?: (s: {
+      sessionId: string;
+      sessionKey: Uint8Array;
+      dynamicPassword: Uint8Array;
+      c2sKey: Uint8Array;
+      s2cKey: Uint8Array;
+      helloNonce: Uint8Array;
+    }) => void;
+  };
+}
+
+export interface RequestOptions {
+  /** Encrypt the request and its response (ENC). */
+  sensitive?: boolean;
+  /** ms; default the session's requestTimeout. */
+  timeout?: number;
+}
+
+export interface EventMeta {
+  channel: string;
+  /** The event was encrypted on the wire (sensitive channel). */
+  encrypted: boolean;
+}
+
+export interface StateDetail {
+  state: ConnectionState;
+  previous: ConnectionState;
+  /** Why the connection went down or the session closed. */
+  error?: WsgateError;
+}
+
+export interface SessionDetail {
+  sessionId: string;
+  user: string;
+  ip: string;
+}
+
+export interface ErrorDetail {
+  error: WsgateError;
+  channel?: string;
+}
+
+/** Request data: bytes as they are, strings as UTF-8, anything else as UTF-8 JSON. */
+export type RequestData = Uint8Array | ArrayBuffer | ArrayBufferView | string | number | boolean | null | object | undefined;
+
+export declare class Session extends EventTarget {
+  private constructor();
+  /** User name as the server stores it (SASLprep'd). */
+  readonly user: string | null;
+  /** IP address the server sees; the session is bound to it. */
+  readonly ip: string | null;
+  readonly sessionId: string | null;
+  /** ms since the epoch. */
+  readonly expiresAt: number | null;
+  /** Fingerprint of the server key the session is bound to. */
+  readonly keyFingerprint: string | null;
+  readonly backend: "webcrypto" | "noble";
+  readonly state: ConnectionState;
+
+  request(route: string, data?: RequestData, opts?: RequestOptions): Promise<Uint8Array>;
+  /** Like request(), parsing the response as JSON (empty response: null). */
+  requestJson<T = any>(route: string, data?: RequestData, opts?: RequestOptions): Promise<T>;
+  publish(channel: string, data?: RequestData, opts?: RequestOptions): Promise<Uint8Array>;
+  /** Resolves once the server confirmed; the returned function unsubscribes. Restored after reconnects. */
+  subscribe(channel: string, handler: (data: Uint8Array, meta: EventMeta) => void, opts?: RequestOptions): Promise<() => Promise<void>>;
+  /** Ends the session on the server, then closes. */
+  logout(opts?: { timeout?: number }): Promise<void>;
+  /** Closes without logging out. */
+  close(): void;
+  /** Skips the current reconnect delay. */
+  reconnectNow(): void;
+
+  on(type: "state", fn: (d: StateDetail) => void): () => void;
+  on(type: "session", fn: (d: SessionDetail) => void): () => void;
+  on(type: "error", fn: (d: ErrorDetail) => void): () => void;
+}
+
+/** Logs in (SCRAM-SHA-256-PLUS, mutual authentication) and opens a key-established connection. */
+export declare function connect(opts: ConnectOptions): Promise<Session>;
+
+/** Whether this page has Web Crypto's subtle API (secure contexts only). */
+export declare function hasSubtle(): boolean;
+
+/** "wsgate-v1" */
+export declare const PROTOCOL: string;

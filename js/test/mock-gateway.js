@@ -1,0 +1,375 @@
+// An in-memory wsgate gateway for unit-testing the session logic of sm.js
+// without the Rust binary: a fetch() for /auth/key and /auth/session and a
+// WebSocket class, both wired to the same state. Its crypto is Node's own
+// (OpenSSL) for SCRAM, HKDF and AES-GCM, and @hpke/core for opening
+// KEY_INIT, so it also cross-checks sm.js against independent
+// implementations of every step.
+import * as nc from "node:crypto";
+import { x25519 } from "@noble/curves/ed25519.js";
+import { webCryptoBackend } from "../src/crypto/webcrypto.js";
+
+const te = new TextEncoder();
+const td = new TextDecoder();
+const b64u = (b) => Buffer.from(b).toString("base64url");
+const hmac = (k, m) => nc.createHmac("sha256", k).update(m).digest();
+const sha = (m) => nc.createHash("sha256").update(m).digest();
+
+function header(type, flags, id, name) {
+  const n = Buffer.from(name, "utf8");
+  const h = Buffer.alloc(8 + n.length);
+  h[0] = type;
+  h[1] = flags;
+  h.writeUInt32BE(id, 2);
+  h.writeUInt16BE(n.length, 6);
+  n.copy(h, 8);
+  return h;
+}
+
+function nonce(seq) {
+  const n = Buffer.alloc(12);
+  n.writeBigUInt64BE(BigInt(seq), 4);
+  return n;
+}
+
+function gcmSeal(key, seq, aad, pt) {
+  const c = nc.createCipheriv("aes-256-gcm", key, nonce(seq));
+  c.setAAD(aad);
+  return Buffer.concat([c.update(pt), c.final(), c.getAuthTag()]);
+}
+
+function gcmOpen(key, seq, aad, ct) {
+  const d = nc.createDecipheriv("aes-256-gcm", key, nonce(seq));
+  d.setAAD(aad);
+  d.setAuthTag(ct.subarray(ct.length - 16));
+  return Buffer.concat([d.update(ct.subarray(0, ct.length - 16)), d.final()]);
+}
+
+export function sealServerFrame(key, seq, type, flags, id, name, pt) {
+  const h = header(type, flags, id, name);
+  if (flags & 1) return Buffer.concat([h, gcmSeal(key, seq, h, pt)]);
+  return Buffer.concat([h, pt, gcmSeal(key, seq, Buffer.concat([h, pt]), Buffer.alloc(0))]);
+}
+
+export function openClientFrame(key, seq, wire) {
+  const b = Buffer.from(wire);
+  const type = b[0];
+  const flags = b[1];
+  const id = b.readUInt32BE(2);
+  const nlen = b.readUInt16BE(6);
+  const h = b.subarray(0, 8 + nlen);
+  const name = b.subarray(8, 8 + nlen).toString("utf8");
+  const body = b.subarray(8 + nlen);
+  let pt;
+  if (flags & 1) pt = gcmOpen(key, seq, h, body);
+  else {
+    pt = body.subarray(0, body.length - 16);
+    gcmOpen(key, seq, Buffer.concat([h, pt]), body.subarray(body.length - 16));
+  }
+  return { type, flags, id, name, pt };
+}
+
+export class MockGateway {
+  constructor({ users = { demo: "wsgate-demo" }, iterations = 4096 } = {}) {
+    this.sk = x25519.utils.randomSecretKey();
+    this.pk = x25519.getPublicKey(this.sk);
+    this.kid = b64u(sha(this.pk).subarray(0, 8));
+    this.fp = b64u(sha(this.pk));
+    this.ip = "127.0.0.1";
+    this.users = new Map();
+    for (const [name, pw] of Object.entries(users)) this.setUser(name, pw, iterations);
+    this.exchanges = new Map();
+    this.sessions = new Map();
+    this.conns = new Set();
+    this.down = false;
+    this.log = [];
+    this.maxInFlightSeen = 0;
+    this.badServerSignature = false;
+    this.rateLimited = false;
+    this.sessionLifetime = 3600;
+    this.tamperNextResponse = false;
+    this.keyInits = 0;
+  }
+
+  /** A new server key; the old one is no longer accepted. */
+  rotateKey() {
+    this.sk = x25519.utils.randomSecretKey();
+    this.pk = x25519.getPublicKey(this.sk);
+    this.kid = b64u(sha(this.pk).subarray(0, 8));
+    this.fp = b64u(sha(this.pk));
+  }
+
+  setUser(name, password, iterations = 4096) {
+    const salt = nc.randomBytes(16);
+    const salted = nc.pbkdf2Sync(Buffer.from(password.normalize("NFKC")), salt, iterations, 32, "sha256");
+    const clientKey = hmac(salted, "Client Key");
+    this.users.set(name, { salt, iterations, storedKey: sha(clientKey), serverKey: hmac(salted, "Server Key") });
+  }
+
+  /** fetch() implementation. */
+  fetch = async (url, init = {}) => {
+    if (this.down) throw new TypeError("fetch failed");
+    const u = new URL(url);
+    const json = (status, body, headers = {}) =>
+      new Response(JSON.stringify(body), { status, headers: { "Content-Type": "application/json", ...headers } });
+    if (u.pathname === "/auth/key" && (init.method ?? "GET") === "GET") {
+      return json(200, { keys: [{ kid: this.kid, kem_id: 32, kdf_id: 1, aead_id: 2, pk: b64u(this.pk) }] });
+    }
+    if (u.pathname !== "/auth/session" || init.method !== "PUT") return json(404, { error: "not found" });
+    if (this.rateLimited) return json(429, { status: "rate_limited" }, { "Retry-After": "42" });
+    let body;
+    try {
+      body = JSON.parse(init.body);
+    } catch {
+      return json(400, { error: "bad json" });
+    }
+    const fail = (e) => json(401, { status: "failed", scram: `e=${e}` }, { "WWW-Authenticate": "wsgate-v1" });
+    if (!("sid" in body)) {
+      const m = /^p=wsgate-v1,,(n=([^,]*),r=([\x21-\x2b\x2d-\x7e]+))$/.exec(body.scram);
+      if (!m) return fail("invalid-encoding");
+      const user = m[2].replace(/=2C/g, ",").replace(/=3D/g, "=");
+      const rec = this.users.get(user) ?? { salt: nc.randomBytes(16), iterations: 4096, storedKey: Buffer.alloc(32), serverKey: Buffer.alloc(32) };
+      const snonce = m[3] + b64u(nc.randomBytes(18));
+      const serverFirst = `r=${snonce},s=${rec.salt.toString("base64")},i=${rec.iterations}`;
+      const sid = b64u(nc.randomBytes(16));
+      this.exchanges.set(sid, { user, rec, bare: m[1], serverFirst, snonce, ip: this.ip });
+      return json(401, { status: "unauthenticated", sid, scram: serverFirst, ip: this.ip }, { "WWW-Authenticate": "wsgate-v1" });
+    }
+    const ex = this.exchanges.get(body.sid);
+    this.exchanges.delete(body.sid);
+    if (!ex) return fail("other-error");
+    const m = /^(c=([^,]*),r=([^,]*)),p=([^,]*)$/.exec(body.scram);
+    if (!m) return fail("invalid-encoding");
+    if (m[3] !== ex.snonce) return fail("other-error");
+    const cb = Buffer.from(m[2], "base64").toString("utf8");
+    if (cb !== `p=wsgate-v1,,ip=${ex.ip};key=${this.fp}` || this.ip !== ex.ip) return fail("channel-bindings-dont-match");
+    const am = `${ex.bare},${ex.serverFirst},${m[1]}`;
+    const proof = Buffer.from(m[4], "base64");
+    const sig = hmac(ex.rec.storedKey, am);
+    const clientKey = Buffer.alloc(32);
+    for (let i = 0; i < 32; i++) clientKey[i] = proof[i] ^ sig[i];
+    if (proof.length !== 32 || !nc.timingSafeEqual(sha(clientKey), ex.rec.storedKey)) return fail("invalid-proof");
+    const serverSig = hmac(ex.rec.serverKey, am);
+    if (this.badServerSignature) serverSig[0] ^= 1;
+    const session = b64u(nc.randomBytes(16));
+    this.sessions.set(session, {
+      user: ex.user,
+      ip: ex.ip,
+      sessionKey: hmac(clientKey, Buffer.concat([Buffer.from("wsgate-v1 session"), Buffer.from(am)])),
+      expiresAt: Date.now() + this.sessionLifetime * 1000,
+    });
+    return json(200, { status: "authenticated", scram: `v=${serverSig.toString("base64")}`, session, user: ex.user, expires_in: this.sessionLifetime });
+  };
+
+  /** The WebSocket class to hand to connect({ WebSocket }). */
+  get WebSocket() {
+    const gw = this;
+    return class FakeWebSocket {
+      constructor(url, protocol) {
+        this.url = url;
+        this.protocol = "";
+        this.binaryType = "blob";
+        this.readyState = 0;
+        this.onopen = this.onmessage = this.onclose = this.onerror = null;
+        this._peer = null;
+        setTimeout(() => gw._accept(this, protocol), 0);
+      }
+      send(data) {
+        if (this.readyState !== 1) return;
+        const bytes = new Uint8Array(data).slice();
+        setTimeout(() => this._peer && this._peer.onClientMessage(bytes), 0);
+      }
+      close(code = 1005, reason = "") {
+        if (this.readyState >= 2) return;
+        this.readyState = 2;
+        setTimeout(() => {
+          if (this._peer) this._peer.onClientClose(code, reason);
+          this._closed(code, reason);
+        }, 0);
+      }
+      _deliver(bytes) {
+        if (this.readyState !== 1) return;
+        const ab = new Uint8Array(bytes).slice().buffer;
+        setTimeout(() => this.onmessage && this.onmessage({ data: ab }), 0);
+      }
+      _closed(code, reason) {
+        if (this.readyState === 3) return;
+        this.readyState = 3;
+        this._peer = null;
+        setTimeout(() => this.onclose && this.onclose({ code, reason, wasClean: code !== 1006 }), 0);
+      }
+    };
+  }
+
+  _accept(ws, protocol) {
+    if (this.down) {
+      ws._closed(1006, "");
+      return;
+    }
+    if (protocol !== "wsgate.v1") {
+      ws._closed(1002, "");
+      return;
+    }
+    const conn = new MockConn(this, ws);
+    ws._peer = conn;
+    this.conns.add(conn);
+    ws.protocol = "wsgate.v1";
+    ws.readyState = 1;
+    setTimeout(() => {
+      ws.onopen && ws.onopen({});
+      conn.hello();
+    }, 0);
+  }
+
+  /** Drops every connection abnormally and refuses new ones. */
+  kill({ forgetSessions = false } = {}) {
+    this.down = true;
+    for (const c of [...this.conns]) c.drop(1006);
+    if (forgetSessions) this.sessions.clear();
+  }
+
+  revive() {
+    this.down = false;
+  }
+
+  publish(channel, data) {
+    for (const c of this.conns) if (c.subs.has(channel)) c.sendFrame(0x23, c.subs.get(channel) ? 1 : 0, 0, channel, Buffer.from(data));
+  }
+}
+
+class MockConn {
+  constructor(gw, ws) {
+    this.gw = gw;
+    this.ws = ws;
+    this.phase = "hello";
+    this.recvSeq = 0;
+    this.sendSeq = 0;
+    this.subs = new Map();
+    this.inFlight = new Set();
+    this.held = new Map();
+  }
+
+  hello() {
+    this.nonce = nc.randomBytes(32);
+    const body = Buffer.from(JSON.stringify({ v: 1, nonce: b64u(this.nonce), ip: this.gw.ip, keys: [this.gw.kid] }));
+    this.ws._deliver(Buffer.concat([header(1, 0, 0, ""), body]));
+  }
+
+  drop(code, reason = "") {
+    this.gw.conns.delete(this);
+    this.ws._closed(code, reason);
+  }
+
+  onClientClose(code, reason) {
+    this.gw.log.push(["client-close", code, reason]);
+    this.gw.conns.delete(this);
+  }
+
+  sendFrame(type, flags, id, name, pt) {
+    const wire = sealServerFrame(this.s2c, this.sendSeq++, type, flags, id, name, pt);
+    if (type === 0x11 && this.gw.tamperNextResponse) {
+      this.gw.tamperNextResponse = false;
+      wire[wire.length - 1] ^= 1;
+    }
+    this.ws._deliver(wire);
+  }
+
+  respond(req, pt, err) {
+    this.inFlight.delete(req.id);
+    const flags = (req.flags & 1) | (err ? 2 : 0);
+    this.sendFrame(0x11, flags, req.id, "", err ? Buffer.from(JSON.stringify(err)) : pt);
+  }
+
+  async onClientMessage(bytes) {
+    try {
+      if (this.phase === "hello") return await this.onKeyInit(Buffer.from(bytes));
+      if (this.phase !== "open") return;
+      const f = openClientFrame(this.c2s, this.recvSeq++, bytes);
+      this.gw.log.push(["frame", f.type, f.flags, f.id, f.name]);
+      if (this.inFlight.has(f.id)) return this.drop(4400, "id in flight");
+      this.inFlight.add(f.id);
+      this.gw.maxInFlightSeen = Math.max(this.gw.maxInFlightSeen, this.inFlight.size);
+      this.handle(f);
+    } catch (e) {
+      this.gw.log.push(["violation", String(e)]);
+      this.drop(4400, "verification failed");
+    }
+  }
+
+  async onKeyInit(b) {
+    this.phase = "keyinit";
+    const nlen = b.readUInt16BE(6);
+    const sid = b.subarray(8, 8 + nlen).toString("utf8");
+    if (b[0] !== 2 || b[1] !== 0 || b.readUInt32BE(2) !== 0) return this.drop(4400, "expected KEY_INIT");
+    const j = JSON.parse(b.subarray(8 + nlen).toString("utf8"));
+    const s = this.gw.sessions.get(sid);
+    if (!s || s.expiresAt < Date.now()) return this.drop(4401, "unknown session");
+    if (s.ip !== this.gw.ip) return this.drop(4401, "ip mismatch");
+    if (j.kid !== this.gw.kid) return this.drop(4401, "kid");
+    let dp;
+    try {
+      dp = await webCryptoBackend.hpkeOpen({
+        skR: this.gw.sk,
+        enc: Buffer.from(j.enc, "base64url"),
+        ct: Buffer.from(j.ct, "base64url"),
+        info: Buffer.concat([Buffer.from("wsgate-v1 key"), Buffer.from([0]), this.nonce]),
+        aad: new Uint8Array(0),
+        psk: s.sessionKey,
+        pskId: te.encode(sid),
+      });
+    } catch {
+      return this.drop(4401, "open failed");
+    }
+    this.gw.keyInits++;
+    this.sid = sid;
+    this.session = s;
+    this.dp = Buffer.from(dp);
+    this.c2s = Buffer.from(nc.hkdfSync("sha256", dp, this.nonce, "wsgate-v1 c2s", 32));
+    this.s2c = Buffer.from(nc.hkdfSync("sha256", dp, this.nonce, "wsgate-v1 s2c", 32));
+    this.phase = "open";
+    this.sendFrame(0x03, 1, 0, "", Buffer.from(JSON.stringify({ user: s.user, expires_in: Math.floor((s.expiresAt - Date.now()) / 1000) })));
+  }
+
+  handle(f) {
+    const enc = (f.flags & 1) !== 0;
+    switch (f.type) {
+      case 0x10: {
+        if (f.name === "sys.echo") return this.respond(f, f.pt);
+        if (f.name === "sys.whoami") {
+          return this.respond(f, Buffer.from(JSON.stringify({ user: this.session.user, ip: this.gw.ip, session_expires_in: 3000 })));
+        }
+        if (f.name === "secret.echo") return enc ? this.respond(f, f.pt) : this.respond(f, null, { code: "encryption_required", message: "route secret.echo is sensitive" });
+        if (f.name === "slow") {
+          const ms = Number(td.decode(f.pt)) || 60_000;
+          setTimeout(() => this.gw.conns.has(this) && this.respond(f, Buffer.from("late")), ms);
+          return;
+        }
+        if (f.name === "hold") {
+          this.held.set(f.id, f);
+          return;
+        }
+        return this.respond(f, null, { code: "not_found", message: `no route ${f.name}` });
+      }
+      case 0x20:
+        if (f.name.startsWith("secret.") && !enc) return this.respond(f, null, { code: "encryption_required", message: "sensitive channel" });
+        if (f.name === "forbidden") return this.respond(f, null, { code: "forbidden", message: "no" });
+        this.subs.set(f.name, f.name.startsWith("secret."));
+        return this.respond(f, Buffer.alloc(0));
+      case 0x21:
+        this.subs.delete(f.name);
+        return this.respond(f, Buffer.alloc(0));
+      case 0x31: {
+        this.respond(f, Buffer.alloc(0));
+        this.gw.sessions.delete(this.sid);
+        for (const c of [...this.gw.conns]) if (c.sid === this.sid) c.drop(4001, "logged out");
+        return;
+      }
+      default:
+        return this.drop(4400, "unexpected type");
+    }
+  }
+
+  releaseHeld() {
+    for (const f of this.held.values()) this.respond(f, Buffer.from("released"));
+    this.held.clear();
+  }
+}
