@@ -35,10 +35,10 @@ pub fn prepare_query(s: &str) -> Result<String, SaslprepError> {
             Ok(out.into_owned())
         };
     }
-    // RFC 4013 §2.1–2.4 without the unassigned-code-point check.
+    // RFC 4013 §2.1–2.4 without the unassigned-code-point check. Mapping
+    // order as in `stringprep::saslprep` (U+200B is in both tables: space).
     let mapped: String = s
         .chars()
-        .filter(|&c| !tables::commonly_mapped_to_nothing(c))
         .map(|c| {
             if tables::non_ascii_space_character(c) {
                 ' '
@@ -46,6 +46,7 @@ pub fn prepare_query(s: &str) -> Result<String, SaslprepError> {
                 c
             }
         })
+        .filter(|&c| !tables::commonly_mapped_to_nothing(c))
         .collect();
     let normalized: String = mapped.nfkc().collect();
     let prohibited = normalized.chars().any(|c| {
@@ -102,6 +103,15 @@ mod tests {
         // U+0221 was unassigned in Unicode 3.2.
         assert!(prepare_stored("a\u{0221}").is_err());
         assert_eq!(prepare_query("a\u{0221}").unwrap(), "a\u{0221}");
+    }
+
+    #[test]
+    fn both_paths_map_zero_width_space_alike() {
+        // U+200B is a non-ASCII space and "mapped to nothing"; the stored
+        // path (stringprep crate) and the query fallback (taken when an
+        // unassigned code point is present) must agree.
+        assert_eq!(prepare_stored("a\u{200B}b").unwrap(), "a b");
+        assert_eq!(prepare_query("a\u{200B}b\u{0221}").unwrap(), "a b\u{0221}");
     }
 
     #[test]
