@@ -76,7 +76,7 @@ impl RawSocket {
     }
 
     async fn open_inner(config: &ClientConfig, path: &str, protocol: Option<&str>) -> Result<Self> {
-        let tcp = crate::http::tcp_connect(config.addr, config.local_addr, config.timeout).await?;
+        let tcp = crate::http::connect(config).await?;
         let mut req = hyper::Request::builder()
             .method("GET")
             .uri(path)

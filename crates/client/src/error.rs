@@ -67,6 +67,9 @@ pub enum Error {
         /// IP in HELLO.
         now: String,
     },
+    /// TLS could not be set up (bad root certificate or server name, failed handshake).
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A wait ran past its deadline.
     #[error("timed out waiting for {0}")]
     Timeout(&'static str),

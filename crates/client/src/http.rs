@@ -34,6 +34,101 @@ pub(crate) async fn tcp_connect(
     Ok(stream)
 }
 
+/// A connected byte stream: plain TCP, or TLS over TCP for `https://`
+/// gateways (see [`crate::ClientConfig::tls_root_pem`]).
+pub(crate) enum Stream {
+    /// `http://` / `ws://`.
+    Plain(TcpStream),
+    /// `https://` / `wss://`.
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Stream {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Stream {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => std::pin::Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => std::pin::Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Opens the gateway connection `config` describes: TCP, then a TLS 1.3
+/// handshake when the gateway is `https://`.
+pub(crate) async fn connect(config: &crate::ClientConfig) -> Result<Stream> {
+    let tcp = tcp_connect(config.addr, config.local_addr, config.timeout).await?;
+    let Some(tls) = &config.tls else {
+        if config.is_tls() {
+            return Err(Error::Tls(
+                "an https:// gateway needs trusted roots: call ClientConfig::tls_root_pem".into(),
+            ));
+        }
+        return Ok(Stream::Plain(tcp));
+    };
+    let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let stream = tokio::time::timeout(
+        config.timeout,
+        connector.connect(tls.server_name.clone(), tcp),
+    )
+    .await
+    .map_err(|_| Error::Timeout("the TLS handshake"))??;
+    Ok(Stream::Tls(Box::new(stream)))
+}
+
 /// A keep-alive HTTP/1.1 connection.
 pub(crate) struct HttpConn {
     sender: SendRequest<Full<Bytes>>,
@@ -64,14 +159,10 @@ impl Reply {
 }
 
 impl HttpConn {
-    pub(crate) async fn open(
-        addr: SocketAddr,
-        host: &str,
-        local: Option<IpAddr>,
-        timeout: Duration,
-    ) -> Result<Self> {
-        let tcp = tcp_connect(addr, local, timeout).await?;
-        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+    pub(crate) async fn open(config: &crate::ClientConfig) -> Result<Self> {
+        let (host, timeout) = (config.host.as_str(), config.timeout);
+        let stream = connect(config).await?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| Error::Http(e.to_string()))?;
         tokio::spawn(async move {

@@ -30,6 +30,7 @@ use zeroize::Zeroizing;
 
 pub use crate::connection::{Connection, Incoming, Message, RawSocket};
 pub use crate::error::{Error, Result};
+pub use rustls;
 
 /// Where and how to reach a gateway.
 #[derive(Debug, Clone)]
@@ -45,6 +46,25 @@ pub struct ClientConfig {
     pub pin: Option<String>,
     /// Deadline for every wait.
     pub timeout: Duration,
+    https: bool,
+    /// TLS settings for an `https://` gateway ([`ClientConfig::tls_root_pem`]).
+    pub tls: Option<TlsSettings>,
+}
+
+/// TLS 1.3 settings for an `https://` / `wss://` gateway: the roots to
+/// trust and the name to check the certificate against.
+#[derive(Clone)]
+pub struct TlsSettings {
+    config: std::sync::Arc<rustls::ClientConfig>,
+    server_name: rustls::pki_types::ServerName<'static>,
+}
+
+impl std::fmt::Debug for TlsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsSettings")
+            .field("server_name", &self.server_name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientConfig {
@@ -53,13 +73,15 @@ impl ClientConfig {
         let uri: ::http::Uri = base_url
             .parse()
             .map_err(|_| Error::InvalidUrl(base_url.to_owned()))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(Error::InvalidUrl(base_url.to_owned()));
-        }
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(Error::InvalidUrl(base_url.to_owned())),
+        };
         let authority = uri
             .authority()
             .ok_or_else(|| Error::InvalidUrl(base_url.to_owned()))?;
-        let port = authority.port_u16().unwrap_or(80);
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let host = authority
             .host()
             .trim_start_matches('[')
@@ -70,7 +92,9 @@ impl ClientConfig {
             host.parse()
                 .map_err(|_| Error::InvalidUrl(base_url.to_owned()))?
         };
-        Ok(Self::from_addr(SocketAddr::new(ip, port)).with_host(authority.as_str()))
+        let mut config = Self::from_addr(SocketAddr::new(ip, port)).with_host(authority.as_str());
+        config.https = https;
+        Ok(config)
     }
 
     /// For a socket address.
@@ -81,6 +105,8 @@ impl ClientConfig {
             local_addr: None,
             pin: None,
             timeout: Duration::from_secs(10),
+            tls: None,
+            https: false,
         }
     }
 
@@ -105,6 +131,43 @@ impl ClientConfig {
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
+    }
+
+    /// Talks TLS 1.3 (`https://`, `wss://`) to the gateway, trusting only
+    /// the certificates in `pem` (e.g. a self-signed one) and checking the
+    /// server's certificate against `server_name` (a DNS name or an IP).
+    pub fn tls_root_pem(mut self, pem: &[u8], server_name: &str) -> Result<Self> {
+        use rustls::pki_types::pem::PemObject as _;
+        let bad = |what: String| Error::Tls(what);
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(pem) {
+            let cert = cert.map_err(|e| bad(format!("unreadable PEM certificate: {e}")))?;
+            roots
+                .add(cert)
+                .map_err(|e| bad(format!("unusable root certificate: {e}")))?;
+        }
+        if roots.is_empty() {
+            return Err(bad("no certificate in the PEM data".into()));
+        }
+        let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+        let config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .map_err(|e| bad(e.to_string()))?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let server_name = rustls::pki_types::ServerName::try_from(server_name.to_owned())
+            .map_err(|e| bad(format!("{server_name:?} is not a server name: {e}")))?;
+        self.tls = Some(TlsSettings {
+            config: std::sync::Arc::new(config),
+            server_name,
+        });
+        self.https = true;
+        Ok(self)
+    }
+
+    /// Whether this configuration talks TLS (`https://`).
+    pub fn is_tls(&self) -> bool {
+        self.https
     }
 }
 
@@ -159,8 +222,7 @@ impl Session {
 
 /// Fetches `GET /auth/key` and returns the current key.
 pub async fn fetch_server_key(config: &ClientConfig) -> Result<ServerKey> {
-    let mut conn =
-        http::HttpConn::open(config.addr, &config.host, config.local_addr, config.timeout).await?;
+    let mut conn = http::HttpConn::open(config).await?;
     current_key(&mut conn, config).await
 }
 
@@ -226,8 +288,63 @@ fn login_failure(reply: &http::Reply) -> Error {
 
 /// Logs in with SCRAM-SHA-256-PLUS and verifies the server's signature.
 pub async fn login(config: &ClientConfig, username: &str, password: &str) -> Result<Session> {
-    let mut conn =
-        http::HttpConn::open(config.addr, &config.host, config.local_addr, config.timeout).await?;
+    login_inner(config, username, password, None).await
+}
+
+/// Remembers `SaltedPassword` per user, salt and iteration count, so
+/// repeated logins skip PBKDF2 (DESIGN §4 lets a client cache it). Use one
+/// cache per password: a wrong cached value only makes the login fail.
+#[derive(Clone, Default)]
+pub struct SaltedPasswordCache(std::sync::Arc<std::sync::Mutex<SaltedPasswords>>);
+
+/// (user, `s=…,i=…`) → `SaltedPassword`.
+type SaltedPasswords = std::collections::HashMap<(String, String), Zeroizing<[u8; 32]>>;
+
+impl std::fmt::Debug for SaltedPasswordCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SaltedPasswordCache(..)")
+    }
+}
+
+impl SaltedPasswordCache {
+    fn get(&self, key: &(String, String)) -> Option<Zeroizing<[u8; 32]>> {
+        self.0.lock().ok()?.get(key).cloned()
+    }
+
+    fn put(&self, key: (String, String), salted: &[u8; 32]) {
+        if let Ok(mut map) = self.0.lock() {
+            map.insert(key, Zeroizing::new(*salted));
+        }
+    }
+}
+
+/// Like [`login`], computing PBKDF2 only the first time for a given salt
+/// and iteration count (benchmarks and clients that log in often).
+pub async fn login_cached(
+    config: &ClientConfig,
+    username: &str,
+    password: &str,
+    cache: &SaltedPasswordCache,
+) -> Result<Session> {
+    login_inner(config, username, password, Some(cache)).await
+}
+
+/// The `s=…,i=…` part of a server-first-message: the cache key's salt part.
+fn salt_and_iterations(server_first: &str) -> String {
+    server_first
+        .split(',')
+        .filter(|p| p.starts_with("s=") || p.starts_with("i="))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+async fn login_inner(
+    config: &ClientConfig,
+    username: &str,
+    password: &str,
+    cache: Option<&SaltedPasswordCache>,
+) -> Result<Session> {
+    let mut conn = http::HttpConn::open(config).await?;
     let key = current_key(&mut conn, config).await?;
 
     let first = ClientFirst::new(username, password, &random_bytes::<18>())?;
@@ -247,12 +364,26 @@ pub async fn login(config: &ClientConfig, username: &str, password: &str) -> Res
     };
     let (sid, server_first, ip) = (field("sid")?, field("scram")?, field("ip")?);
 
-    // PBKDF2 is CPU-bound; keep it off the async workers.
-    let (pk_fp, sf, ipc) = (key.fp.clone(), server_first.clone(), ip.clone());
-    let (expect, client_final) =
-        tokio::task::spawn_blocking(move || first.handle_server_first(&sf, &ipc, &pk_fp, None))
-            .await
-            .map_err(|e| Error::Protocol(format!("login worker failed: {e}")))??;
+    let cache_key = (
+        first.username().to_owned(),
+        salt_and_iterations(&server_first),
+    );
+    let cached = cache.and_then(|c| c.get(&cache_key));
+    let (expect, client_final) = if let Some(salted) = cached {
+        // No PBKDF2: cheap enough to stay on the async worker.
+        first.handle_server_first(&server_first, &ip, &key.fp, Some(&*salted))?
+    } else {
+        // PBKDF2 is CPU-bound; keep it off the async workers.
+        let (pk_fp, sf, ipc) = (key.fp.clone(), server_first.clone(), ip.clone());
+        let (expect, client_final) =
+            tokio::task::spawn_blocking(move || first.handle_server_first(&sf, &ipc, &pk_fp, None))
+                .await
+                .map_err(|e| Error::Protocol(format!("login worker failed: {e}")))??;
+        if let Some(c) = cache {
+            c.put(cache_key, expect.salted_password().0);
+        }
+        (expect, client_final)
+    };
 
     let body = json!({"sid": sid, "scram": client_final})
         .to_string()

@@ -11,6 +11,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::Deserialize;
 
+use crate::channels::{ChannelRule, ChannelTable, PublishPolicy, SubscribePolicy};
 use crate::routes::{Builtin, Route, RouteTable, Target};
 
 /// A configuration problem, worded for the person fixing it.
@@ -65,6 +66,24 @@ pub struct FileConfig {
     pub trusted_proxies: Vec<String>,
     /// `session_ip_check = true`: a WebSocket must come from the login's IP.
     pub session_ip_check: Option<bool>,
+    /// `state = "memory"` or `"redis://host:port"`.
+    pub state: Option<String>,
+    /// `credentials = "sqlite"`, `"sqlite://PATH"` or `"postgres://…"`.
+    pub credentials: Option<String>,
+    /// `auth_module = true`: this node answers `PUT /auth/session`.
+    pub auth_module: Option<bool>,
+    /// `auth_redirect = "http://auth-node:8080"`: where a node without the
+    /// authentication module sends logins (307) instead of answering 404.
+    pub auth_redirect: Option<String>,
+    /// `api_keys = ["…"]`: bearer keys for `/api/publish` and `/auth/introspect`.
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    /// `[upstream]`.
+    #[serde(default)]
+    pub upstream: FileUpstream,
+    /// `[[channels]]`.
+    #[serde(default)]
+    pub channels: Vec<FileChannel>,
     /// `[limits]`.
     #[serde(default)]
     pub limits: FileLimits,
@@ -77,6 +96,71 @@ pub struct FileConfig {
     /// `[testing]`: endpoints for conformance tests and benchmarks only.
     #[serde(default)]
     pub testing: FileTesting,
+    /// `[tls]`: serve `https://` / `wss://` (TLS 1.3) with this certificate.
+    pub tls: Option<FileTls>,
+}
+
+/// `[tls]` as written: PEM files, paths relative to the working directory.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileTls {
+    /// `cert = "cert.pem"`: the certificate chain, leaf first.
+    pub cert: Option<PathBuf>,
+    /// `key = "key.pem"`: the private key (PKCS#8, SEC1 or PKCS#1).
+    pub key: Option<PathBuf>,
+}
+
+/// The certificate and key of `[tls]`; with them the gateway serves only
+/// `https://` and `wss://` (TLS 1.3) on its listen address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+fn tls_from_file(tls: Option<&FileTls>) -> Result<Option<TlsFiles>, ConfigError> {
+    let Some(t) = tls else { return Ok(None) };
+    match (&t.cert, &t.key) {
+        (Some(cert), Some(key)) => Ok(Some(TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        })),
+        (None, _) => Err(invalid(
+            "tls.cert",
+            "[tls] needs `cert = \"cert.pem\"` (PEM certificate chain) and `key = \"key.pem\"`",
+        )),
+        (_, None) => Err(invalid(
+            "tls.key",
+            "[tls] needs `key = \"key.pem\"` (PEM private key) next to `cert`",
+        )),
+    }
+}
+
+/// `[upstream]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[allow(missing_docs)]
+pub struct FileUpstream {
+    pub timeout_secs: Option<u64>,
+    pub connect_timeout_secs: Option<u64>,
+    pub max_idle_per_host: Option<usize>,
+}
+
+/// One `[[channels]]` entry as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileChannel {
+    /// `user.{user}.*`, `news`, `chat.*`.
+    pub pattern: String,
+    /// EVENTs encrypted per connection; SUBSCRIBE and PUBLISH need ENC.
+    #[serde(default)]
+    pub sensitive: bool,
+    /// `authenticated` (default), `owner` or `none`.
+    pub subscribe: Option<String>,
+    /// `api` (default), `authenticated` or `owner`.
+    pub publish: Option<String>,
 }
 
 /// `[testing]` as written.
@@ -102,6 +186,8 @@ pub struct FileLimits {
     pub http_body_limit: Option<usize>,
     pub http_header_timeout_secs: Option<u64>,
     pub max_connections: Option<usize>,
+    pub send_queue: Option<usize>,
+    pub max_subscriptions: Option<usize>,
 }
 
 /// `[login]` as written.
@@ -173,6 +259,11 @@ pub struct Limits {
     pub http_header_timeout: Duration,
     /// Concurrent TCP connections before new ones are refused. Default 200 000.
     pub max_connections: usize,
+    /// Events queued per connection before a slow consumer is disconnected
+    /// (close 4429). Default 1024.
+    pub send_queue: usize,
+    /// Channels one connection may be subscribed to. Default 256.
+    pub max_subscriptions: usize,
 }
 
 impl Default for Limits {
@@ -187,6 +278,8 @@ impl Default for Limits {
             http_body_limit: 16 << 10,
             http_header_timeout: Duration::from_secs(10),
             max_connections: 200_000,
+            send_queue: 1024,
+            max_subscriptions: 256,
         }
     }
 }
@@ -223,6 +316,59 @@ impl Default for LoginPolicy {
     }
 }
 
+/// Upstream HTTP client settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct UpstreamSettings {
+    /// Whole-request deadline; then `ERR upstream_timeout`. Default 10 s.
+    pub timeout: Duration,
+    /// TCP connect deadline. Default 2 s.
+    pub connect_timeout: Duration,
+    /// Idle pooled connections kept per upstream host. Default 32.
+    pub max_idle_per_host: usize,
+}
+
+impl Default for UpstreamSettings {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(2),
+            max_idle_per_host: 32,
+        }
+    }
+}
+
+/// An API key for upstream applications; compared in constant time, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiKey(zeroize::Zeroizing<String>);
+
+impl ApiKey {
+    /// Wraps a key (at least 16 characters).
+    pub fn new(key: &str) -> Result<Self, String> {
+        if key.len() < 16 {
+            return Err(
+                "API keys must be at least 16 characters; generate one with `openssl rand -hex 32`"
+                    .into(),
+            );
+        }
+        Ok(Self(zeroize::Zeroizing::new(key.to_owned())))
+    }
+
+    /// Constant-time comparison with a presented key.
+    pub fn matches(&self, presented: &str) -> bool {
+        use subtle::ConstantTimeEq as _;
+        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
+        // Length is not secret (and ct_eq of different lengths is false).
+        a.len() == b.len() && bool::from(a.ct_eq(b))
+    }
+}
+
+impl std::fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ApiKey(..)")
+    }
+}
+
 /// The validated configuration the gateway runs on.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -245,6 +391,23 @@ pub struct Config {
     pub demo: bool,
     /// Serve the unauthenticated `/raw-echo` WebSocket endpoint (testing only).
     pub raw_echo: bool,
+    /// `[tls]`: serve `https://` / `wss://` instead of plain HTTP. Default off.
+    pub tls: Option<TlsFiles>,
+    /// State store URL: `memory` or `redis://…`. Default `memory`.
+    pub state: String,
+    /// Credential store URL: `sqlite` (in the data directory), `sqlite://PATH`
+    /// or `postgres://…`. Default `sqlite`.
+    pub credentials: String,
+    /// Whether this node hosts the authentication module. Default true.
+    pub auth_module: bool,
+    /// Where a node without the module redirects logins (307).
+    pub auth_redirect: Option<String>,
+    /// Bearer keys for the upstream API.
+    pub api_keys: Vec<ApiKey>,
+    /// Upstream HTTP client settings.
+    pub upstream: UpstreamSettings,
+    /// Channel rules.
+    pub channels: ChannelTable,
 }
 
 impl Default for Config {
@@ -259,6 +422,14 @@ impl Default for Config {
             routes: RouteTable::with_defaults(),
             demo: false,
             raw_echo: false,
+            tls: None,
+            state: "memory".into(),
+            credentials: "sqlite".into(),
+            auth_module: true,
+            auth_redirect: None,
+            api_keys: Vec::new(),
+            upstream: UpstreamSettings::default(),
+            channels: ChannelTable::default(),
         }
     }
 }
@@ -298,6 +469,18 @@ fn ranged<T: PartialOrd + Copy + std::fmt::Display>(
 }
 
 impl Config {
+    /// Serves `pattern` (exact or `prefix.*`) with in-process Rust code.
+    pub fn add_handler(
+        &mut self,
+        pattern: &str,
+        sensitive: bool,
+        handler: std::sync::Arc<dyn crate::handler::RouteHandler>,
+    ) -> Result<(), ConfigError> {
+        let route = Route::new(pattern, Target::Handler(handler), sensitive)
+            .map_err(|m| invalid("route", m))?;
+        self.routes.insert(route).map_err(|m| invalid("route", m))
+    }
+
     /// Validates a file config into a runnable config.
     pub fn from_file(file: FileConfig) -> Result<Self, ConfigError> {
         let d = Self::default();
@@ -386,6 +569,20 @@ impl Config {
                 1,
                 10_000_000,
             )?,
+            send_queue: ranged(
+                "limits.send_queue",
+                l.send_queue,
+                dl.send_queue,
+                1,
+                1_000_000,
+            )?,
+            max_subscriptions: ranged(
+                "limits.max_subscriptions",
+                l.max_subscriptions,
+                dl.max_subscriptions,
+                1,
+                100_000,
+            )?,
         };
         if limits.ping_interval >= limits.idle_timeout {
             return Err(invalid(
@@ -445,7 +642,80 @@ impl Config {
                 .insert(route_from_file(i, r)?)
                 .map_err(|m| invalid(format!("routes[{i}].name"), m))?;
         }
+        let api_keys = file
+            .api_keys
+            .iter()
+            .enumerate()
+            .map(|(i, k)| ApiKey::new(k).map_err(|m| invalid(format!("api_keys[{i}]"), m)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let du = UpstreamSettings::default();
+        let upstream = UpstreamSettings {
+            timeout: secs(
+                "upstream.timeout_secs",
+                file.upstream.timeout_secs,
+                du.timeout,
+                1,
+                3600,
+            )?,
+            connect_timeout: secs(
+                "upstream.connect_timeout_secs",
+                file.upstream.connect_timeout_secs,
+                du.connect_timeout,
+                1,
+                60,
+            )?,
+            max_idle_per_host: ranged(
+                "upstream.max_idle_per_host",
+                file.upstream.max_idle_per_host,
+                du.max_idle_per_host,
+                0,
+                10_000,
+            )?,
+        };
+        let mut channels = ChannelTable::default();
+        for (i, c) in file.channels.iter().enumerate() {
+            channels.push(channel_from_file(i, c)?);
+        }
+        if let Some(url) = file
+            .auth_redirect
+            .as_ref()
+            .filter(|u| !(u.starts_with("http://") || u.starts_with("https://")))
+        {
+            return Err(invalid(
+                "auth_redirect",
+                format!(
+                    "{url:?} must be an http:// or https:// URL of a node with auth_module = true"
+                ),
+            ));
+        }
+        let state = file.state.clone().unwrap_or_else(|| "memory".into());
+        if !(state == "memory" || state.starts_with("redis://") || state.starts_with("rediss://")) {
+            return Err(invalid(
+                "state",
+                format!("{state:?}: use \"memory\" or \"redis://host:port\""),
+            ));
+        }
+        let credentials = file.credentials.clone().unwrap_or_else(|| "sqlite".into());
+        if !(credentials == "sqlite"
+            || credentials.starts_with("sqlite://")
+            || credentials.starts_with("postgres://")
+            || credentials.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "credentials",
+                format!(
+                    "{credentials:?}: use \"sqlite\", \"sqlite:///path/users.sqlite3\" or \"postgres://user@host/db\""
+                ),
+            ));
+        }
         Ok(Self {
+            state,
+            credentials,
+            auth_module: file.auth_module.unwrap_or(true),
+            auth_redirect: file.auth_redirect.clone(),
+            api_keys,
+            upstream,
+            channels,
             listen,
             data_dir: file.data_dir.unwrap_or(d.data_dir),
             trusted_proxies,
@@ -455,6 +725,7 @@ impl Config {
             routes,
             demo: false,
             raw_echo: file.testing.raw_echo.unwrap_or(false),
+            tls: tls_from_file(file.tls.as_ref())?,
         })
     }
 }
@@ -464,6 +735,33 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, ConfigError> {
     s.parse::<SocketAddr>().map_err(|_| {
         invalid("listen", format!("{s:?} is not an address with a port; write it like \"127.0.0.1:8080\" or \"[::1]:8080\""))
     })
+}
+
+fn channel_from_file(i: usize, c: &FileChannel) -> Result<ChannelRule, ConfigError> {
+    let subscribe = match c.subscribe.as_deref().unwrap_or("authenticated") {
+        "authenticated" => SubscribePolicy::Authenticated,
+        "owner" => SubscribePolicy::Owner,
+        "none" => SubscribePolicy::None,
+        other => {
+            return Err(invalid(
+                format!("channels[{i}].subscribe"),
+                format!("{other:?}: use \"authenticated\", \"owner\" or \"none\""),
+            ));
+        }
+    };
+    let publish = match c.publish.as_deref().unwrap_or("api") {
+        "api" => PublishPolicy::Api,
+        "authenticated" => PublishPolicy::Authenticated,
+        "owner" => PublishPolicy::Owner,
+        other => {
+            return Err(invalid(
+                format!("channels[{i}].publish"),
+                format!("{other:?}: use \"api\", \"authenticated\" or \"owner\""),
+            ));
+        }
+    };
+    ChannelRule::new(&c.pattern, c.sensitive, subscribe, publish)
+        .map_err(|m| invalid(format!("channels[{i}].pattern"), m))
 }
 
 fn route_from_file(i: usize, r: &FileRoute) -> Result<Route, ConfigError> {
@@ -485,16 +783,16 @@ fn route_from_file(i: usize, r: &FileRoute) -> Result<Route, ConfigError> {
                     format!("{u:?} is not a URL like \"http://127.0.0.1:9000\""),
                 )
             })?;
-            if uri.scheme_str() != Some("http") || uri.authority().is_none() {
+            if uri.scheme_str() != Some("http")
+                || uri.authority().is_none()
+                || uri.query().is_some()
+            {
                 return Err(invalid(
                     format!("routes[{i}].upstream"),
-                    format!("{u:?} must be an http:// URL with a host"),
+                    format!("{u:?} must be an http:// URL with a host and no query"),
                 ));
             }
-            return Err(invalid(
-                format!("routes[{i}].upstream"),
-                "upstream forwarding is not available in this version yet; use builtin = \"echo\" or \"whoami\"",
-            ));
+            Target::Upstream(uri)
         }
         (Some(_), Some(_)) => {
             return Err(invalid(
@@ -567,10 +865,22 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("trusted_proxies[0]"), "{e}");
-        let e = parse("[[routes]]\nname = \"a\"\nupstream = \"http://127.0.0.1:1\"")
+        let e = parse("[[routes]]\nname = \"a\"\nupstream = \"ftp://127.0.0.1:1\"")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not available"), "{e}");
+        assert!(e.contains("routes[0].upstream"), "{e}");
+        let e = parse("api_keys = [\"short\"]").unwrap_err().to_string();
+        assert!(e.contains("api_keys[0]"), "{e}");
+        let e = parse("state = \"mysql://x\"").unwrap_err().to_string();
+        assert!(e.contains("redis://"), "{e}");
+        let e = parse("[[channels]]\npattern = \"a.*.b\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("channels[0].pattern"), "{e}");
+        let e = parse("[[channels]]\npattern = \"news\"\nsubscribe = \"owner\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("{user}"), "{e}");
         let e = parse("[login]\niterations = 10").unwrap_err().to_string();
         assert!(e.contains("login.iterations"), "{e}");
     }

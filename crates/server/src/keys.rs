@@ -261,6 +261,12 @@ impl DataDir {
         self.path.join(CREDENTIALS_FILE)
     }
 
+    /// `<dir>/sessions.sqlite3`: the session journal of a single node
+    /// running with in-process state (see `store::PersistentSessions`).
+    pub fn sessions_path(&self) -> PathBuf {
+        self.path.join("sessions.sqlite3")
+    }
+
     /// `<dir>/keys`.
     pub fn keys_path(&self) -> PathBuf {
         self.path.join(KEYS_DIR)

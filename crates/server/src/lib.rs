@@ -31,12 +31,16 @@
 
 #![forbid(unsafe_code)]
 
+pub mod channels;
 pub mod config;
 pub mod forwarded;
+pub mod handler;
 mod http;
+mod hub;
 pub mod keys;
 pub mod routes;
 pub mod store;
+mod upstream;
 mod ws;
 
 use std::sync::Arc;
@@ -53,6 +57,8 @@ pub(crate) struct Shared {
     pub(crate) state: Arc<dyn store::StateStore>,
     pub(crate) sessions: ws::registry::SessionRegistry,
     pub(crate) open_connections: Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) hub: hub::Hub,
+    pub(crate) upstreams: upstream::Upstreams,
 }
 
 /// Fills `N` bytes from the OS-seeded thread RNG.

@@ -16,14 +16,29 @@ pub enum Builtin {
 }
 
 /// What serves a route.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub enum Target {
     /// Handled inside the gateway.
     Builtin(Builtin),
     /// Forwarded to an upstream HTTP application (`POST <upstream>/<route>`).
     Upstream(http::Uri),
+    /// Handled by Rust code registered when embedding the gateway.
+    Handler(std::sync::Arc<dyn crate::handler::RouteHandler>),
 }
+
+impl PartialEq for Target {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Self::Builtin(a), Self::Builtin(b)) => a == b,
+            (Self::Upstream(a), Self::Upstream(b)) => a == b,
+            (Self::Handler(a), Self::Handler(b)) => std::sync::Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+}
+
+impl Eq for Target {}
 
 /// One configured route.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -22,6 +22,8 @@ pub(crate) enum Command {
     User(UserCommand),
     /// Make a new current server key; older keys stay accepted until removed.
     Keygen(DataDirArgs),
+    /// Benchmark a gateway (started here, or --addr) against same-run baselines.
+    Bench(Box<wsgate_bench::BenchArgs>),
 }
 
 /// Where the data directory is.

@@ -12,9 +12,7 @@ use wsgate_proto::scram;
 use wsgate_server::Gateway;
 use wsgate_server::config::{Config, FileConfig};
 use wsgate_server::keys::DataDir;
-use wsgate_server::store::{
-    CredentialStore, MemoryStateStore, SqliteCredentialStore, StoreError, UserRecord,
-};
+use wsgate_server::store::{self as store, CredentialStore, StoreError, UserRecord};
 
 use crate::args::{Cli, Command, DataDirArgs, ServeArgs, UserCommand};
 
@@ -34,6 +32,7 @@ pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
             Command::Serve(args) => serve(args).await,
             Command::User(cmd) => user(cmd).await,
             Command::Keygen(dir) => keygen(&dir),
+            Command::Bench(args) => wsgate_bench::run(*args),
         }
     })
 }
@@ -78,7 +77,22 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let (keys, secret) = data
         .load_or_init(&mut rand::rng())
         .with_context(|| format!("preparing the data directory {}", config.data_dir.display()))?;
-    let credentials = Arc::new(SqliteCredentialStore::open(&data.credentials_path())?);
+    let credentials = store::open_credentials(&config.credentials, &data.credentials_path())
+        .await
+        .with_context(|| {
+            format!(
+                "opening the credential store ({})",
+                describe_url(&config.credentials)
+            )
+        })?;
+    let state: Arc<dyn store::StateStore> = if config.state == "memory" {
+        // One node: sessions survive a restart through a journal beside the key.
+        Arc::new(store::PersistentSessions::open(&data.sessions_path(), store::MemoryStateStore::new()).await?)
+    } else {
+        store::open_state(&config.state)
+            .await
+            .with_context(|| format!("opening the state store ({})", describe_url(&config.state)))?
+    };
     if config.demo {
         ensure_demo_user(credentials.as_ref()).await?;
     }
@@ -96,18 +110,23 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let addr = listener.local_addr()?;
     let fingerprint = keys.current().fingerprint().to_owned();
     let demo = config.demo;
-    let gateway = Gateway::new(
-        config,
-        keys,
-        secret,
-        credentials,
-        Arc::new(MemoryStateStore::new()),
+    let role = if config.auth_module {
+        "authentication module on"
+    } else {
+        "authentication module off"
+    };
+    let backends = format!(
+        "state: {}, credentials: {}",
+        describe_url(&config.state),
+        describe_url(&config.credentials)
     );
+    let gateway = Gateway::new(config, keys, secret, credentials, state);
     println!(
         "wsgate {} listening on http://{addr}",
         env!("CARGO_PKG_VERSION")
     );
     println!("  server key fingerprint: {fingerprint}");
+    println!("  {role}; {backends}");
     if demo {
         println!("  demo: open http://{addr}/ and log in as {DEMO_USER} / {DEMO_PASSWORD}");
     }
@@ -163,10 +182,30 @@ async fn ensure_demo_user(store: &dyn CredentialStore) -> Result<()> {
     Ok(())
 }
 
-fn open_credentials(dir: &Path) -> Result<SqliteCredentialStore> {
+/// The credential store of `config` (SQLite in `dir` unless the config
+/// names another), for the `user` subcommands.
+async fn open_credentials(config: &Config, dir: &Path) -> Result<Arc<dyn CredentialStore>> {
     let data = DataDir::new(dir);
-    SqliteCredentialStore::open(&data.credentials_path())
-        .with_context(|| format!("opening the user database in {}", dir.display()))
+    store::open_credentials(&config.credentials, &data.credentials_path())
+        .await
+        .with_context(|| {
+            format!(
+                "opening the credential store ({})",
+                describe_url(&config.credentials)
+            )
+        })
+}
+
+/// A store URL with any password replaced, safe to print.
+fn describe_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let userinfo = &url[scheme_end + 3..at];
+            let user = userinfo.split(':').next().unwrap_or_default();
+            format!("{}://{user}:***@{}", &url[..scheme_end], &url[at + 1..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 fn read_password(from_stdin: bool) -> Result<zeroize::Zeroizing<String>> {
@@ -213,7 +252,7 @@ async fn user(cmd: UserCommand) -> Result<ExitCode> {
                 );
             }
             DataDir::new(&dir).ensure_exists()?;
-            let store = open_credentials(&dir)?;
+            let store = open_credentials(&config, &dir).await?;
             if store.get_user(&stored).await?.is_some() {
                 bail!(
                     "user {stored:?} already exists; remove it first with `wsgate user remove {stored}`"
@@ -232,22 +271,26 @@ async fn user(cmd: UserCommand) -> Result<ExitCode> {
             println!("added user {stored:?} ({iterations} iterations)");
         }
         UserCommand::List { dir } => {
-            let (_, dir) = resolve_data_dir(&dir)?;
-            if !DataDir::new(&dir).credentials_path().exists() {
+            let (config, dir) = resolve_data_dir(&dir)?;
+            if config.credentials == "sqlite" && !DataDir::new(&dir).credentials_path().exists() {
                 bail!(
                     "no user database in {}; add a user with `wsgate user add NAME --data-dir {}`",
                     dir.display(),
                     dir.display()
                 );
             }
-            for name in open_credentials(&dir)?.list_users().await? {
+            for name in open_credentials(&config, &dir).await?.list_users().await? {
                 println!("{name}");
             }
         }
         UserCommand::Remove { name, dir } => {
-            let (_, dir) = resolve_data_dir(&dir)?;
+            let (config, dir) = resolve_data_dir(&dir)?;
             let stored = saslprep::prepare_stored(&name).unwrap_or(name);
-            if !open_credentials(&dir)?.remove_user(&stored).await? {
+            if !open_credentials(&config, &dir)
+                .await?
+                .remove_user(&stored)
+                .await?
+            {
                 bail!("no user {stored:?}; see `wsgate user list`");
             }
             println!("removed user {stored:?}");

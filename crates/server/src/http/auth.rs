@@ -117,6 +117,23 @@ pub(crate) async fn put_session(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    if !shared.config.auth_module {
+        return match &shared.config.auth_redirect {
+            // 307 keeps the method and body, so the PUT is repeated there.
+            Some(url) => {
+                let location = format!("{}/auth/session", url.trim_end_matches('/'));
+                let mut resp = StatusCode::TEMPORARY_REDIRECT.into_response();
+                if let Ok(v) = HeaderValue::from_str(&location) {
+                    resp.headers_mut().insert(header::LOCATION, v);
+                }
+                resp
+            }
+            None => json_response(
+                StatusCode::NOT_FOUND,
+                &json!({"status": "not_found", "message": "this node does not host the authentication module; log in at a node with auth_module = true"}),
+            ),
+        };
+    }
     if body.len() > shared.config.limits.http_body_limit {
         return json_response(
             StatusCode::PAYLOAD_TOO_LARGE,

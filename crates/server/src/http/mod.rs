@@ -1,8 +1,10 @@
 //! HTTP: the accept loop and the plain-HTTP endpoints.
 
+pub(crate) mod api;
 pub(crate) mod assets;
 pub(crate) mod auth;
 pub(crate) mod serve;
+pub(crate) mod tls;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tower_service::Service as _;
@@ -35,6 +35,7 @@ impl Gateway {
         state: Arc<dyn StateStore>,
     ) -> Self {
         let sessions = SessionRegistry::new(state.clone());
+        let config_upstream = config.upstream.clone();
         Self {
             shared: Arc::new(Shared {
                 config,
@@ -44,6 +45,8 @@ impl Gateway {
                 state,
                 sessions,
                 open_connections: Arc::new(AtomicUsize::new(0)),
+                hub: crate::hub::Hub::default(),
+                upstreams: crate::upstream::Upstreams::new(&config_upstream),
             }),
         }
     }
@@ -53,13 +56,33 @@ impl Gateway {
         &self.shared.config
     }
 
-    /// The axum router of every endpoint. Requests need a
-    /// `ConnectInfo<SocketAddr>` extension ([`Gateway::serve`] adds it).
+    /// The axum router of every endpoint, for embedding in an existing
+    /// service. Requests need a `ConnectInfo<SocketAddr>` extension
+    /// ([`Gateway::serve`] adds it; with `axum::serve`, use
+    /// `into_make_service_with_connect_info::<SocketAddr>()`). Must be called
+    /// inside a tokio runtime: it starts the node's revocation and event
+    /// listeners.
     pub fn router(&self) -> Router {
+        self.shared.sessions.start();
+        self.shared
+            .hub
+            .start(&self.shared.state, self.shared.config.limits.send_queue);
         let mut router = Router::new()
             .route("/auth/key", get(http::auth::get_key))
             .route("/auth/session", put(http::auth::put_session))
             .route("/ws", get(ws::upgrade))
+            // Events may be as large as a WebSocket message.
+            .route(
+                "/api/publish",
+                post(http::api::publish).layer(axum::extract::DefaultBodyLimit::max(
+                    self.shared
+                        .config
+                        .limits
+                        .max_message_size
+                        .saturating_add(4096),
+                )),
+            )
+            .route("/auth/introspect", post(http::api::introspect))
             .route("/sm.js", get(http::assets::sm_js))
             .route("/healthz", get(|| async { "ok" }));
         if self.shared.config.raw_echo {
@@ -85,11 +108,14 @@ impl Gateway {
     ) -> std::io::Result<()> {
         let router = self.router();
         let limits = self.shared.config.limits.clone();
+        let tls = match &self.shared.config.tls {
+            Some(files) => Some(http::tls::acceptor(files)?),
+            None => None,
+        };
         let open = self.shared.open_connections.clone();
         // Each connection task holds a sender; when all are gone, all are done.
         let (draining, mut drained) = tokio::sync::mpsc::channel::<()>(1);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-        self.shared.sessions.start();
         tokio::pin!(shutdown);
         loop {
             let (tcp, peer) = tokio::select! {
@@ -118,15 +144,21 @@ impl Gateway {
                     router.clone().call(req)
                 },
             );
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits.http_header_timeout)
-                .max_buf_size(16 * 1024)
-                .serve_connection(TokioIo::new(tcp), service)
-                .with_upgrades();
             let (draining, mut stop) = (draining.clone(), stop_rx.clone());
+            let (tls, header_timeout) = (tls.clone(), limits.http_header_timeout);
             tokio::spawn(async move {
                 let (_guard, _draining) = (guard, draining);
+                // Plain TCP, or TLS once its handshake is done (`[tls]`).
+                let Some(io) = http::tls::accept(tls.as_ref(), tcp, header_timeout, peer).await
+                else {
+                    return;
+                };
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(header_timeout)
+                    .max_buf_size(16 * 1024)
+                    .serve_connection(TokioIo::new(io), service)
+                    .with_upgrades();
                 tokio::pin!(conn);
                 let result = tokio::select! {
                     r = conn.as_mut() => r,

@@ -10,11 +10,20 @@ use tokio::sync::broadcast;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use super::{CredentialStore, SessionRecord, StateStore, StoreError, UserRecord, unix_now};
+use super::{
+    CredentialStore, SessionRecord, StateStore, StoreError, StoreEvent, UserRecord, unix_now,
+};
 
 /// How many revocations a slow watcher may fall behind before it sees
-/// `RecvError::Lagged`.
-const REVOCATION_CHANNEL_CAPACITY: usize = 1024;
+/// `RecvError::Lagged`. A power of two (tokio rounds up to one anyway), so
+/// the Redis store's lag notice knows exactly how many fillers to send.
+pub(super) const REVOCATION_CHANNEL_CAPACITY: usize = 1024;
+
+/// How many events a slow watcher may fall behind before it sees
+/// `RecvError::Lagged`; a power of two, like
+/// [`REVOCATION_CHANNEL_CAPACITY`]. Memory held for a lagging watcher is at
+/// most this many events.
+pub(super) const EVENT_CHANNEL_CAPACITY: usize = 4096;
 
 /// A map sweeps its expired entries when it has grown to this many entries
 /// or to twice its size after the previous sweep, whichever is larger: the
@@ -86,12 +95,14 @@ struct State {
 pub struct MemoryStateStore {
     state: Mutex<State>,
     revocations: broadcast::Sender<String>,
+    events: broadcast::Sender<StoreEvent>,
 }
 
 impl MemoryStateStore {
     /// An empty store.
     pub fn new() -> Self {
         let (revocations, _) = broadcast::channel(REVOCATION_CHANNEL_CAPACITY);
+        let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         Self {
             state: Mutex::new(State {
                 exchanges: ExpiringMap::new(),
@@ -99,6 +110,7 @@ impl MemoryStateStore {
                 failures: ExpiringMap::new(),
             }),
             revocations,
+            events,
         }
     }
 
@@ -139,6 +151,7 @@ impl fmt::Debug for MemoryStateStore {
             .field("sessions", &sessions)
             .field("failure_windows", &failures)
             .field("watchers", &self.revocations.receiver_count())
+            .field("event_watchers", &self.events.receiver_count())
             .finish()
     }
 }
@@ -240,6 +253,21 @@ impl StateStore for MemoryStateStore {
     async fn reset_failures(&self, key: &str) -> Result<(), StoreError> {
         lock(&self.state).failures.entries.remove(key);
         Ok(())
+    }
+
+    async fn publish_event(&self, channel: &str, payload: &[u8]) -> Result<(), StoreError> {
+        if !channel.is_empty() {
+            // No watcher is not an error.
+            let _ = self.events.send(StoreEvent {
+                channel: channel.to_owned(),
+                payload: bytes::Bytes::copy_from_slice(payload),
+            });
+        }
+        Ok(())
+    }
+
+    fn watch_events(&self) -> broadcast::Receiver<StoreEvent> {
+        self.events.subscribe()
     }
 }
 

@@ -2,27 +2,43 @@
 //!
 //! * [`CredentialStore`]: per user only what SCRAM needs — `salt`,
 //!   `iterations`, `StoredKey`, `ServerKey` — never a password. SQLite by
-//!   default ([`SqliteCredentialStore`]), [`MemoryCredentialStore`] for tests
-//!   and embedding; PostgreSQL for fleets later.
+//!   default ([`SqliteCredentialStore`]), PostgreSQL for fleets
+//!   ([`PostgresCredentialStore`]), [`MemoryCredentialStore`] for tests and
+//!   embedding.
 //! * [`StateStore`]: everything short-lived that every node of a fleet must
 //!   see — SCRAM exchanges between the two login requests, sessions, failure
-//!   counters for rate limiting, and session revocations. In-process by
-//!   default ([`MemoryStateStore`]), Redis for fleets later.
+//!   counters for rate limiting, session revocations and channel events. In-process by
+//!   default ([`MemoryStateStore`]), Redis for fleets ([`RedisStateStore`]).
 //!
-//! Every backend runs the same conformance suite (`store/tests.rs`).
+//! [`open_state`] and [`open_credentials`] pick a backend from the
+//! configuration's `state` and `credentials` strings.
+//!
+//! Every backend runs the same conformance suite (`store/tests.rs`); the
+//! Redis and PostgreSQL ones against real servers that the tests start
+//! (`store/test_servers.rs`).
 
 mod memory;
+mod persist;
+mod postgres;
+mod redis;
 mod sqlite;
 
+#[cfg(test)]
+pub(crate) mod test_servers;
 #[cfg(test)]
 pub(crate) mod tests;
 
 use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use zeroize::Zeroizing;
 
+pub use self::postgres::PostgresCredentialStore;
+pub use self::redis::RedisStateStore;
 pub use memory::{MemoryCredentialStore, MemoryStateStore};
+pub use persist::PersistentSessions;
 pub use sqlite::SqliteCredentialStore;
 pub use wsgate_proto::scram::Verifier;
 
@@ -185,11 +201,14 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
     /// Removes the session and notifies every watcher (later: every node),
     /// whether or not this store knew it.
     async fn revoke_session(&self, id: &str) -> Result<(), StoreError>;
-    /// Session ids revoked from now on. A receiver that lags behind gets
+    /// Session ids revoked from now on, anywhere in the fleet. A receiver
+    /// that may have missed some — it fell behind, or this node lost its
+    /// connection to the fleet's fan-out for a while — gets
     /// `RecvError::Lagged`; it should then re-check its sessions with
-    /// [`get_session`](Self::get_session), which returns None for revoked ones.
-    /// Expiry is not announced here: holders of a session close it at
-    /// `expires_at` themselves.
+    /// [`get_session`](Self::get_session), which returns None for revoked
+    /// ones. An empty id names no session (the filler of such a notice):
+    /// skip it. Expiry is not announced here: holders of a session close it
+    /// at `expires_at` themselves.
     fn watch_revocations(&self) -> tokio::sync::broadcast::Receiver<String>;
     /// Counts one failure for `key` in a fixed window that starts at the
     /// key's first failure; returns (count including this one, time left in
@@ -203,6 +222,137 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
     async fn failures(&self, key: &str) -> Result<(u32, Duration), StoreError>;
     /// Forgets the failures of `key`.
     async fn reset_failures(&self, key: &str) -> Result<(), StoreError>;
+    /// Publishes an event to every node (including this one). Delivery is at
+    /// most once; a node that lags loses events (bounded memory).
+    ///
+    /// Events of one publisher (one store, calls awaited one after the other)
+    /// reach every watcher in publication order. When this returns `Ok`, the
+    /// event has been handed to this node's watchers. An empty `channel`
+    /// names no channel (it is the filler of a lag notice, see
+    /// [`watch_events`](Self::watch_events)): such an event is dropped.
+    async fn publish_event(&self, channel: &str, payload: &[u8]) -> Result<(), StoreError>;
+    /// Events published anywhere from now on. Once this returns, every later
+    /// `publish_event` anywhere in the fleet reaches the receiver (unless it
+    /// lags).
+    ///
+    /// A receiver that may have missed events — it fell behind, or this node
+    /// lost its connection to the fleet's fan-out for a while — gets
+    /// `RecvError::Lagged`. Events with an empty `channel` are fillers of
+    /// such a notice and carry nothing: skip them.
+    fn watch_events(&self) -> tokio::sync::broadcast::Receiver<StoreEvent>;
+    /// Whether the backend is reachable right now, as far as this node
+    /// knows (Redis: false while the connection is down). A node reports it
+    /// and may refuse work early while it is false; calls made meanwhile fail
+    /// with [`StoreError::Unavailable`] anyway.
+    fn is_healthy(&self) -> bool {
+        true
+    }
+}
+
+/// An event published with [`StateStore::publish_event`].
+///
+/// `Debug` shows the payload's length, never its bytes (they may be
+/// sensitive).
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoreEvent {
+    /// The channel (DESIGN §6); empty only in the filler of a lag notice.
+    pub channel: String,
+    /// The event body, exactly as published.
+    pub payload: bytes::Bytes,
+}
+
+impl fmt::Debug for StoreEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoreEvent")
+            .field("channel", &self.channel)
+            .field("payload_len", &self.payload.len())
+            .finish()
+    }
+}
+
+/// Opens the state store named by the configuration's `state` value:
+/// `"memory"` (or empty) for the in-process store of a single node,
+/// `redis://[:password@]host[:port][/db]` (or `rediss://` for TLS) for a
+/// fleet's shared Redis.
+pub async fn open_state(url: &str) -> Result<Arc<dyn StateStore>, StoreError> {
+    let trimmed = url.trim();
+    if trimmed.is_empty() || trimmed == "memory" {
+        return Ok(Arc::new(MemoryStateStore::new()));
+    }
+    match scheme_of(trimmed) {
+        Some("redis" | "rediss" | "redis+unix" | "unix") => {
+            Ok(Arc::new(RedisStateStore::connect(trimmed).await?))
+        }
+        _ => Err(StoreError::Unavailable(format!(
+            "unknown state store {:?}; use \"memory\" (one node) or \
+             \"redis://[:password@]host[:port][/db]\" (a fleet; \"rediss://\" for TLS)",
+            redact_url(trimmed)
+        ))),
+    }
+}
+
+/// Opens the credential store named by the configuration's `credentials`
+/// value: `"sqlite"` (or empty) for `default_sqlite` (the data directory's
+/// file), `sqlite://PATH` for another SQLite file, or
+/// `postgres://user[:password]@host[:port]/database` (also `postgresql://`)
+/// for a fleet's shared PostgreSQL.
+pub async fn open_credentials(
+    url: &str,
+    default_sqlite: &Path,
+) -> Result<Arc<dyn CredentialStore>, StoreError> {
+    let trimmed = url.trim();
+    let sqlite_path = if trimmed.is_empty() || trimmed == "sqlite" {
+        Some(default_sqlite.to_path_buf())
+    } else {
+        trimmed.strip_prefix("sqlite://").map(PathBuf::from)
+    };
+    if let Some(path) = sqlite_path {
+        if path.as_os_str().is_empty() {
+            return Err(StoreError::Unavailable(
+                "\"sqlite://\" names no file; write sqlite:///absolute/path or \
+                 sqlite://relative/path, or \"sqlite\" for the data directory's file"
+                    .to_owned(),
+            ));
+        }
+        let store = tokio::task::spawn_blocking(move || SqliteCredentialStore::open(&path))
+            .await
+            .map_err(|e| {
+                StoreError::Unavailable(format!("the SQLite worker task failed ({e})"))
+            })??;
+        return Ok(Arc::new(store));
+    }
+    match scheme_of(trimmed) {
+        Some("postgres" | "postgresql") => {
+            Ok(Arc::new(PostgresCredentialStore::connect(trimmed).await?))
+        }
+        _ => Err(StoreError::Unavailable(format!(
+            "unknown credential store {:?}; use \"sqlite\" (the data directory's file), \
+             \"sqlite:///path/to/file\" or \
+             \"postgres://user[:password]@host[:port]/database\"",
+            redact_url(trimmed)
+        ))),
+    }
+}
+
+/// The scheme of `url` (the part before `://`), if it has one.
+fn scheme_of(url: &str) -> Option<&str> {
+    url.split_once("://").map(|(scheme, _)| scheme)
+}
+
+/// `url` with any password, user name and query removed, for error messages
+/// and logs: `redis://:secret@host:6379/0?x=y` → `redis://host:6379/0`.
+pub(crate) fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        // Not a URL: it may be anything, including a key=value connection
+        // string with a password. Show only its length.
+        return format!("<{} characters, not a URL>", url.chars().count());
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}{path}")
 }
 
 /// Serde for the session key as b64u, so a JSON-encoded record (Redis) stays

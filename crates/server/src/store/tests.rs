@@ -190,10 +190,19 @@ pub(crate) async fn credential_store_debug_shows_no_key_bytes<S: CredentialStore
 }
 
 /// Instantiates the credential store suite for one backend.
-/// `$make` is a future giving `(guard, store)`.
+/// `$make` is a future giving `(guard, store)`; with `services:` first, a
+/// future giving `Option<(guard, store)>`, where `None` skips the test (the
+/// backend's server is unavailable on purpose, see
+/// `test_servers::SKIP_ENV`).
 macro_rules! credential_store_suite {
+    (services: $make:expr) => {
+        $crate::store::tests::credential_store_suite!(@suite services, $make);
+    };
     ($make:expr) => {
-        $crate::store::tests::credential_store_suite!(@tests $make;
+        $crate::store::tests::credential_store_suite!(@suite always, $make);
+    };
+    (@suite $mode:ident, $make:expr) => {
+        $crate::store::tests::credential_store_suite!(@tests $mode, $make;
             get_unknown_user_is_none,
             add_then_get_round_trips,
             add_existing_user_fails_and_keeps_the_old_record,
@@ -205,15 +214,15 @@ macro_rules! credential_store_suite {
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
         async fn concurrent_adds_of_one_name_let_exactly_one_win() {
-            let (_guard, store) = $make.await;
+            $crate::store::tests::get_store!($mode, $make, _guard, store);
             $crate::store::tests::concurrent_adds_of_one_name_let_exactly_one_win(store).await;
         }
     };
-    (@tests $make:expr; $($name:ident),* $(,)?) => {
+    (@tests $mode:ident, $make:expr; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test]
             async fn $name() {
-                let (_guard, store) = $make.await;
+                $crate::store::tests::get_store!($mode, $make, _guard, store);
                 $crate::store::tests::$name(store).await;
             }
         )*
@@ -447,14 +456,102 @@ pub(crate) async fn state_store_debug_shows_no_key_bytes<S: StateStore>(store: S
     assert_no_key_bytes(&text);
 }
 
+/// The next event of `watcher`, within 5 s; fails on a lag notice.
+pub(crate) async fn next_event(
+    watcher: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
+) -> StoreEvent {
+    tokio::time::timeout(Duration::from_secs(5), watcher.recv())
+        .await
+        .expect("an event within 5 s")
+        .expect("an event, not a lag notice")
+}
+
+pub(crate) async fn events_reach_every_watcher<S: StateStore>(store: S) {
+    let mut first = store.watch_events();
+    let mut second = store.watch_events();
+    store.publish_event("news", b"hello").await.unwrap();
+    for watcher in [&mut first, &mut second] {
+        let event = next_event(watcher).await;
+        assert_eq!(event.channel, "news");
+        assert_eq!(&event.payload[..], b"hello");
+    }
+    assert!(matches!(first.try_recv(), Err(TryRecvError::Empty)));
+}
+
+pub(crate) async fn events_of_one_publisher_keep_their_order<S: StateStore>(store: S) {
+    let mut watcher = store.watch_events();
+    for i in 0..200u32 {
+        let channel = format!("c{}", i % 3);
+        store
+            .publish_event(&channel, &i.to_be_bytes())
+            .await
+            .unwrap();
+    }
+    for i in 0..200u32 {
+        let event = next_event(&mut watcher).await;
+        assert_eq!(event.channel, format!("c{}", i % 3));
+        assert_eq!(&event.payload[..], i.to_be_bytes());
+    }
+}
+
+pub(crate) async fn event_watchers_see_only_later_events<S: StateStore>(store: S) {
+    store.publish_event("news", b"old").await.unwrap();
+    let mut late = store.watch_events();
+    assert!(matches!(late.try_recv(), Err(TryRecvError::Empty)));
+    store.publish_event("news", b"new").await.unwrap();
+    assert_eq!(&next_event(&mut late).await.payload[..], b"new");
+    // Give a late echo of "old" (a backend's fan-out) time to show up.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(matches!(late.try_recv(), Err(TryRecvError::Empty)));
+}
+
+pub(crate) async fn event_payloads_are_kept_byte_for_byte<S: StateStore>(store: S) {
+    let mut watcher = store.watch_events();
+    let all_bytes: Vec<u8> = (0..=255).collect();
+    let large: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+    let cases: [(&str, &[u8]); 5] = [
+        ("user.émile.inbox", b"\xff\xfe\x00not utf-8\x80"),
+        ("bytes", &all_bytes),
+        ("empty", b""),
+        ("json", br#"{"a":"b"}"#),
+        ("large", &large),
+    ];
+    for (channel, payload) in cases {
+        store.publish_event(channel, payload).await.unwrap();
+    }
+    for (channel, payload) in cases {
+        let event = next_event(&mut watcher).await;
+        assert_eq!(event.channel, channel);
+        assert_eq!(&event.payload[..], payload, "{channel}");
+    }
+}
+
+pub(crate) async fn events_without_a_channel_are_dropped<S: StateStore>(store: S) {
+    let mut watcher = store.watch_events();
+    store.publish_event("", b"filler").await.unwrap();
+    store.publish_event("real", b"x").await.unwrap();
+    assert_eq!(next_event(&mut watcher).await.channel, "real");
+}
+
+pub(crate) async fn a_healthy_store_says_so<S: StateStore>(store: S) {
+    assert!(store.is_healthy(), "{store:?}");
+}
+
 /// Instantiates the state store suite for one backend.
 /// `$make` is a future giving `(guard, store)`.
 ///
-/// Time-dependent tests run on paused tokio time; a backend whose TTLs run on
-/// a server's clock needs real time (a `real_time` arm, when one exists).
+/// Time-dependent tests run on paused tokio time; a backend whose TTLs run
+/// on a server's clock (Redis) uses `services:`, whose tests run in real time
+/// and whose `$make` gives `Option<(guard, store)>` (`None` skips).
 macro_rules! state_store_suite {
+    (services: $make:expr) => {
+        $crate::store::tests::state_store_suite!(@suite services, $make);
+    };
     ($make:expr) => {
-        $crate::store::tests::state_store_suite!(@tests $make;
+        $crate::store::tests::state_store_suite!(@suite always, $make);
+    };
+    (@suite $mode:ident, $make:expr) => {
+        $crate::store::tests::state_store_suite!(@tests $mode, $make;
             exchange_round_trips_once,
             exchange_expires_after_its_ttl,
             unknown_session_is_none,
@@ -466,14 +563,20 @@ macro_rules! state_store_suite {
             failure_window_is_fixed_from_the_first_failure,
             reset_failures_forgets_the_count,
             state_store_debug_shows_no_key_bytes,
+            events_reach_every_watcher,
+            events_of_one_publisher_keep_their_order,
+            event_watchers_see_only_later_events,
+            event_payloads_are_kept_byte_for_byte,
+            events_without_a_channel_are_dropped,
+            a_healthy_store_says_so,
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
         async fn exchange_take_is_atomic_under_concurrency() {
-            let (_guard, store) = $make.await;
+            $crate::store::tests::get_store!($mode, $make, _guard, store);
             $crate::store::tests::exchange_take_is_atomic_under_concurrency(store).await;
         }
     };
-    (@tests $make:expr; $($name:ident),* $(,)?) => {
+    (@tests always, $make:expr; $($name:ident),* $(,)?) => {
         $(
             #[tokio::test(start_paused = true)]
             async fn $name() {
@@ -482,8 +585,31 @@ macro_rules! state_store_suite {
             }
         )*
     };
+    (@tests services, $make:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[tokio::test]
+            async fn $name() {
+                $crate::store::tests::get_store!(services, $make, _guard, store);
+                $crate::store::tests::$name(store).await;
+            }
+        )*
+    };
 }
 pub(crate) use state_store_suite;
+
+/// Binds `$guard` and `$store` from `$make`: `(guard, store)` (`always`), or
+/// `Option<(guard, store)>` whose `None` returns from the test (`services`).
+macro_rules! get_store {
+    (always, $make:expr, $guard:ident, $store:ident) => {
+        let ($guard, $store) = $make.await;
+    };
+    (services, $make:expr, $guard:ident, $store:ident) => {
+        let Some(($guard, $store)) = $make.await else {
+            return;
+        };
+    };
+}
+pub(crate) use get_store;
 
 // ───────────────────────────── the backends ─────────────────────────────────
 
@@ -515,6 +641,16 @@ mod memory_state {
     use crate::store::MemoryStateStore;
 
     crate::store::tests::state_store_suite!(async { ((), MemoryStateStore::new()) });
+}
+
+mod redis_state {
+    crate::store::tests::state_store_suite!(services: crate::store::test_servers::redis_store());
+}
+
+mod postgres_credentials {
+    crate::store::tests::credential_store_suite!(
+        services: crate::store::test_servers::postgres_store()
+    );
 }
 
 // ─────────────────────────── backend-specific tests ─────────────────────────
@@ -612,6 +748,807 @@ mod memory_specific {
             watcher.recv().await,
             Err(tokio::sync::broadcast::error::RecvError::Lagged(_))
         ));
+    }
+
+    #[tokio::test]
+    async fn lagging_event_watchers_are_told_so() {
+        let store = MemoryStateStore::new();
+        let mut watcher = store.watch_events();
+        for i in 0..5000u32 {
+            store.publish_event("c", &i.to_be_bytes()).await.unwrap();
+        }
+        assert!(matches!(
+            watcher.recv().await,
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_))
+        ));
+        // It then reads on from the oldest event still held.
+        assert_eq!(next_event(&mut watcher).await.channel, "c");
+    }
+}
+
+mod redis_specific {
+    //! Against real `redis-server`s: a fleet of stores on one Redis, the
+    //! layout of keys, and what happens when Redis goes away.
+
+    use std::time::Instant;
+
+    use tokio::sync::broadcast::Receiver;
+    use tokio::sync::broadcast::error::RecvError;
+
+    use super::*;
+    use crate::store::RedisStateStore;
+    use crate::store::test_servers::{RedisServer, shared_redis, skipped, unique_prefix};
+
+    async fn raw(url: &str) -> ::redis::aio::MultiplexedConnection {
+        ::redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Two stores (two nodes) on the shared Redis under one fresh prefix.
+    async fn fleet() -> Option<(RedisStateStore, RedisStateStore)> {
+        if skipped() {
+            return None;
+        }
+        let (url, prefix) = (shared_redis().url(), unique_prefix());
+        let a = RedisStateStore::connect_with_prefix(&url, &prefix)
+            .await
+            .unwrap();
+        let b = RedisStateStore::connect_with_prefix(&url, &prefix)
+            .await
+            .unwrap();
+        Some((a, b))
+    }
+
+    /// The next real revocation, skipping lag-notice fillers; `Err` on a lag
+    /// notice itself.
+    async fn next_revocation(watcher: &mut Receiver<String>) -> Result<String, RecvError> {
+        loop {
+            let id = tokio::time::timeout(Duration::from_secs(10), watcher.recv())
+                .await
+                .expect("a revocation within 10 s")?;
+            if !id.is_empty() {
+                return Ok(id);
+            }
+        }
+    }
+
+    /// The next real event, skipping fillers; `Err` on a lag notice.
+    async fn next_real_event(watcher: &mut Receiver<StoreEvent>) -> Result<StoreEvent, RecvError> {
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), watcher.recv())
+                .await
+                .expect("an event within 10 s")?;
+            if !event.channel.is_empty() {
+                return Ok(event);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn nodes_share_state_and_fan_out_to_each_other() {
+        let Some((a, b)) = fleet().await else { return };
+        let (mut a_revoked, mut b_revoked) = (a.watch_revocations(), b.watch_revocations());
+        let (mut a_events, mut b_events) = (a.watch_events(), b.watch_events());
+
+        // A login on one node is a session on every node.
+        a.put_exchange("x", b"state".to_vec(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(b.take_exchange("x").await.unwrap().unwrap(), b"state");
+        assert_eq!(a.take_exchange("x").await.unwrap(), None);
+        a.put_session("s1", &live_session("alice")).await.unwrap();
+        assert_same_session(
+            &b.get_session("s1").await.unwrap().unwrap(),
+            &live_session("alice"),
+        );
+        // Failure counters are shared.
+        a.record_failure("user:alice", WINDOW).await.unwrap();
+        assert_eq!(b.record_failure("user:alice", WINDOW).await.unwrap().0, 2);
+
+        // A logout on the other node refuses it everywhere, and every node's
+        // watchers hear of it exactly once.
+        b.revoke_session("s1").await.unwrap();
+        assert!(a.get_session("s1").await.unwrap().is_none());
+        assert_eq!(next_revocation(&mut a_revoked).await.unwrap(), "s1");
+        assert_eq!(next_revocation(&mut b_revoked).await.unwrap(), "s1");
+
+        // Events reach every node, the publisher's own watchers once.
+        a.publish_event("news", b"from a").await.unwrap();
+        b.publish_event("news", b"from b").await.unwrap();
+        for watcher in [&mut a_events, &mut b_events] {
+            let mut got = vec![
+                next_real_event(watcher).await.unwrap().payload,
+                next_real_event(watcher).await.unwrap().payload,
+            ];
+            got.sort();
+            assert_eq!(got, [&b"from a"[..], &b"from b"[..]]);
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(matches!(a_events.try_recv(), Err(TryRecvError::Empty)));
+        assert!(matches!(b_events.try_recv(), Err(TryRecvError::Empty)));
+        assert!(matches!(a_revoked.try_recv(), Err(TryRecvError::Empty)));
+    }
+
+    #[tokio::test]
+    async fn every_key_lives_under_the_prefix_and_expires() {
+        if skipped() {
+            return;
+        }
+        let (url, prefix) = (shared_redis().url(), unique_prefix());
+        let store = RedisStateStore::connect_with_prefix(&url, &prefix)
+            .await
+            .unwrap();
+        assert_eq!(store.prefix(), prefix);
+        store
+            .put_exchange("x1", b"s".to_vec(), Duration::from_secs(60))
+            .await
+            .unwrap();
+        store.put_session("s1", &live_session("a")).await.unwrap();
+        store.record_failure("ip:192.0.2.1", WINDOW).await.unwrap();
+        let mut conn = raw(&url).await;
+        let mut keys: Vec<String> = ::redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                format!("{prefix}exchange:x1"),
+                format!("{prefix}failures:ip:192.0.2.1"),
+                format!("{prefix}session:s1"),
+            ]
+        );
+        for key in &keys {
+            let ttl: i64 = ::redis::cmd("PTTL")
+                .arg(key)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(ttl > 0, "{key} has no expiry ({ttl})");
+        }
+        // The session expires with the record, on Redis's clock.
+        let expires_at: i64 = ::redis::cmd("PEXPIRETIME")
+            .arg(format!("{prefix}session:s1"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let record = live_session("a");
+        assert!(
+            (expires_at / 1000).abs_diff(record.expires_at as i64) <= 1,
+            "{expires_at}"
+        );
+        // The session's key bytes are stored, but never in Debug output.
+        assert_no_key_bytes(&format!("{store:?}"));
+    }
+
+    #[tokio::test]
+    async fn foreign_data_is_corrupt_and_operator_revocations_count() {
+        if skipped() {
+            return;
+        }
+        let (url, prefix) = (shared_redis().url(), unique_prefix());
+        let store = RedisStateStore::connect_with_prefix(&url, &prefix)
+            .await
+            .unwrap();
+        let mut watcher = store.watch_revocations();
+        let mut conn = raw(&url).await;
+        let _: () = ::redis::cmd("SET")
+            .arg(format!("{prefix}session:bad"))
+            .arg("not json")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let err = store.get_session("bad").await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        assert!(err.to_string().contains("session:bad"), "{err}");
+        // An operator may revoke a session by hand with a bare id.
+        let _: () = ::redis::cmd("PUBLISH")
+            .arg(format!("{prefix}revocations"))
+            .arg("by-hand")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(next_revocation(&mut watcher).await.unwrap(), "by-hand");
+        // Malformed event frames are ignored.
+        let _: () = ::redis::cmd("PUBLISH")
+            .arg(format!("{prefix}events"))
+            .arg(&b"short"[..])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let mut events = store.watch_events();
+        store.publish_event("ok", b"1").await.unwrap();
+        assert_eq!(next_real_event(&mut events).await.unwrap().channel, "ok");
+    }
+
+    #[tokio::test]
+    async fn rediss_urls_speak_tls_and_trust_the_named_ca() {
+        if skipped() {
+            return;
+        }
+        let server = RedisServer::start_tls().unwrap();
+        let url = server.url();
+        let prefix = unique_prefix();
+        let store = RedisStateStore::connect_with_prefix(&url, &prefix)
+            .await
+            .unwrap();
+        let other = RedisStateStore::connect_with_prefix(&url, &prefix)
+            .await
+            .unwrap();
+        assert!(store.location().starts_with("rediss://127.0.0.1:"));
+        assert!(!store.location().contains("ca_file"));
+        let mut events = store.watch_events();
+        other.put_session("s", &live_session("a")).await.unwrap();
+        assert!(store.get_session("s").await.unwrap().is_some());
+        other.publish_event("news", b"over tls").await.unwrap();
+        assert_eq!(
+            &next_real_event(&mut events).await.unwrap().payload[..],
+            b"over tls"
+        );
+
+        // Without the CA, the certificate is refused, and the error says how
+        // to name the CA.
+        let plain = format!("rediss://127.0.0.1:{}/", server.port());
+        let err = RedisStateStore::connect(&plain).await.unwrap_err();
+        assert!(err.to_string().contains("ca_file"), "{err}");
+        let missing = format!(
+            "rediss://127.0.0.1:{}/?ca_file=/nonexistent.pem",
+            server.port()
+        );
+        let err = RedisStateStore::connect(&missing).await.unwrap_err();
+        assert!(err.to_string().contains("/nonexistent.pem"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_fails_fast_with_a_clear_error() {
+        // A port nobody listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let started = Instant::now();
+        let err = RedisStateStore::connect(&format!("redis://:hunter2@127.0.0.1:{port}/0"))
+            .await
+            .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!("cannot reach Redis at redis://127.0.0.1:{port}/0"))
+                && text.contains("redis-server running"),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+        let err = RedisStateStore::connect("redis://[::1").await.unwrap_err();
+        assert!(err.to_string().contains("redis://"), "{err}");
+    }
+
+    /// Every kind of call fails with `Unavailable`, each within 3 s.
+    async fn assert_calls_fail_fast(store: &RedisStateStore) {
+        let ttl = Duration::from_secs(60);
+        let calls: Vec<(&str, Result<(), StoreError>)> = vec![
+            ("put_exchange", {
+                let started = Instant::now();
+                let r = store.put_exchange("x", vec![1], ttl).await;
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "{:?}",
+                    started.elapsed()
+                );
+                r
+            }),
+            ("get_session", {
+                let started = Instant::now();
+                let r = store.get_session("s").await.map(drop);
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "{:?}",
+                    started.elapsed()
+                );
+                r
+            }),
+            ("revoke_session", {
+                let started = Instant::now();
+                let r = store.revoke_session("s").await;
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "{:?}",
+                    started.elapsed()
+                );
+                r
+            }),
+            ("record_failure", {
+                let started = Instant::now();
+                let r = store.record_failure("k", WINDOW).await.map(drop);
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "{:?}",
+                    started.elapsed()
+                );
+                r
+            }),
+            ("publish_event", {
+                let started = Instant::now();
+                let r = store.publish_event("c", b"lost").await;
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "{:?}",
+                    started.elapsed()
+                );
+                r
+            }),
+        ];
+        for (name, result) in calls {
+            let err = result.expect_err(name);
+            assert!(matches!(err, StoreError::Unavailable(_)), "{name}: {err:?}");
+            assert!(err.to_string().contains("127.0.0.1"), "{name}: {err}");
+        }
+    }
+
+    /// Polls until `f` holds, for at most `limit`.
+    async fn eventually(what: &str, limit: Duration, mut f: impl AsyncFnMut() -> bool) {
+        let deadline = Instant::now() + limit;
+        while !f().await {
+            assert!(Instant::now() < deadline, "not {what} within {limit:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// After an outage: the store works again, its watchers are told they
+    /// may have missed messages, and later revocations and events from
+    /// another node reach them.
+    async fn assert_recovers(
+        store: &RedisStateStore,
+        other: &RedisStateStore,
+        revoked: &mut Receiver<String>,
+        events: &mut Receiver<StoreEvent>,
+    ) {
+        eventually("working again", Duration::from_secs(15), async || {
+            store.put_session("back", &live_session("a")).await.is_ok()
+                && other.get_session("back").await.is_ok()
+        })
+        .await;
+        assert!(matches!(
+            next_revocation(revoked).await,
+            Err(RecvError::Lagged(_))
+        ));
+        assert!(matches!(
+            next_real_event(events).await,
+            Err(RecvError::Lagged(_))
+        ));
+        eventually("healthy", Duration::from_secs(15), async || {
+            store.is_healthy()
+        })
+        .await;
+        // The notice leaves the watchers' buffers full of fillers: a message
+        // that arrives before a watcher has skipped them all overruns it
+        // again, so more notices may come before the message itself.
+        other.revoke_session("after").await.unwrap();
+        let id = loop {
+            if let Ok(id) = next_revocation(revoked).await {
+                break id;
+            }
+        };
+        assert_eq!(id, "after");
+        other.publish_event("news", b"after").await.unwrap();
+        let event = loop {
+            if let Ok(event) = next_real_event(events).await {
+                break event;
+            }
+        };
+        assert_eq!(
+            (event.channel.as_str(), &event.payload[..]),
+            ("news", &b"after"[..])
+        );
+        assert!(store.get_session("after").await.unwrap().is_none());
+        assert!(store.get_session("back").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_restarted_redis_fails_fast_then_recovers_without_a_new_store() {
+        if skipped() {
+            return;
+        }
+        let server = RedisServer::start().unwrap();
+        let (url, port, prefix) = (server.url(), server.port(), unique_prefix());
+        let store = RedisStateStore::connect_with_prefix(&url, &prefix)
+            .await
+            .unwrap();
+        let other = RedisStateStore::connect_with_prefix(&url, &prefix)
+            .await
+            .unwrap();
+        let mut revoked = store.watch_revocations();
+        let mut events = store.watch_events();
+        other.publish_event("news", b"before").await.unwrap();
+        assert_eq!(
+            &next_real_event(&mut events).await.unwrap().payload[..],
+            b"before"
+        );
+        assert!(store.is_healthy());
+
+        drop(server);
+        assert_calls_fail_fast(&store).await;
+        eventually("unhealthy", Duration::from_secs(8), async || {
+            !store.is_healthy()
+        })
+        .await;
+        let debug = format!("{store:?}");
+        assert!(debug.contains("healthy: false"), "{debug}");
+
+        let _server = RedisServer::start_on(port).unwrap();
+        assert_recovers(&store, &other, &mut revoked, &mut events).await;
+    }
+
+    #[tokio::test]
+    async fn a_frozen_redis_times_out_then_recovers_without_a_new_store() {
+        if skipped() {
+            return;
+        }
+        let server = RedisServer::start().unwrap();
+        let (url, prefix) = (server.url(), unique_prefix());
+        let store = RedisStateStore::connect_with_prefix(&url, &prefix)
+            .await
+            .unwrap();
+        let other = RedisStateStore::connect_with_prefix(&url, &prefix)
+            .await
+            .unwrap();
+        let mut revoked = store.watch_revocations();
+        let mut events = store.watch_events();
+
+        server.freeze(true);
+        let started = Instant::now();
+        let err = store.get_session("s").await.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(
+            matches!(&err, StoreError::Unavailable(m) if m.contains("did not answer")),
+            "{err:?}"
+        );
+        // The failed call makes the store check its subscription at once.
+        eventually("unhealthy", Duration::from_secs(5), async || {
+            !store.is_healthy()
+        })
+        .await;
+
+        server.freeze(false);
+        assert_recovers(&store, &other, &mut revoked, &mut events).await;
+    }
+}
+
+mod postgres_specific {
+    //! Against a real PostgreSQL cluster.
+
+    use std::time::Instant;
+
+    use super::*;
+    use crate::store::PostgresCredentialStore;
+    use crate::store::test_servers::{PgServer, shared_pg, skipped};
+
+    async fn fresh_database() -> Option<(&'static PgServer, String)> {
+        if skipped() {
+            return None;
+        }
+        let server = shared_pg();
+        let database = server.create_database().await;
+        Some((server, database))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nodes_starting_together_share_one_table() {
+        let Some((server, database)) = fresh_database().await else {
+            return;
+        };
+        let url = server.url(&database);
+        let nodes: Vec<_> = (0..4)
+            .map(|_| {
+                let url = url.clone();
+                tokio::spawn(async move { PostgresCredentialStore::connect(&url).await })
+            })
+            .collect();
+        let mut stores = Vec::new();
+        for node in nodes {
+            stores.push(node.await.unwrap().unwrap());
+        }
+        stores[0].add_user(user("alice")).await.unwrap();
+        assert_eq!(
+            stores[3].get_user("alice").await.unwrap(),
+            Some(user("alice"))
+        );
+        let err = stores[2].add_user(user("alice")).await.unwrap_err();
+        assert!(matches!(err, StoreError::UserExists(_)), "{err:?}");
+        assert!(stores[1].remove_user("alice").await.unwrap());
+        assert_eq!(stores[0].list_users().await.unwrap(), Vec::<String>::new());
+        // The location leaves out the user name (and any password).
+        assert_eq!(stores[0].location(), url.replace("postgres@", ""));
+    }
+
+    #[tokio::test]
+    async fn the_table_holds_only_the_verifier_columns() {
+        let Some((server, database)) = fresh_database().await else {
+            return;
+        };
+        let store = PostgresCredentialStore::connect(&server.url(&database))
+            .await
+            .unwrap();
+        store.add_user(user("alice")).await.unwrap();
+        let (client, connection) =
+            tokio_postgres::connect(&server.url(&database), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(connection);
+        let columns: Vec<(String, String)> = client
+            .query(
+                "SELECT column_name::text, data_type::text FROM information_schema.columns \
+                 WHERE table_name = 'wsgate_users' ORDER BY ordinal_position",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        let expected = [
+            ("name", "text"),
+            ("salt", "bytea"),
+            ("iterations", "integer"),
+            ("stored_key", "bytea"),
+            ("server_key", "bytea"),
+        ]
+        .map(|(a, b)| (a.to_owned(), b.to_owned()));
+        assert_eq!(columns, expected);
+        let tables: Vec<String> = client
+            .query(
+                "SELECT tablename::text FROM pg_tables WHERE schemaname = 'public'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(tables, ["wsgate_users"]);
+    }
+
+    #[tokio::test]
+    async fn bad_rows_and_foreign_tables_are_reported_as_corrupt() {
+        let Some((server, database)) = fresh_database().await else {
+            return;
+        };
+        let store = PostgresCredentialStore::connect(&server.url(&database))
+            .await
+            .unwrap();
+        server
+            .execute(
+                &database,
+                "INSERT INTO wsgate_users VALUES ('short', '\\x00', 4096, '\\x0102', \
+                 decode(repeat('00', 32), 'hex'))",
+            )
+            .await;
+        let err = store.get_user("short").await.unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("short") && err.to_string().contains(&database),
+            "{err}"
+        );
+
+        let other = server.create_database().await;
+        server
+            .execute(
+                &other,
+                "CREATE TABLE wsgate_users (name TEXT PRIMARY KEY, password TEXT)",
+            )
+            .await;
+        let err = PostgresCredentialStore::connect(&server.url(&other))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
+        assert!(err.to_string().contains("wsgate_users"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_unix_socket_url_works() {
+        let Some((server, database)) = fresh_database().await else {
+            return;
+        };
+        let url = server.socket_url(&database);
+        let store = PostgresCredentialStore::connect(&url).await.unwrap();
+        store.add_user(user("alice")).await.unwrap();
+        assert_eq!(store.list_users().await.unwrap(), ["alice"]);
+    }
+
+    #[tokio::test]
+    async fn names_with_nul_are_never_stored_or_found() {
+        let Some((server, database)) = fresh_database().await else {
+            return;
+        };
+        let store = PostgresCredentialStore::connect(&server.url(&database))
+            .await
+            .unwrap();
+        assert_eq!(store.get_user("a\0b").await.unwrap(), None);
+        assert!(!store.remove_user("a\0b").await.unwrap());
+        assert!(store.add_user(user("a\0b")).await.is_err());
+        assert!(store.list_users().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn unusable_servers_fail_fast_with_a_clear_error() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let started = Instant::now();
+        let err = PostgresCredentialStore::connect(&format!(
+            "postgres://wsgate:hunter2@127.0.0.1:{port}/wsgate"
+        ))
+        .await
+        .unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "{:?}",
+            started.elapsed()
+        );
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!(
+                "cannot reach PostgreSQL at postgres://127.0.0.1:{port}/wsgate"
+            )),
+            "{text}"
+        );
+        assert!(!text.contains("hunter2"), "{text}");
+        let err = PostgresCredentialStore::connect("postgres://x/y?sslmode=require")
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("TLS"), "{err}");
+
+        if skipped() {
+            return;
+        }
+        let server = shared_pg();
+        let err = PostgresCredentialStore::connect(&server.url("no_such_database"))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("create the database"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_restarted_postgres_fails_fast_then_recovers_without_a_new_store() {
+        if skipped() {
+            return;
+        }
+        let mut server = PgServer::start().unwrap();
+        let store = PostgresCredentialStore::connect(&server.url("postgres"))
+            .await
+            .unwrap();
+        store.add_user(user("alice")).await.unwrap();
+
+        server.stop_server();
+        let started = Instant::now();
+        let err = store.get_user("alice").await.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "{:?}",
+            started.elapsed()
+        );
+        assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        assert!(
+            err.to_string().contains("PostgreSQL at postgres://"),
+            "{err}"
+        );
+
+        server.start_server().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            match store.get_user("alice").await {
+                Ok(found) => {
+                    assert_eq!(found, Some(user("alice")));
+                    break;
+                }
+                Err(e) => assert!(Instant::now() < deadline, "not back: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        store.add_user(user("bob")).await.unwrap();
+        assert_eq!(store.list_users().await.unwrap(), ["alice", "bob"]);
+    }
+}
+
+mod factories {
+    use super::*;
+    use crate::store::test_servers::{shared_pg, shared_redis, skipped, unique_prefix};
+    use crate::store::{open_credentials, open_state, redact_url};
+
+    #[test]
+    fn urls_lose_their_credentials_in_messages() {
+        for (url, shown) in [
+            ("redis://:secret@host:6379/0", "redis://host:6379/0"),
+            ("redis://user:secret@host", "redis://host"),
+            (
+                "postgres://u:p%40ss@db.example:5432/wsgate?password=x",
+                "postgres://db.example:5432/wsgate",
+            ),
+            ("postgresql://db/wsgate#frag", "postgresql://db/wsgate"),
+            ("redis://host:6379", "redis://host:6379"),
+            ("host=db password=secret", "<23 characters, not a URL>"),
+        ] {
+            assert_eq!(redact_url(url), shown, "{url}");
+        }
+    }
+
+    #[tokio::test]
+    async fn state_stores_are_chosen_by_url() {
+        for url in ["memory", "", " memory "] {
+            let store = open_state(url).await.unwrap();
+            assert!(format!("{store:?}").contains("MemoryStateStore"), "{url}");
+        }
+        let err = open_state("mongodb://user:secret@host").await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("memory") && text.contains("redis://") && !text.contains("secret"),
+            "{text}"
+        );
+        if skipped() {
+            return;
+        }
+        let store = open_state(&shared_redis().url()).await.unwrap();
+        assert!(format!("{store:?}").contains("RedisStateStore"));
+        store
+            .put_session(&unique_prefix(), &live_session("a"))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn credential_stores_are_chosen_by_url() {
+        let dir = tempfile::tempdir().unwrap();
+        let default = dir.path().join("credentials.sqlite3");
+        for url in ["", "sqlite"] {
+            let store = open_credentials(url, &default).await.unwrap();
+            assert!(
+                format!("{store:?}").contains("credentials.sqlite3"),
+                "{url}"
+            );
+        }
+        assert!(default.is_file());
+        let other = dir.path().join("other.db");
+        let store = open_credentials(&format!("sqlite://{}", other.display()), &default)
+            .await
+            .unwrap();
+        store.add_user(user("alice")).await.unwrap();
+        assert!(other.is_file());
+        assert!(open_credentials("sqlite://", &default).await.is_err());
+        let err = open_credentials("mysql://root:secret@db/x", &default)
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("sqlite") && text.contains("postgres://") && !text.contains("secret"),
+            "{text}"
+        );
+        if skipped() {
+            return;
+        }
+        let server = shared_pg();
+        let database = server.create_database().await;
+        for scheme in ["postgres", "postgresql"] {
+            let url = server.url(&database).replacen("postgres", scheme, 1);
+            let store = open_credentials(&url, &default).await.unwrap();
+            assert!(format!("{store:?}").contains("PostgresCredentialStore"));
+            assert_eq!(store.get_user("alice").await.unwrap(), None);
+        }
     }
 }
 
@@ -798,6 +1735,20 @@ fn debug_output_never_shows_key_bytes() {
     let session = session("alice", 1);
     let text = format!("{record:?} {record:#?} {session:?} {session:#?}");
     assert!(text.contains("alice"), "{text}");
+    assert_no_key_bytes(&text);
+}
+
+#[test]
+fn event_debug_shows_the_payload_length_not_its_bytes() {
+    let event = StoreEvent {
+        channel: "user.alice.inbox".to_owned(),
+        payload: bytes::Bytes::from_static(&SESSION_KEY),
+    };
+    let text = format!("{event:?} {event:#?}");
+    assert!(
+        text.contains("user.alice.inbox") && text.contains("32"),
+        "{text}"
+    );
     assert_no_key_bytes(&text);
 }
 

@@ -27,8 +27,11 @@ use wsgate_proto::{b64, ip};
 
 use super::registry::Registration;
 use crate::Shared;
+use crate::handler::HandlerRequest;
 use crate::http::serve::ConnGuard;
+use crate::hub::{HubMessage, Mailbox};
 use crate::routes::{Builtin, Target};
+use crate::upstream::Caller;
 
 type Io = TokioIo<Upgraded>;
 type Reader = WebSocketRead<ReadHalf<Io>>;
@@ -42,6 +45,8 @@ pub(crate) mod close {
     pub(crate) const UNSUPPORTED_DATA: u16 = 1003;
     pub(crate) const TOO_BIG: u16 = 1009;
     pub(crate) const SESSION_ENDED: u16 = 4001;
+    pub(crate) const INTERNAL_ERROR: u16 = 1011;
+    pub(crate) const SLOW_CONSUMER: u16 = 4429;
     pub(crate) const PROTOCOL_VIOLATION: u16 = 4400;
     pub(crate) const AUTH_FAILED: u16 = 4401;
     pub(crate) const KEY_INIT_TIMEOUT: u16 = 4408;
@@ -132,6 +137,16 @@ impl Ending {
     }
 }
 
+/// What woke the connection task.
+enum Wake {
+    Revoked,
+    Deadline(Ending),
+    Tick,
+    Completed(Completion),
+    Hub(HubMessage),
+    Read(Reader, ReadResult),
+}
+
 /// Key establishment state.
 enum Phase {
     AwaitKeyInit {
@@ -149,6 +164,16 @@ struct Established {
     opener: Opener,
     registration: Registration,
     in_flight: std::collections::HashSet<u32>,
+    /// Created on the first SUBSCRIBE.
+    mailbox: Option<Mailbox>,
+    subscriptions: std::collections::HashSet<String>,
+}
+
+/// A request answered by a task (upstream or in-process handler).
+struct Completion {
+    id: u32,
+    enc: bool,
+    result: Result<Vec<u8>, (String, String)>,
 }
 
 struct Conn {
@@ -157,6 +182,20 @@ struct Conn {
     ip_text: String,
     phase: Phase,
     last_activity: Instant,
+    completions_tx: tokio::sync::mpsc::Sender<Completion>,
+    completions_rx: tokio::sync::mpsc::Receiver<Completion>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        if let Phase::Established(est) = &mut self.phase
+            && let Some(mailbox) = &est.mailbox
+        {
+            self.shared
+                .hub
+                .remove(mailbox.id, est.subscriptions.drain());
+        }
+    }
 }
 
 /// Runs a connection to its end.
@@ -169,7 +208,10 @@ pub(crate) async fn run(shared: Arc<Shared>, ws: WebSocket<Io>, ip: IpAddr) {
     reader.set_auto_close(false);
     reader.set_auto_pong(false);
     let nonce = crate::random_bytes::<{ key_exchange::HELLO_NONCE_LEN }>();
+    let (completions_tx, completions_rx) = tokio::sync::mpsc::channel(limits.max_in_flight.max(1));
     let mut conn = Conn {
+        completions_tx,
+        completions_rx,
         ip_text: ip::to_text(ip),
         phase: Phase::AwaitKeyInit {
             nonce,
@@ -207,43 +249,41 @@ impl Conn {
         let mut ping_timer =
             tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
         loop {
-            let (phase_deadline, phase_code, phase_reason) = match &self.phase {
-                Phase::AwaitKeyInit { deadline, .. } => {
-                    (*deadline, close::KEY_INIT_TIMEOUT, "no KEY_INIT in time")
+            let wake = self.next_wake(&mut read, &mut ping_timer).await;
+            let (reader, result) = match wake {
+                Wake::Revoked => {
+                    return (
+                        Some(Ending::new(close::SESSION_ENDED, "session ended")),
+                        None,
+                    );
                 }
-                Phase::Established(est) => (
-                    expiry_instant(est.expires_at),
-                    close::SESSION_ENDED,
-                    "session expired",
-                ),
-            };
-            let revoked = async {
-                match &mut self.phase {
-                    Phase::Established(est) => {
-                        if est.registration.revoked.wait_for(|r| *r).await.is_err() {
-                            std::future::pending::<()>().await;
-                        }
-                    }
-                    Phase::AwaitKeyInit { .. } => std::future::pending::<()>().await,
-                }
-            };
-            let (reader, result) = tokio::select! {
-                biased;
-                () = revoked => return (Some(Ending::new(close::SESSION_ENDED, "session ended")), None),
-                () = sleep_until(phase_deadline) => return (Some(Ending::new(phase_code, phase_reason)), None),
-                _ = ping_timer.tick() => {
+                Wake::Deadline(ending) => return (Some(ending), None),
+                Wake::Tick => {
                     let idle = self.last_activity.elapsed();
                     if idle >= limits.idle_timeout {
                         return (Some(Ending::new(close::GOING_AWAY, "idle timeout")), None);
                     }
-                    if idle >= limits.ping_interval
-                        && self.writer.write_frame(Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""))).await.is_err()
-                    {
-                        return (None, None);
+                    if idle >= limits.ping_interval {
+                        let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""));
+                        if self.writer.write_frame(ping).await.is_err() {
+                            return (None, None);
+                        }
                     }
                     continue;
                 }
-                r = &mut read => r,
+                Wake::Completed(done) => {
+                    if let Err(ending) = self.on_completion(done).await {
+                        return (Some(ending), None);
+                    }
+                    continue;
+                }
+                Wake::Hub(message) => {
+                    if let Err(ending) = self.on_hub_message(message).await {
+                        return (Some(ending), None);
+                    }
+                    continue;
+                }
+                Wake::Read(reader, result) => (reader, result),
             };
             self.last_activity = Instant::now();
             let outcome = match result {
@@ -282,6 +322,68 @@ impl Conn {
                 return (Some(ending), Some(reader));
             }
             read = arm_read(reader, limits.max_message_size);
+        }
+    }
+
+    /// Waits for whatever happens next. Every future borrowed from `self`
+    /// is dropped when this returns, so the caller may act on `self` freely.
+    async fn next_wake(
+        &mut self,
+        read: &mut ReadFuture,
+        ping_timer: &mut tokio::time::Interval,
+    ) -> Wake {
+        let (deadline, ending) = match &self.phase {
+            Phase::AwaitKeyInit { deadline, .. } => (
+                *deadline,
+                Ending::new(close::KEY_INIT_TIMEOUT, "no KEY_INIT in time"),
+            ),
+            Phase::Established(est) => (
+                expiry_instant(est.expires_at),
+                Ending::new(close::SESSION_ENDED, "session expired"),
+            ),
+        };
+        let (revoked, completions, mailbox) = match &mut self.phase {
+            Phase::Established(est) => (
+                Some(&mut est.registration.revoked),
+                Some(&mut self.completions_rx),
+                est.mailbox.as_mut(),
+            ),
+            Phase::AwaitKeyInit { .. } => (None, None, None),
+        };
+        let revoked = async {
+            if let Some(r) = revoked
+                && r.wait_for(|r| *r).await.is_ok()
+            {
+                return;
+            }
+            std::future::pending::<()>().await;
+        };
+        let completion = async {
+            match completions {
+                Some(rx) => match rx.recv().await {
+                    Some(done) => done,
+                    None => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        let hub_message = async {
+            match mailbox {
+                Some(m) => match m.recv().await {
+                    Some(msg) => msg,
+                    None => std::future::pending().await,
+                },
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            biased;
+            () = revoked => Wake::Revoked,
+            () = sleep_until(deadline) => Wake::Deadline(ending),
+            done = completion => Wake::Completed(done),
+            message = hub_message => Wake::Hub(message),
+            _ = ping_timer.tick() => Wake::Tick,
+            (reader, result) = read => Wake::Read(reader, result),
         }
     }
 
@@ -348,7 +450,7 @@ impl Conn {
             Err(e) => {
                 tracing::error!(error = %e, "state store unavailable at KEY_INIT");
                 return Err(Ending::new(
-                    close::GOING_AWAY,
+                    close::INTERNAL_ERROR,
                     "state store unavailable; retry",
                 ));
             }
@@ -384,6 +486,8 @@ impl Conn {
             opener: opener.with_max_name_len(self.shared.config.limits.max_name_len),
             registration,
             in_flight: std::collections::HashSet::new(),
+            mailbox: None,
+            subscriptions: std::collections::HashSet::new(),
         }));
         let ack = KeyAck {
             user: record.user,
@@ -467,17 +571,9 @@ impl Conn {
         match msg_type {
             MessageType::Request => self.on_request(id, enc, &name, body).await,
             MessageType::Logout => self.on_logout(id, enc).await,
-            // Channels are configured by pattern; with none configured,
-            // nothing matches (DESIGN §6: no pattern matches → not_found).
-            MessageType::Subscribe | MessageType::Unsubscribe | MessageType::Publish => {
-                self.respond_error(
-                    id,
-                    enc,
-                    "not_found",
-                    &format!("no channel matches {name:?}"),
-                )
-                .await
-            }
+            MessageType::Subscribe => self.on_subscribe(id, enc, &name).await,
+            MessageType::Unsubscribe => self.on_unsubscribe(id, enc, &name).await,
+            MessageType::Publish => self.on_publish(id, enc, &name, &body).await,
             _ => Err(violation("unexpected message type")),
         }
     }
@@ -523,16 +619,196 @@ impl Conn {
                 self.send_protected(MessageType::Response as u8, flags, id, "", reply.as_bytes())
                     .await
             }
-            Target::Upstream(_) => {
-                self.respond_error(
-                    id,
-                    enc,
-                    "upstream_unavailable",
-                    "upstream routes are not available in this version",
+            Target::Upstream(base) => {
+                let Phase::Established(est) = &mut self.phase else {
+                    return Ok(());
+                };
+                est.in_flight.insert(id);
+                let (shared, tx) = (self.shared.clone(), self.completions_tx.clone());
+                let (user, session_id, ip) = (
+                    est.user.clone(),
+                    est.session_id.clone(),
+                    self.ip_text.clone(),
+                );
+                let route_name = route_name.to_owned();
+                tokio::spawn(async move {
+                    let caller = Caller {
+                        user: &user,
+                        session_id: &session_id,
+                        client_ip: &ip,
+                    };
+                    let max = shared.config.limits.max_message_size;
+                    let result = shared
+                        .upstreams
+                        .forward(&base, &route_name, &caller, body.into(), max)
+                        .await
+                        .map(|b| b.to_vec())
+                        .map_err(|e| (e.code(), e.message()));
+                    let _ = tx.send(Completion { id, enc, result }).await;
+                });
+                Ok(())
+            }
+            Target::Handler(handler) => {
+                let Phase::Established(est) = &mut self.phase else {
+                    return Ok(());
+                };
+                est.in_flight.insert(id);
+                let tx = self.completions_tx.clone();
+                let request = HandlerRequest {
+                    route: route_name.to_owned(),
+                    user: est.user.clone(),
+                    client_ip: self.ip_text.clone(),
+                    body: body.into(),
+                    encrypted: enc,
+                };
+                tokio::spawn(async move {
+                    let result = handler
+                        .handle(request)
+                        .await
+                        .map_err(|e| (e.code, e.message));
+                    let _ = tx.send(Completion { id, enc, result }).await;
+                });
+                Ok(())
+            }
+        }
+    }
+
+    async fn on_completion(&mut self, done: Completion) -> Result<(), Ending> {
+        if let Phase::Established(est) = &mut self.phase {
+            est.in_flight.remove(&done.id);
+        }
+        match done.result {
+            Ok(body) => {
+                let flags = if done.enc { FLAG_ENC } else { 0 };
+                self.send_protected(MessageType::Response as u8, flags, done.id, "", &body)
+                    .await
+            }
+            Err((code, message)) => self.respond_error(done.id, done.enc, &code, &message).await,
+        }
+    }
+
+    async fn on_hub_message(&mut self, message: HubMessage) -> Result<(), Ending> {
+        match message {
+            HubMessage::Overflow => Err(Ending::new(
+                close::SLOW_CONSUMER,
+                "slow consumer: event queue full",
+            )),
+            HubMessage::Event(event) => {
+                let sensitive = self
+                    .shared
+                    .config
+                    .channels
+                    .lookup(&event.channel)
+                    .is_some_and(|m| m.rule.sensitive);
+                let flags = if sensitive { FLAG_ENC } else { 0 };
+                self.send_protected(
+                    MessageType::Event as u8,
+                    flags,
+                    0,
+                    &event.channel,
+                    &event.payload,
                 )
                 .await
             }
         }
+    }
+
+    /// DESIGN §6 order: not_found, then encryption_required, then forbidden.
+    fn check_channel(
+        &self,
+        enc: bool,
+        name: &str,
+        subscribe: bool,
+    ) -> Result<(), (&'static str, String)> {
+        let Phase::Established(est) = &self.phase else {
+            return Err(("forbidden", "not established".into()));
+        };
+        let Some(m) = self.shared.config.channels.lookup(name) else {
+            return Err(("not_found", format!("no channel matches {name:?}")));
+        };
+        if m.rule.sensitive && !enc {
+            return Err((
+                "encryption_required",
+                format!("channel {name:?} is sensitive; send it with ENC"),
+            ));
+        }
+        let allowed = if subscribe {
+            m.may_subscribe(&est.user)
+        } else {
+            m.may_publish(&est.user)
+        };
+        if !allowed {
+            let what = if subscribe {
+                "subscribe to"
+            } else {
+                "publish to"
+            };
+            return Err(("forbidden", format!("you may not {what} {name:?}")));
+        }
+        Ok(())
+    }
+
+    async fn on_subscribe(&mut self, id: u32, enc: bool, name: &str) -> Result<(), Ending> {
+        if let Err((code, message)) = self.check_channel(enc, name, true) {
+            return self.respond_error(id, enc, code, &message).await;
+        }
+        let max = self.shared.config.limits.max_subscriptions;
+        let hub = self.shared.hub.clone();
+        let Phase::Established(est) = &mut self.phase else {
+            return Ok(());
+        };
+        if !est.subscriptions.contains(name) && est.subscriptions.len() >= max {
+            return self
+                .respond_error(id, enc, "busy", "too many subscriptions on this connection")
+                .await;
+        }
+        let mailbox = est.mailbox.get_or_insert_with(|| hub.mailbox());
+        if !hub.subscribe(mailbox.id, name) {
+            return Err(Ending::new(
+                close::SLOW_CONSUMER,
+                "slow consumer: event queue full",
+            ));
+        }
+        est.subscriptions.insert(name.to_owned());
+        // The node's event feed runs from start-up, so every publish from
+        // now on reaches this mailbox: the subscription is live.
+        let flags = if enc { FLAG_ENC } else { 0 };
+        self.send_protected(MessageType::Response as u8, flags, id, "", b"")
+            .await
+    }
+
+    async fn on_unsubscribe(&mut self, id: u32, enc: bool, name: &str) -> Result<(), Ending> {
+        let hub = self.shared.hub.clone();
+        if let Phase::Established(est) = &mut self.phase
+            && est.subscriptions.remove(name)
+            && let Some(mailbox) = &est.mailbox
+        {
+            hub.unsubscribe(mailbox.id, name);
+        }
+        let flags = if enc { FLAG_ENC } else { 0 };
+        self.send_protected(MessageType::Response as u8, flags, id, "", b"")
+            .await
+    }
+
+    async fn on_publish(
+        &mut self,
+        id: u32,
+        enc: bool,
+        name: &str,
+        body: &[u8],
+    ) -> Result<(), Ending> {
+        if let Err((code, message)) = self.check_channel(enc, name, false) {
+            return self.respond_error(id, enc, code, &message).await;
+        }
+        if let Err(e) = self.shared.state.publish_event(name, body).await {
+            tracing::error!(error = %e, "state store unavailable at PUBLISH");
+            return self
+                .respond_error(id, enc, "unavailable", "could not publish; retry")
+                .await;
+        }
+        let flags = if enc { FLAG_ENC } else { 0 };
+        self.send_protected(MessageType::Response as u8, flags, id, "", b"")
+            .await
     }
 
     async fn on_logout(&mut self, id: u32, enc: bool) -> Result<(), Ending> {

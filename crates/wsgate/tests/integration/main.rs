@@ -5,7 +5,13 @@
 // Test code: panicking on an unexpected value is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::zombie_processes)]
 
+mod attacks;
+mod channels;
 mod cli;
+mod embedding;
 mod login;
+mod nginx;
+mod roles;
+mod upstream;
 mod util;
 mod websocket;

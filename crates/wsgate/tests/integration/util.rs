@@ -26,7 +26,7 @@ pub(crate) const SECOND_CLIENT_IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(1
 pub(crate) struct TestGateway {
     pub(crate) addr: SocketAddr,
     pub(crate) fingerprint: String,
-    _data: tempfile::TempDir,
+    _data: Arc<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -38,15 +38,20 @@ impl Drop for TestGateway {
     }
 }
 
-impl TestGateway {
-    /// Default config plus `toml`, users alice and bob (4096 iterations).
-    pub(crate) async fn start(toml: &str) -> Self {
-        let mut config =
-            Config::from_file(FileConfig::from_toml(toml, "test.toml".as_ref()).unwrap()).unwrap();
+/// What the nodes of an in-process fleet share: the data directory (keys,
+/// server secret), the users and the state.
+#[derive(Clone)]
+pub(crate) struct Fleet {
+    pub(crate) data: Arc<tempfile::TempDir>,
+    pub(crate) credentials: Arc<SqliteCredentialStore>,
+    pub(crate) state: Arc<MemoryStateStore>,
+}
+
+impl Fleet {
+    pub(crate) async fn new() -> Self {
         let data = tempfile::tempdir().unwrap();
-        config.data_dir = data.path().to_owned();
         let dir = DataDir::new(data.path());
-        let (keys, secret) = dir.load_or_init(&mut rand::rng()).unwrap();
+        dir.load_or_init(&mut rand::rng()).unwrap();
         let credentials = Arc::new(SqliteCredentialStore::open(&dir.credentials_path()).unwrap());
         for (name, password) in [(ALICE, ALICE_PASSWORD), (BOB, BOB_PASSWORD)] {
             credentials
@@ -54,13 +59,36 @@ impl TestGateway {
                 .await
                 .unwrap();
         }
+        Self {
+            data: Arc::new(data),
+            credentials,
+            state: Arc::new(MemoryStateStore::new()),
+        }
+    }
+}
+
+/// Parses test TOML into a Config.
+pub(crate) fn config(toml: &str) -> Config {
+    Config::from_file(FileConfig::from_toml(toml, "test.toml".as_ref()).unwrap()).unwrap()
+}
+
+impl TestGateway {
+    /// Default config plus `toml`, users alice and bob (4096 iterations).
+    pub(crate) async fn start(toml: &str) -> Self {
+        Self::start_in(&Fleet::new().await, config(toml)).await
+    }
+
+    /// A node of `fleet` running `config`.
+    pub(crate) async fn start_in(fleet: &Fleet, mut config: Config) -> Self {
+        config.data_dir = fleet.data.path().to_owned();
+        let (keys, secret) = DataDir::new(fleet.data.path()).load().unwrap();
         let fingerprint = keys.current().fingerprint().to_owned();
         let gateway = Gateway::new(
             config,
             keys,
             secret,
-            credentials,
-            Arc::new(MemoryStateStore::new()),
+            fleet.credentials.clone(),
+            fleet.state.clone(),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -71,7 +99,7 @@ impl TestGateway {
         Self {
             addr,
             fingerprint,
-            _data: data,
+            _data: fleet.data.clone(),
             stop: Some(stop),
         }
     }
@@ -160,4 +188,46 @@ pub(crate) fn scram_error(reply: &Reply) -> String {
     assert_eq!(reply.status, 401, "{:?}", reply.json);
     assert_eq!(reply.json["status"], "failed", "{:?}", reply.json);
     reply.json["scram"].as_str().unwrap().to_owned()
+}
+
+impl RawHttp {
+    /// A request with an optional `Authorization` header.
+    pub(crate) async fn request_with(
+        &mut self,
+        method: &str,
+        path: &str,
+        auth: Option<&str>,
+        body: &[u8],
+    ) -> Reply {
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "127.0.0.1");
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+        self.sender.ready().await.unwrap();
+        let resp = self.sender.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        Reply {
+            status,
+            headers,
+            json,
+        }
+    }
+}
+
+/// `WSGATE_SKIP_SERVICE_TESTS=1` skips tests that need nginx, Redis or
+/// PostgreSQL; without it a missing service fails the test with the package
+/// to install.
+pub(crate) fn skip_services() -> bool {
+    let skip = std::env::var_os("WSGATE_SKIP_SERVICE_TESTS").is_some_and(|v| v == "1");
+    if skip {
+        eprintln!("skipped: WSGATE_SKIP_SERVICE_TESTS=1");
+    }
+    skip
 }

@@ -1,0 +1,515 @@
+//! The gateways under test: started by the bench (a `wsgate serve` child
+//! process with a throw-away data directory, pinned to core 0) or given
+//! with `--addr`. Also the run's environment: pinning, file limits, the
+//! machine description.
+
+use std::collections::HashMap;
+use std::io::{BufRead as _, Write as _};
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use wsgate_client::{ClientConfig, SaltedPasswordCache, Session};
+
+use crate::BenchArgs;
+use crate::procfs::{self, CpuMeter};
+use crate::report::Machine;
+
+/// The user the bench creates in its own gateways.
+const BENCH_USER: &str = "bench";
+/// The channel pattern the bench configures (fanout).
+pub(crate) const CHANNEL_PATTERN: &str = "bench.*";
+/// PBKDF2 iterations of the bench user (the protocol's minimum: logins/s
+/// measures the server, and the server never runs PBKDF2 at login).
+const BENCH_ITERATIONS: u32 = 4096;
+
+/// Plain `ws://` or TLS `wss://`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Transport {
+    /// `http://` + `ws://`.
+    Plain,
+    /// `https://` + `wss://` (rustls, TLS 1.3, ECDSA P-256 certificate).
+    Tls,
+}
+
+/// One gateway under test.
+pub(crate) struct Gw {
+    /// How the client reaches it.
+    pub(crate) config: ClientConfig,
+    /// Its CPU meter, when its process id is known.
+    pub(crate) cpu: Option<CpuMeter>,
+    /// API key for `/api/publish`, when channels are configured.
+    pub(crate) api_key: Option<String>,
+    /// Why fanout cannot run here, if it cannot.
+    pub(crate) channels_unavailable: Option<String>,
+    user: String,
+    password: String,
+    sessions: tokio::sync::Mutex<HashMap<Option<IpAddr>, Session>>,
+    cache: SaltedPasswordCache,
+    process: std::sync::Mutex<Option<Child>>,
+    /// Keeps the data directory until the gateway is gone.
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl std::fmt::Debug for Gw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gw")
+            .field("addr", &self.config.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gw {
+    /// A client configuration, optionally bound to a source address.
+    pub(crate) fn client_config(&self, local: Option<IpAddr>) -> ClientConfig {
+        let mut c = self.config.clone();
+        if let Some(ip) = local {
+            c = c.local_addr(ip);
+        }
+        c
+    }
+
+    /// A session for connections from `local` (one login per source IP,
+    /// since sessions are bound to the login's IP), made once and reused.
+    pub(crate) async fn session(&self, local: Option<IpAddr>) -> Result<Session> {
+        let mut sessions = self.sessions.lock().await;
+        if let Some(s) = sessions.get(&local) {
+            return Ok(s.clone());
+        }
+        let session = self.login(local).await?;
+        sessions.insert(local, session.clone());
+        Ok(session)
+    }
+
+    /// A fresh login (PBKDF2 is cached after the first).
+    pub(crate) async fn login(&self, local: Option<IpAddr>) -> Result<Session> {
+        wsgate_client::login_cached(
+            &self.client_config(local),
+            &self.user,
+            &self.password,
+            &self.cache,
+        )
+        .await
+        .with_context(|| format!("logging in as {:?} at {}", self.user, self.config.addr))
+    }
+
+    /// The gateway's RSS in KiB, when its process id is known.
+    pub(crate) fn rss_kib(&self) -> Option<u64> {
+        self.cpu.and_then(|m| procfs::rss_kib(m.pid()).ok())
+    }
+
+    /// Stops a gateway the bench started (SIGTERM, then SIGKILL after 5 s).
+    pub(crate) fn stop(&self) {
+        let Ok(mut guard) = self.process.lock() else {
+            return;
+        };
+        let Some(mut child) = guard.take() else {
+            return;
+        };
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
+        for _ in 0..50 {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+enum Mode {
+    /// The bench starts gateways from this binary.
+    Own { bin: PathBuf },
+    /// `--addr`: gateways someone else runs.
+    External {
+        plain: Arc<Gw>,
+        tls: Option<Arc<Gw>>,
+    },
+}
+
+/// The run's environment.
+pub(crate) struct Env {
+    mode: Mode,
+    pinned: bool,
+    ticks: f64,
+    machine: Machine,
+    shared: tokio::sync::Mutex<HashMap<Transport, Arc<Gw>>>,
+    /// The smallest NOFILE limit in force for the bench and its gateways.
+    pub(crate) nofile: u64,
+}
+
+impl Env {
+    pub(crate) fn prepare(args: &BenchArgs) -> Result<Self> {
+        let ticks = procfs::clock_ticks();
+        let machine = procfs::machine();
+        let nofile = raise_nofile();
+        let mode = match &args.addr {
+            Some(addr) => {
+                let password = args.password.clone().ok_or_else(|| {
+                    anyhow!("--addr needs the user's password: --password or WSGATE_BENCH_PASSWORD")
+                })?;
+                let cpu = args.server_pid.map(|pid| CpuMeter::new(pid, ticks));
+                let plain = external(addr, None, cpu, &args.user, &password, args)?;
+                let tls = match &args.tls_addr {
+                    Some(tls_addr) => {
+                        let ca = args
+                            .tls_ca
+                            .as_ref()
+                            .ok_or_else(|| anyhow!("--tls-addr needs --tls-ca FILE"))?;
+                        let pem = std::fs::read(ca)
+                            .with_context(|| format!("reading --tls-ca {}", ca.display()))?;
+                        Some(Arc::new(external(
+                            tls_addr,
+                            Some(&pem),
+                            cpu,
+                            &args.user,
+                            &password,
+                            args,
+                        )?))
+                    }
+                    None => None,
+                };
+                Mode::External {
+                    plain: Arc::new(plain),
+                    tls,
+                }
+            }
+            None => {
+                let bin = match &args.wsgate_bin {
+                    Some(b) => b.clone(),
+                    None => std::env::current_exe().context("finding the wsgate binary")?,
+                };
+                Mode::Own { bin }
+            }
+        };
+        let pinned = matches!(mode, Mode::Own { .. })
+            && !args.no_pin
+            && machine.cpus >= 2
+            && pin_self_to_core_1();
+        Ok(Self {
+            mode,
+            pinned,
+            ticks,
+            machine,
+            shared: tokio::sync::Mutex::new(HashMap::new()),
+            nofile,
+        })
+    }
+
+    pub(crate) fn machine(&self) -> Machine {
+        self.machine.clone()
+    }
+
+    pub(crate) fn pinned(&self) -> bool {
+        self.pinned
+    }
+
+    /// Whether the bench starts its own gateways.
+    pub(crate) fn owns_gateways(&self) -> bool {
+        matches!(self.mode, Mode::Own { .. })
+    }
+
+    /// The load generator's own CPU meter.
+    pub(crate) fn self_cpu(&self) -> CpuMeter {
+        CpuMeter::new(std::process::id(), self.ticks)
+    }
+
+    /// The shared gateway for `transport`, started on first use.
+    pub(crate) async fn gateway(&self, transport: Transport) -> Result<Arc<Gw>> {
+        match &self.mode {
+            Mode::External { plain, tls } => match transport {
+                Transport::Plain => Ok(plain.clone()),
+                Transport::Tls => tls
+                    .clone()
+                    .ok_or_else(|| anyhow!("no wss:// gateway: pass --tls-addr and --tls-ca")),
+            },
+            Mode::Own { .. } => {
+                let mut shared = self.shared.lock().await;
+                if let Some(gw) = shared.get(&transport) {
+                    return Ok(gw.clone());
+                }
+                let gw = Arc::new(self.fresh(transport).await?);
+                shared.insert(transport, gw.clone());
+                Ok(gw)
+            }
+        }
+    }
+
+    /// A gateway of its own (a new process: memory measurements must not
+    /// inherit another run's heap). With `--addr`, the given gateway.
+    pub(crate) async fn fresh(&self, transport: Transport) -> Result<Gw> {
+        let Mode::Own { bin } = &self.mode else {
+            bail!("fresh gateways need the bench to start them (no --addr)");
+        };
+        let (bin, pinned, ticks) = (bin.clone(), self.pinned, self.ticks);
+        tokio::task::spawn_blocking(move || start(&bin, transport, pinned, ticks))
+            .await
+            .map_err(|e| anyhow!("gateway start-up task failed: {e}"))?
+    }
+
+    /// Stops the shared gateways.
+    pub(crate) async fn shutdown(&self) {
+        let gateways: Vec<Arc<Gw>> = self.shared.lock().await.drain().map(|(_, g)| g).collect();
+        for gw in gateways {
+            let _ = tokio::task::spawn_blocking(move || gw.stop()).await;
+        }
+    }
+}
+
+fn external(
+    addr: &str,
+    tls_pem: Option<&[u8]>,
+    cpu: Option<CpuMeter>,
+    user: &str,
+    password: &str,
+    args: &BenchArgs,
+) -> Result<Gw> {
+    let url = if addr.contains("://") {
+        addr.to_owned()
+    } else if tls_pem.is_some() {
+        format!("https://{addr}")
+    } else {
+        format!("http://{addr}")
+    };
+    let mut config = ClientConfig::new(&url).with_context(|| format!("gateway address {addr}"))?;
+    if let Some(pem) = tls_pem {
+        config = config.tls_root_pem(pem, "localhost")?;
+    }
+    Ok(Gw {
+        config,
+        cpu,
+        api_key: args.api_key.clone(),
+        channels_unavailable: args
+            .api_key
+            .is_none()
+            .then(|| "fanout against --addr needs --api-key".to_owned()),
+        user: user.to_owned(),
+        password: password.to_owned(),
+        sessions: tokio::sync::Mutex::new(HashMap::new()),
+        cache: SaltedPasswordCache::default(),
+        process: std::sync::Mutex::new(None),
+        _dir: None,
+    })
+}
+
+/// Raises RLIMIT_NOFILE as far as allowed (root may raise the hard limit);
+/// gateways started later inherit it. Returns the soft limit now in force.
+fn raise_nofile() -> u64 {
+    use rlimit::Resource;
+    for n in [1_048_576u64, 524_288, 262_144, 131_072, 65_536] {
+        if rlimit::setrlimit(Resource::NOFILE, n, n).is_ok() {
+            return n;
+        }
+    }
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    rlimit::getrlimit(Resource::NOFILE).map_or(1024, |(soft, _)| soft)
+}
+
+/// Pins every thread of this process to core 1 (`taskset -a -p -c 1`);
+/// threads started later inherit it.
+fn pin_self_to_core_1() -> bool {
+    Command::new("taskset")
+        .args(["-a", "-p", "-c", "1", &std::process::id().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn random_token() -> String {
+    use std::hash::{BuildHasher as _, Hasher as _};
+    // Two independently seeded SipHash keys: enough for a throw-away local
+    // password, without pulling in another RNG.
+    let mut out = String::new();
+    for _ in 0..2 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
+}
+
+fn config_text(dir: &Path, api_key: &str, tls: bool, channels: bool) -> String {
+    let mut text = format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
+        dir.join("data").display()
+    );
+    if channels {
+        text.push_str(&format!("api_keys = [\"{api_key}\"]\n"));
+    }
+    // Idle connections must survive the whole measurement, and limits must
+    // not be what a benchmark measures.
+    text.push_str(
+        "\n[limits]\nmax_connections = 2000000\nidle_timeout_secs = 86400\nping_interval_secs = 43200\n\
+         \n[login]\niterations = 4096\nmax_failures_per_user = 1000000\nmax_failures_per_ip = 1000000\n\
+         \n[testing]\nraw_echo = true\n",
+    );
+    if channels {
+        text.push_str(&format!(
+            "\n[[channels]]\npattern = \"{CHANNEL_PATTERN}\"\nsubscribe = \"authenticated\"\npublish = \"api\"\n"
+        ));
+    }
+    if tls {
+        text.push_str(&format!(
+            "\n[tls]\ncert = \"{}\"\nkey = \"{}\"\n",
+            dir.join("cert.pem").display(),
+            dir.join("key.pem").display()
+        ));
+    }
+    text
+}
+
+/// Starts `wsgate serve` with a new data directory, the bench user and
+/// (for TLS) a new self-signed ECDSA P-256 certificate.
+fn start(bin: &Path, transport: Transport, pin: bool, ticks: f64) -> Result<Gw> {
+    let dir = tempfile::Builder::new()
+        .prefix("wsgate-bench-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let password = format!("bench-{}", random_token());
+    let api_key = format!("bench-api-{}", random_token());
+    let tls = transport == Transport::Tls;
+    let mut ca_pem = None;
+    if tls {
+        let certified = rcgen::generate_simple_self_signed(vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+        ])
+        .context("generating a self-signed certificate")?;
+        let cert = certified.cert.pem();
+        std::fs::write(dir.path().join("cert.pem"), &cert)?;
+        std::fs::write(
+            dir.path().join("key.pem"),
+            certified.signing_key.serialize_pem(),
+        )?;
+        ca_pem = Some(cert);
+    }
+    let config_path = dir.path().join("wsgate.toml");
+    let mut channels_unavailable = None;
+    std::fs::write(&config_path, config_text(dir.path(), &api_key, tls, true))?;
+    if let Err(e) = add_user(bin, &config_path, &password) {
+        // A gateway without channels refuses `api_keys` / `[[channels]]`.
+        if !e.to_string().contains("unknown field") {
+            return Err(e);
+        }
+        channels_unavailable = Some(format!(
+            "this gateway has no channels yet (its config refuses [[channels]]/api_keys: {})",
+            e.to_string().lines().next().unwrap_or_default()
+        ));
+        std::fs::write(&config_path, config_text(dir.path(), &api_key, tls, false))?;
+        add_user(bin, &config_path, &password)?;
+    }
+
+    let log = std::fs::File::create(dir.path().join("gateway.log"))?;
+    let mut cmd = if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    let mut child = cmd
+        .args(["serve", "--config"])
+        .arg(&config_path)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("starting {} serve", bin.display()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no stdout from the gateway"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let addr = loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => {
+                if let Some((_, rest)) = line.split_once("listening on ") {
+                    break rest.trim().to_owned();
+                }
+            }
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let log =
+                    std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
+                bail!("the gateway did not start: {}", log.trim());
+            }
+        }
+    };
+    let mut config = ClientConfig::new(&addr)
+        .with_context(|| format!("the gateway announced {addr:?}"))?
+        .timeout(Duration::from_secs(30));
+    if let Some(pem) = &ca_pem {
+        config = config.tls_root_pem(pem.as_bytes(), "localhost")?;
+    }
+    let cpu = Some(CpuMeter::new(child.id(), ticks));
+    Ok(Gw {
+        config,
+        cpu,
+        api_key: channels_unavailable.is_none().then_some(api_key),
+        channels_unavailable,
+        user: BENCH_USER.to_owned(),
+        password,
+        sessions: tokio::sync::Mutex::new(HashMap::new()),
+        cache: SaltedPasswordCache::default(),
+        process: std::sync::Mutex::new(Some(child)),
+        _dir: Some(dir),
+    })
+}
+
+fn add_user(bin: &Path, config: &Path, password: &str) -> Result<()> {
+    let mut child = Command::new(bin)
+        .args([
+            "user",
+            "add",
+            BENCH_USER,
+            "--password-stdin",
+            "--iterations",
+        ])
+        .arg(BENCH_ITERATIONS.to_string())
+        .arg("--config")
+        .arg(config)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("running {} user add", bin.display()))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        writeln!(stdin, "{password}")?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "`wsgate user add` failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}

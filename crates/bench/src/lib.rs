@@ -1,0 +1,267 @@
+//! `wsgate bench`: the load generator behind `docs/benchmarks.md`.
+//!
+//! Every scenario runs its baselines in the same run, on the same machine,
+//! with the same load generator (the Rust client, `wsgate_client`), and
+//! reports each result as a ratio to its baseline:
+//!
+//! | scenario | what | baselines |
+//! |---|---|---|
+//! | `echo` | N connections, closed loop, one request in flight each → req/s, p50/p99, server CPU µs per request | raw WebSocket echo (`/raw-echo`), the gateway over `wss://` with every frame tagged |
+//! | `keys` | connect + HELLO → KEY_INIT → KEY_ACK with an existing session (a reconnect) → per second, server CPU per connection | a plain WebSocket upgrade; the same upgrade behind a TLS 1.3 handshake |
+//! | `login` | SCRAM login (GET /auth/key + two PUT /auth/session) → per second, server CPU per login | — |
+//! | `idle` | C authenticated connections held → server RSS per connection | raw WebSocket connections; `wss://` connections |
+//! | `fanout` | S subscribers on one channel, publishes at a rate → deliveries/s, p99 publish-to-delivery | — |
+//!
+//! By default the bench starts its own gateways (the `wsgate` binary it runs
+//! from, pinned with `taskset -c 0` while the load generator runs on core 1),
+//! so it can read the server's CPU time (`/proc/<pid>/stat`) and RSS
+//! (`/proc/<pid>/status`). With `--addr` it loads a running gateway instead.
+//!
+//! Results are printed as Markdown, and written as JSON (`--json`), Markdown
+//! (`--markdown`) and SVG bar charts (`--svg-dir`); `wsgate bench plot
+//! --from results.json --svg-dir DIR` redraws the charts from a JSON file.
+
+#![forbid(unsafe_code)]
+
+mod gateway;
+mod load;
+mod procfs;
+pub mod report;
+mod scenarios;
+mod svg;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+
+pub use crate::report::Report;
+
+/// Which scenario to run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// Closed-loop request/response echo.
+    Echo,
+    /// Channel fan-out: subscribers and HTTP publishes.
+    Fanout,
+    /// Idle authenticated connections: server memory per connection.
+    Idle,
+    /// SCRAM logins per second.
+    Login,
+    /// Key establishments (reconnects with an existing session) per second.
+    Keys,
+    /// Every scenario above, in that order.
+    All,
+    /// Redraw the SVG plots (and Markdown) from a JSON result file (`--from`).
+    Plot,
+}
+
+impl Scenario {
+    fn expand(self) -> Vec<Scenario> {
+        match self {
+            Self::All => vec![
+                Self::Echo,
+                Self::Keys,
+                Self::Login,
+                Self::Idle,
+                Self::Fanout,
+            ],
+            other => vec![other],
+        }
+    }
+}
+
+/// `wsgate bench` arguments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct BenchArgs {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Load a running gateway (`http://HOST:PORT` or `HOST:PORT`) instead of
+    /// starting one; server CPU and memory need --server-pid, and the
+    /// baselines need `[testing] raw_echo = true` and --tls-addr/--tls-ca.
+    #[arg(long, value_name = "ADDR")]
+    pub addr: Option<String>,
+    /// With --addr: the gateway's process id, to read its CPU time and RSS.
+    #[arg(long, value_name = "PID", requires = "addr")]
+    pub server_pid: Option<u32>,
+    /// With --addr: the same gateway's `https://HOST:PORT` (the wss:// baseline).
+    #[arg(long, value_name = "ADDR", requires = "addr")]
+    pub tls_addr: Option<String>,
+    /// With --tls-addr: PEM file of the certificate to trust.
+    #[arg(long, value_name = "FILE", requires = "tls_addr")]
+    pub tls_ca: Option<PathBuf>,
+    /// With --addr: user to log in as.
+    #[arg(long, default_value = "bench")]
+    pub user: String,
+    /// With --addr: that user's password.
+    #[arg(long, env = "WSGATE_BENCH_PASSWORD", hide_env_values = true)]
+    pub password: Option<String>,
+    /// With --addr: API key for `POST /api/publish` (fanout).
+    #[arg(long, env = "WSGATE_BENCH_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
+    /// The scenario's main count: echo connections [50], idle connections
+    /// [10000], fanout subscribers [1000], login/keys concurrent clients [8].
+    #[arg(long, value_name = "N")]
+    pub connections: Option<usize>,
+    /// Measured seconds per run, after a warm-up [echo 10, login/keys 5, fanout 10].
+    #[arg(long, value_name = "S")]
+    pub duration: Option<f64>,
+    /// Request payload bytes (echo).
+    #[arg(long, value_name = "BYTES", default_value_t = 64)]
+    pub payload: usize,
+    /// Share of echo requests sent encrypted (ENC) in the mixed variant.
+    #[arg(long, value_name = "0..1", default_value_t = 0.1)]
+    pub sensitive_share: f64,
+    /// Fanout: publishes per second.
+    #[arg(long, value_name = "N")]
+    pub rate: Option<f64>,
+    /// Run only the variants whose name contains one of these
+    /// (comma-separated, e.g. `--only raw,tagged`); for profiling.
+    #[arg(long, value_name = "TEXT", value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Runs of every variant, interleaved; tables show the median and range.
+    #[arg(long, value_name = "K", default_value_t = 1)]
+    pub repeat: usize,
+    /// Write the results as JSON.
+    #[arg(long, value_name = "FILE")]
+    pub json: Option<PathBuf>,
+    /// Write the results as Markdown tables.
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+    /// Write SVG bar charts into this directory.
+    #[arg(long, value_name = "DIR")]
+    pub svg_dir: Option<PathBuf>,
+    /// With `plot`: the JSON result file to draw from.
+    #[arg(long, value_name = "FILE")]
+    pub from: Option<PathBuf>,
+    /// Tiny, quick runs that only prove every scenario works (CI).
+    #[arg(long)]
+    pub smoke: bool,
+    /// Do not pin the gateway (core 0) and the load generator (core 1).
+    #[arg(long)]
+    pub no_pin: bool,
+    /// The `wsgate` binary to start gateways with [default: this executable].
+    #[arg(long, value_name = "FILE")]
+    pub wsgate_bin: Option<PathBuf>,
+}
+
+/// Runs `wsgate bench`: the scenarios, then the reports. Returns a failure
+/// exit code if any scenario failed (speed never fails a run).
+pub fn run(args: BenchArgs) -> Result<ExitCode> {
+    if args.scenario == Scenario::Plot {
+        return plot(&args);
+    }
+    if !(0.0..=1.0).contains(&args.sensitive_share) {
+        bail!("--sensitive-share must be between 0 and 1");
+    }
+    if args.repeat == 0 {
+        bail!("--repeat must be at least 1");
+    }
+    // The load generator gets a thread (and a runtime) of its own, so this
+    // works whether or not the caller is inside a tokio runtime.
+    let worker = std::thread::Builder::new()
+        .name("wsgate-bench".into())
+        .spawn(move || -> Result<ExitCode> {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .context("starting the load generator's runtime")?;
+            runtime.block_on(run_scenarios(args))
+        })
+        .context("starting the load generator thread")?;
+    match worker.join() {
+        Ok(result) => result,
+        Err(_) => bail!("the load generator thread panicked"),
+    }
+}
+
+async fn run_scenarios(args: BenchArgs) -> Result<ExitCode> {
+    let env = gateway::Env::prepare(&args)?;
+    let mut report = Report::new(&args, env.machine(), env.pinned());
+    let mut failed = 0usize;
+    let mut passed = 0usize;
+    for scenario in args.scenario.expand() {
+        eprintln!("== {scenario:?} ==");
+        let result = match scenario {
+            Scenario::Echo => scenarios::echo::run(&env, &args).await,
+            Scenario::Keys => scenarios::keys::run(&env, &args).await,
+            Scenario::Login => scenarios::login::run(&env, &args).await,
+            Scenario::Idle => scenarios::idle::run(&env, &args).await,
+            Scenario::Fanout => scenarios::fanout::run(&env, &args).await,
+            Scenario::All | Scenario::Plot => continue,
+        };
+        match result {
+            Ok(r) => {
+                passed += 1;
+                report.scenarios.push(r);
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("scenario {scenario:?} failed: {e:#}");
+                report
+                    .failures
+                    .push(format!("{}: {e:#}", format!("{scenario:?}").to_lowercase()));
+            }
+        }
+    }
+    env.shutdown().await;
+    write_outputs(&report, &args)?;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(report.markdown().as_bytes());
+    let _ = writeln!(out, "\n{passed} passed, {failed} failed");
+    Ok(if failed == 0 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+impl BenchArgs {
+    /// Whether the variant called `name` is selected by `--only`.
+    pub(crate) fn selected(&self, name: &str) -> bool {
+        self.only.is_empty() || self.only.iter().any(|o| name.contains(o.as_str()))
+    }
+}
+
+fn write_outputs(report: &Report, args: &BenchArgs) -> Result<()> {
+    if let Some(path) = &args.json {
+        let text = serde_json::to_string_pretty(report)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("writing --json {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, report.markdown())
+            .with_context(|| format!("writing --markdown {}", path.display()))?;
+        eprintln!("wrote {}", path.display());
+    }
+    if let Some(dir) = &args.svg_dir {
+        for file in svg::write_all(report, dir)? {
+            eprintln!("wrote {}", file.display());
+        }
+    }
+    Ok(())
+}
+
+fn plot(args: &BenchArgs) -> Result<ExitCode> {
+    let Some(from) = &args.from else {
+        bail!("`wsgate bench plot` needs --from results.json (written by --json)");
+    };
+    let text =
+        std::fs::read_to_string(from).with_context(|| format!("reading {}", from.display()))?;
+    let report: Report = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a `wsgate bench --json` file", from.display()))?;
+    if args.svg_dir.is_none() && args.markdown.is_none() {
+        bail!("`wsgate bench plot` needs --svg-dir DIR and/or --markdown FILE");
+    }
+    write_outputs(
+        &report,
+        &BenchArgs {
+            json: None,
+            ..args.clone()
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
+}

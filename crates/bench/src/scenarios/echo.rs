@@ -1,0 +1,369 @@
+//! `echo`: N connections in a closed loop, one request in flight each.
+//!
+//! Variants, interleaved run by run so machine noise hits all alike:
+//! the raw WebSocket echo (baseline 1, "the limit"), wsgate with every
+//! frame tagged, with a share encrypted, with every frame encrypted, the
+//! raw echo over TLS, and wsgate over `wss://` with every frame tagged
+//! (baseline 2, "TLS on everything").
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Result, bail};
+use hdrhistogram::Histogram;
+use wsgate_client::{Connection, RawSocket};
+
+use super::{Timing, quantile_us, timing};
+use crate::BenchArgs;
+use crate::gateway::{Env, Gw, Transport};
+use crate::load::{self, Shared};
+use crate::report::{Row, ScenarioResult, Stat, TargetCheck, fmt_num};
+
+const RAW: &str = "raw ws:// (baseline 1)";
+const TAGGED: &str = "wsgate ws:// all tagged";
+const ALL_ENC: &str = "wsgate ws:// all ENC";
+const RAW_TLS: &str = "raw wss://";
+const WSS: &str = "wsgate wss:// all tagged (baseline 2)";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Raw,
+    Gate,
+}
+
+#[derive(Debug, Clone)]
+struct Variant {
+    name: String,
+    transport: Transport,
+    kind: Kind,
+    share: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct RunResult {
+    rate: f64,
+    p50: f64,
+    p99: f64,
+    server_us: f64,
+    client_us: f64,
+}
+
+enum EchoConn {
+    Raw(RawSocket),
+    Gate(Box<Connection>),
+}
+
+impl EchoConn {
+    async fn open(gw: &Gw, kind: Kind) -> Result<Self> {
+        let config = gw.client_config(None);
+        Ok(match kind {
+            Kind::Raw => Self::Raw(RawSocket::open_raw_path(&config, "/raw-echo").await?),
+            Kind::Gate => Self::Gate(Box::new(gw.session(None).await?.connect(&config).await?)),
+        })
+    }
+
+    async fn echo(&mut self, payload: &[u8], enc: bool) -> Result<()> {
+        let len = match self {
+            Self::Raw(s) => {
+                s.send_binary(payload.to_vec()).await?;
+                s.recv_binary().await?.len()
+            }
+            Self::Gate(c) => c.request("sys.echo", payload, enc).await?.len(),
+        };
+        if len != payload.len() {
+            bail!("echo returned {len} bytes for {}", payload.len());
+        }
+        Ok(())
+    }
+}
+
+/// Whether request `seq` is sent encrypted: exactly `share` of any long
+/// enough run of consecutive requests.
+fn is_sensitive(seq: u64, share: f64) -> bool {
+    ((seq + 1) as f64 * share).floor() > (seq as f64 * share).floor()
+}
+
+pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
+    let n = args
+        .connections
+        .unwrap_or(if args.smoke { 4 } else { 50 })
+        .max(1);
+    let t = timing(args, 10.0);
+    let share = args.sensitive_share;
+    let mut variants = vec![
+        Variant {
+            name: RAW.into(),
+            transport: Transport::Plain,
+            kind: Kind::Raw,
+            share: 0.0,
+        },
+        Variant {
+            name: TAGGED.into(),
+            transport: Transport::Plain,
+            kind: Kind::Gate,
+            share: 0.0,
+        },
+    ];
+    let mixed = mixed_name(share);
+    if share > 0.0 && share < 1.0 {
+        variants.push(Variant {
+            name: mixed.clone(),
+            transport: Transport::Plain,
+            kind: Kind::Gate,
+            share,
+        });
+    }
+    variants.extend([
+        Variant {
+            name: ALL_ENC.into(),
+            transport: Transport::Plain,
+            kind: Kind::Gate,
+            share: 1.0,
+        },
+        Variant {
+            name: RAW_TLS.into(),
+            transport: Transport::Tls,
+            kind: Kind::Raw,
+            share: 0.0,
+        },
+        Variant {
+            name: WSS.into(),
+            transport: Transport::Tls,
+            kind: Kind::Gate,
+            share: 0.0,
+        },
+    ]);
+
+    variants.retain(|v| args.selected(&v.name));
+    let mut result = ScenarioResult::new(
+        "echo",
+        "closed-loop request/response, one request in flight per connection",
+    );
+    result.setting("connections", n);
+    result.setting("payload bytes", args.payload);
+    result.setting("measured seconds per run", t.duration.as_secs_f64());
+    result.setting("runs per variant", t.repeat);
+    result.setting("route", "sys.echo (built-in)");
+
+    let payload: Arc<Vec<u8>> = Arc::new((0..args.payload).map(|i| (i % 251) as u8).collect());
+    let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); variants.len()];
+    let mut skipped: Vec<Option<String>> = vec![None; variants.len()];
+    for rep in 0..t.repeat {
+        for (i, v) in variants.iter().enumerate() {
+            if skipped[i].is_some() {
+                continue;
+            }
+            let gw = match env.gateway(v.transport).await {
+                Ok(gw) => gw,
+                Err(e) if v.transport == Transport::Tls && !env.owns_gateways() => {
+                    skipped[i] = Some(format!("{}: skipped ({e:#})", v.name));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let label = format!("echo {} {}/{}", v.name, rep + 1, t.repeat);
+            runs[i].push(run_variant(env, &gw, v, n, &payload, t, &label).await?);
+        }
+    }
+    result.notes.extend(skipped.into_iter().flatten());
+
+    let stat = |i: usize, f: fn(&RunResult) -> f64| {
+        Stat::from_samples(runs[i].iter().map(f).collect::<Vec<_>>())
+    };
+    let index = |name: &str| variants.iter().position(|v| v.name == name);
+    let raw_rate = index(RAW).map(|i| stat(i, |r| r.rate));
+    let raw_cpu = index(RAW).map(|i| stat(i, |r| r.server_us));
+    let wss_cpu = index(WSS)
+        .filter(|i| !runs[*i].is_empty())
+        .map(|i| stat(i, |r| r.server_us));
+    for (i, v) in variants.iter().enumerate() {
+        if runs[i].is_empty() {
+            continue;
+        }
+        let mut row = Row::new(v.name.clone());
+        let rate = stat(i, |r| r.rate);
+        let cpu = stat(i, |r| r.server_us);
+        row.stat("req/s", rate.clone(), true)
+            .stat("p50 µs", stat(i, |r| r.p50), false)
+            .stat("p99 µs", stat(i, |r| r.p99), false)
+            .stat("server CPU µs/req", cpu.clone(), true)
+            .stat("load-gen CPU µs/req", stat(i, |r| r.client_us), false);
+        if let (Some(base), false) = (&raw_rate, v.name == RAW) {
+            row.stat("req/s ÷ raw", rate.ratio_to(base), false);
+        }
+        if let (Some(base), false) = (&raw_cpu, v.name == RAW) {
+            row.stat("CPU/req ÷ raw", cpu.ratio_to(base), true);
+        }
+        if let (Some(base), true) = (&wss_cpu, v.kind == Kind::Gate && v.name != WSS) {
+            row.stat("CPU/req ÷ wss:// tagged", cpu.ratio_to(base), false);
+        }
+        result.rows.push(row);
+    }
+    add_targets(&mut result, &mixed, share, args.smoke);
+    result.notes.push(
+        "server CPU is utime+stime of the gateway process (/proc/<pid>/stat) over the measured window, divided by the requests completed in it; load-gen CPU is the same for the bench process".into(),
+    );
+    Ok(result)
+}
+
+fn mixed_name(share: f64) -> String {
+    let pct = share * 100.0;
+    if (pct - pct.round()).abs() < 1e-9 {
+        format!("wsgate ws:// {pct:.0}% ENC")
+    } else {
+        format!("wsgate ws:// {pct}% ENC")
+    }
+}
+
+fn add_targets(result: &mut ScenarioResult, mixed: &str, share: f64, smoke: bool) {
+    let ratio = |variant: &str, metric: &str| -> Option<f64> {
+        result
+            .row(variant)
+            .and_then(|r| r.get(metric))
+            .map(|s| s.median)
+    };
+    let judge = |v: Option<f64>, ok: fn(f64) -> bool| {
+        if smoke { None } else { v.map(ok) }
+    };
+    let show = |v: Option<f64>| v.map_or_else(|| "–".to_owned(), |v| format!("{v:.3}×"));
+    let tagged = ratio(TAGGED, "req/s ÷ raw");
+    let enc = ratio(ALL_ENC, "req/s ÷ raw");
+    let (cpu_raw, cpu_wss) = (
+        ratio(mixed, "CPU/req ÷ raw"),
+        ratio(mixed, "CPU/req ÷ wss:// tagged"),
+    );
+    let exact = (share - 0.1).abs() < 1e-9;
+    let mut targets = vec![
+        TargetCheck::new(
+            "echo, every frame tagged: ≥ 0.85× raw WebSocket req/s",
+            show(tagged),
+            judge(tagged, |v| v >= 0.85),
+        ),
+        TargetCheck::new(
+            "echo, every frame encrypted: ≥ 0.75× raw WebSocket req/s",
+            show(enc),
+            judge(enc, |v| v >= 0.75),
+        ),
+    ];
+    targets.push(TargetCheck::new(
+        "server CPU/request at 10 % sensitive ≤ 1.10× raw WebSocket",
+        format!(
+            "{}{}",
+            show(cpu_raw),
+            if exact {
+                String::new()
+            } else {
+                format!(" (at {} %)", fmt_num(share * 100.0))
+            }
+        ),
+        if exact {
+            judge(cpu_raw, |v| v <= 1.10)
+        } else {
+            None
+        },
+    ));
+    targets.push(TargetCheck::new(
+        "server CPU/request at 10 % sensitive below the wss:// baseline",
+        show(cpu_wss),
+        if exact {
+            judge(cpu_wss, |v| v < 1.0)
+        } else {
+            None
+        },
+    ));
+    result.targets.extend(targets);
+}
+
+async fn run_variant(
+    env: &Env,
+    gw: &Arc<Gw>,
+    v: &Variant,
+    n: usize,
+    payload: &Arc<Vec<u8>>,
+    t: Timing,
+    label: &str,
+) -> Result<RunResult> {
+    let kind = v.kind;
+    let conns = load::open_many(label, n, 16, |_| {
+        let gw = gw.clone();
+        async move { EchoConn::open(&gw, kind).await }
+    })
+    .await?;
+    let shared = Shared::default();
+    let mut tasks = Vec::with_capacity(n);
+    for (i, conn) in conns.into_iter().enumerate() {
+        tasks.push(tokio::spawn(echo_loop(
+            conn,
+            shared.clone(),
+            payload.clone(),
+            v.share,
+            i as u64 * 7919,
+        )));
+    }
+    let window = load::measure(
+        label,
+        "req/s",
+        &shared,
+        t.warmup,
+        t.duration,
+        gw.cpu,
+        env.self_cpu(),
+    )
+    .await;
+    let mut hist = load::histogram();
+    for task in tasks {
+        let (h, outcome) = task
+            .await
+            .map_err(|e| anyhow::anyhow!("echo task failed: {e}"))?;
+        outcome?;
+        hist.add(&h)
+            .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
+    }
+    Ok(RunResult {
+        rate: window.rate(),
+        p50: quantile_us(&hist, 0.5),
+        p99: quantile_us(&hist, 0.99),
+        server_us: window.server_us_per_op().unwrap_or(f64::NAN),
+        client_us: window.client_us_per_op().unwrap_or(f64::NAN),
+    })
+}
+
+async fn echo_loop(
+    mut conn: EchoConn,
+    shared: Shared,
+    payload: Arc<Vec<u8>>,
+    share: f64,
+    mut seq: u64,
+) -> (Histogram<u64>, Result<()>) {
+    let mut hist = load::histogram();
+    while !shared.stopped() {
+        let enc = is_sensitive(seq, share);
+        seq += 1;
+        let t0 = Instant::now();
+        if let Err(e) = conn.echo(&payload, enc).await {
+            shared
+                .stop
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return (hist, Err(e));
+        }
+        if shared.is_measuring() {
+            load::record(&mut hist, t0.elapsed());
+        }
+        shared.done_one();
+    }
+    (hist, Ok(()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sensitive_share_is_exact() {
+        let count = |share| (0..1000u64).filter(|s| is_sensitive(*s, share)).count();
+        assert_eq!(count(0.1), 100);
+        assert_eq!(count(0.0), 0);
+        assert_eq!(count(1.0), 1000);
+        assert_eq!(count(0.25), 250);
+    }
+}

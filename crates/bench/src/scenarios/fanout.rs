@@ -1,0 +1,308 @@
+//! `fanout`: S subscribers on one channel (DESIGN §5.4 SUBSCRIBE, EVENT),
+//! an upstream publishing at a fixed rate with `POST /api/publish` (§6) →
+//! deliveries/s and publish-to-delivery latency.
+//!
+//! Each publish carries its send time (µs since the scenario started) as
+//! its JSON `data`; each subscriber reads it from the EVENT body. At the
+//! end the publisher sends `-1`, on which every subscriber stops.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use bytes::Bytes;
+use hdrhistogram::Histogram;
+use http_body_util::{BodyExt as _, Full};
+use wsgate_client::Connection;
+use wsgate_proto::envelope::MessageType;
+
+use super::{quantile_us, source_ip, timing};
+use crate::BenchArgs;
+use crate::gateway::{Env, Gw, Transport};
+use crate::load::{self, Shared};
+use crate::report::{Row, ScenarioResult, Stat, TargetCheck, fmt_num};
+
+const CHANNEL: &str = "bench.fanout";
+
+pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
+    let s = args
+        .connections
+        .unwrap_or(if args.smoke { 10 } else { 1_000 })
+        .max(1);
+    let rate = args
+        .rate
+        .unwrap_or(if args.smoke { 20.0 } else { 100.0 })
+        .max(0.1);
+    let t = timing(args, 10.0);
+    let mut result = ScenarioResult::new(
+        "fanout",
+        "subscribers on one channel, HTTP publishes at a fixed rate",
+    );
+    result.setting("subscribers", s);
+    result.setting("publishes/s", fmt_num(rate));
+    result.setting("measured seconds per run", t.duration.as_secs_f64());
+    result.setting("runs", t.repeat);
+    result.setting(
+        "channel",
+        format!("{CHANNEL} (not sensitive: EVENTs tagged)"),
+    );
+    let gw = env.gateway(Transport::Plain).await?;
+    if let Some(why) = &gw.channels_unavailable {
+        result.notes.push(format!("pending: {why}"));
+        result.targets.push(TargetCheck::new(
+            "fan-out ≥ 500k deliveries/s to 10k subscribers",
+            "pending (channels not available)".into(),
+            None,
+        ));
+        return Ok(result);
+    }
+    let key = gw
+        .api_key
+        .clone()
+        .ok_or_else(|| anyhow!("fanout needs an API key for POST /api/publish"))?;
+    let mut runs = Vec::new();
+    for rep in 0..t.repeat {
+        let label = format!("fanout {s} subscribers {}/{}", rep + 1, t.repeat);
+        runs.push(run_once(env, &gw, &key, s, rate, t, &label).await?);
+    }
+    let st = |f: fn(&RunResult) -> f64| Stat::from_samples(runs.iter().map(f).collect::<Vec<_>>());
+    let mut row = Row::new(format!("wsgate ws:// {s} subscribers"));
+    row.stat("deliveries/s", st(|r| r.deliveries_per_sec), true)
+        .stat("expected/s", st(|r| r.expected_per_sec), false)
+        .stat("delivered share", st(|r| r.delivered_share), false)
+        .stat("p50 ms", st(|r| r.p50_us / 1000.0), false)
+        .stat("p99 ms", st(|r| r.p99_us / 1000.0), true)
+        .stat("server CPU µs/delivery", st(|r| r.server_us), true)
+        .stat("publish p99 ms", st(|r| r.publish_p99_us / 1000.0), false);
+    result.rows.push(row);
+    let rate_reached = runs
+        .iter()
+        .map(|r| r.deliveries_per_sec)
+        .fold(0.0f64, f64::max);
+    result.targets.push(TargetCheck::new(
+        "fan-out ≥ 500k deliveries/s to 10k subscribers",
+        format!(
+            "{} deliveries/s to {} subscribers",
+            fmt_num(rate_reached),
+            fmt_num(s as f64)
+        ),
+        if args.smoke || s < 10_000 {
+            None
+        } else {
+            Some(rate_reached >= 500_000.0)
+        },
+    ));
+    result.notes.push(
+        "latency: publish sent (before the HTTP request) → EVENT verified at the subscriber; offer more load with --rate".into(),
+    );
+    Ok(result)
+}
+
+struct RunResult {
+    deliveries_per_sec: f64,
+    expected_per_sec: f64,
+    delivered_share: f64,
+    p50_us: f64,
+    p99_us: f64,
+    server_us: f64,
+    publish_p99_us: f64,
+}
+
+async fn run_once(
+    env: &Env,
+    gw: &Arc<Gw>,
+    key: &str,
+    s: usize,
+    rate: f64,
+    t: super::Timing,
+    label: &str,
+) -> Result<RunResult> {
+    for ip in (0..s)
+        .map(|i| source_ip(i, s))
+        .collect::<std::collections::BTreeSet<_>>()
+    {
+        gw.session(ip).await?;
+    }
+    let subscribers = load::open_many(label, s, 64, |i| {
+        let gw = gw.clone();
+        async move {
+            let ip = source_ip(i, s);
+            let mut conn = gw.session(ip).await?.connect(&gw.client_config(ip)).await?;
+            conn.call(MessageType::Subscribe, CHANNEL, b"", false)
+                .await
+                .context("SUBSCRIBE")?;
+            Ok(conn)
+        }
+    })
+    .await?;
+    let epoch = Instant::now();
+    let shared = Shared::default();
+    let tasks: Vec<_> = subscribers
+        .into_iter()
+        .map(|conn| tokio::spawn(subscriber(conn, shared.clone(), epoch)))
+        .collect();
+    let published = Arc::new(AtomicU64::new(0));
+    let publisher = tokio::spawn(publish_loop(
+        gw.clone(),
+        key.to_owned(),
+        rate,
+        shared.clone(),
+        epoch,
+        published.clone(),
+    ));
+    let window = load::measure(
+        label,
+        "deliveries/s",
+        &shared,
+        t.warmup,
+        t.duration,
+        gw.cpu,
+        env.self_cpu(),
+    )
+    .await;
+    let publish_hist = publisher
+        .await
+        .map_err(|e| anyhow!("publisher task failed: {e}"))??;
+    let mut hist = load::histogram();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut unfinished = 0usize;
+    for task in tasks {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, task).await {
+            Ok(Ok(Ok(h))) => hist
+                .add(&h)
+                .map_err(|e| anyhow!("merging histograms: {e:?}"))?,
+            Ok(Ok(Err(e))) => return Err(e.context("a subscriber failed")),
+            Ok(Err(e)) => bail!("subscriber task failed: {e}"),
+            Err(_) => unfinished += 1,
+        }
+    }
+    if unfinished > 0 {
+        eprintln!("  [{label}] {unfinished} subscribers never saw the end marker");
+    }
+    let total_published = published.load(Ordering::Relaxed) as f64;
+    let total_delivered = shared.ops.load(Ordering::Relaxed) as f64;
+    Ok(RunResult {
+        deliveries_per_sec: window.rate(),
+        expected_per_sec: rate * s as f64,
+        delivered_share: if total_published > 0.0 {
+            total_delivered / (total_published * s as f64)
+        } else {
+            f64::NAN
+        },
+        p50_us: quantile_us(&hist, 0.5),
+        p99_us: quantile_us(&hist, 0.99),
+        server_us: window.server_us_per_op().unwrap_or(f64::NAN),
+        publish_p99_us: quantile_us(&publish_hist, 0.99),
+    })
+}
+
+/// Reads EVENTs until the end marker (`-1`).
+async fn subscriber(
+    mut conn: Connection,
+    shared: Shared,
+    epoch: Instant,
+) -> Result<Histogram<u64>> {
+    let mut hist = load::histogram();
+    loop {
+        let msg = conn.recv().await?;
+        if msg.msg_type != MessageType::Event as u8 || msg.name != CHANNEL {
+            continue;
+        }
+        let sent: i64 = std::str::from_utf8(&msg.body)
+            .ok()
+            .and_then(|b| b.trim().parse().ok())
+            .ok_or_else(|| {
+                anyhow!(
+                    "unexpected EVENT body {:?}",
+                    String::from_utf8_lossy(&msg.body)
+                )
+            })?;
+        if sent < 0 {
+            return Ok(hist);
+        }
+        if shared.is_measuring() {
+            let now = epoch.elapsed().as_micros() as i64;
+            hist.saturating_record((now - sent).max(1) as u64);
+        }
+        shared.done_one();
+    }
+}
+
+async fn publish_loop(
+    gw: Arc<Gw>,
+    key: String,
+    rate: f64,
+    shared: Shared,
+    epoch: Instant,
+    published: Arc<AtomicU64>,
+) -> Result<Histogram<u64>> {
+    let mut hist = load::histogram();
+    let mut http = Publisher::connect(&gw, &key).await?;
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !shared.stopped() {
+        tick.tick().await;
+        let sent = epoch.elapsed().as_micros() as i64;
+        let t0 = Instant::now();
+        http.publish(sent).await?;
+        load::record(&mut hist, t0.elapsed());
+        published.fetch_add(1, Ordering::Relaxed);
+    }
+    // Let in-flight deliveries land, then tell every subscriber to stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    http.publish(-1).await?;
+    Ok(hist)
+}
+
+/// A keep-alive HTTP/1.1 connection for `POST /api/publish`.
+struct Publisher {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: String,
+    auth: String,
+}
+
+impl Publisher {
+    async fn connect(gw: &Gw, key: &str) -> Result<Self> {
+        if gw.config.is_tls() {
+            bail!("the fanout publisher speaks plain http:// only");
+        }
+        let tcp = tokio::net::TcpStream::connect(gw.config.addr)
+            .await
+            .with_context(|| format!("connecting to {}", gw.config.addr))?;
+        tcp.set_nodelay(true)?;
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp)).await?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Self {
+            sender,
+            host: gw.config.host.clone(),
+            auth: format!("Bearer {key}"),
+        })
+    }
+
+    async fn publish(&mut self, data: i64) -> Result<()> {
+        let body = serde_json::json!({"channel": CHANNEL, "data": data}).to_string();
+        let req = http::Request::builder()
+            .method(http::Method::POST)
+            .uri("/api/publish")
+            .header(http::header::HOST, &self.host)
+            .header(http::header::AUTHORIZATION, &self.auth)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(Bytes::from(body)))?;
+        self.sender.ready().await?;
+        let resp = self.sender.send_request(req).await?;
+        let status = resp.status();
+        let body = resp.into_body().collect().await?.to_bytes();
+        if !status.is_success() {
+            bail!(
+                "POST /api/publish answered {status}: {}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+        Ok(())
+    }
+}

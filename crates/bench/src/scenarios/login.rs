@@ -1,0 +1,147 @@
+//! `login`: SCRAM-SHA-256-PLUS logins per second and server CPU per login.
+//!
+//! Each login is what the client does: a new TCP connection, `GET
+//! /auth/key`, the first `PUT /auth/session` and the second. The load
+//! generator caches `SaltedPassword` (as DESIGN §4 allows), so it only pays
+//! HMACs; the server never runs PBKDF2 at login (it stores the verifier).
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::Result;
+use hdrhistogram::Histogram;
+
+use super::{quantile_us, timing};
+use crate::BenchArgs;
+use crate::gateway::{Env, Gw, Transport};
+use crate::load::{self, Shared};
+use crate::report::{Row, ScenarioResult, Stat, TargetCheck, fmt_num};
+
+const LOGIN: &str = "login over http:// (TCP + GET /auth/key + 2× PUT /auth/session)";
+const LOGIN_TLS: &str = "login over https://";
+const PER_CORE: &str = "per server core /s";
+
+pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
+    let c = args
+        .connections
+        .unwrap_or(if args.smoke { 2 } else { 8 })
+        .max(1);
+    let t = timing(args, 5.0);
+    let mut result =
+        ScenarioResult::new("login", "SCRAM logins, concurrent clients in closed loops");
+    result.setting("concurrent clients", c);
+    result.setting("measured seconds per run", t.duration.as_secs_f64());
+    result.setting("runs per variant", t.repeat);
+    result.setting(
+        "PBKDF2 iterations",
+        "4096 (client-side, cached after the first login)",
+    );
+    let variants = [(LOGIN, Transport::Plain), (LOGIN_TLS, Transport::Tls)];
+    let mut runs: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); variants.len()];
+    for rep in 0..t.repeat {
+        for (i, (name, transport)) in variants.iter().enumerate() {
+            if !args.selected(name) {
+                continue;
+            }
+            let gw = match env.gateway(*transport).await {
+                Ok(gw) => gw,
+                Err(e) if *transport == Transport::Tls && !env.owns_gateways() => {
+                    if rep == 0 {
+                        result.notes.push(format!("{name}: skipped ({e:#})"));
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            // The first login pays PBKDF2 once; the measured ones hit the cache.
+            gw.login(None).await?;
+            let shared = Shared::default();
+            let tasks: Vec<_> = (0..c)
+                .map(|_| tokio::spawn(login_loop(gw.clone(), shared.clone())))
+                .collect();
+            let label = format!("login {name} {}/{}", rep + 1, t.repeat);
+            let window = load::measure(
+                &label,
+                "logins/s",
+                &shared,
+                t.warmup,
+                t.duration,
+                gw.cpu,
+                env.self_cpu(),
+            )
+            .await;
+            let mut hist = load::histogram();
+            for task in tasks {
+                let (h, outcome) = task
+                    .await
+                    .map_err(|e| anyhow::anyhow!("login task failed: {e}"))?;
+                outcome?;
+                hist.add(&h)
+                    .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
+            }
+            runs[i].push((
+                window.rate(),
+                quantile_us(&hist, 0.5),
+                quantile_us(&hist, 0.99),
+                window.server_us_per_op().unwrap_or(f64::NAN),
+            ));
+        }
+    }
+    for (i, (name, _)) in variants.iter().enumerate() {
+        if runs[i].is_empty() {
+            continue;
+        }
+        let s = |f: fn(&(f64, f64, f64, f64)) -> f64| {
+            Stat::from_samples(runs[i].iter().map(f).collect::<Vec<_>>())
+        };
+        let cpu = s(|r| r.3);
+        let per_core = Stat::from_samples(
+            cpu.samples
+                .iter()
+                .map(|us| if *us > 0.0 { 1e6 / us } else { f64::NAN })
+                .collect(),
+        );
+        let mut row = Row::new(*name);
+        row.stat("logins/s", s(|r| r.0), true)
+            .stat("p50 µs", s(|r| r.1), false)
+            .stat("p99 µs", s(|r| r.2), false)
+            .stat("server CPU µs/login", cpu, true)
+            .stat(PER_CORE, per_core, false);
+        result.rows.push(row);
+    }
+    let capacity = result
+        .row(LOGIN)
+        .and_then(|r| r.get(PER_CORE))
+        .map(|s| s.median);
+    result.targets.push(TargetCheck::new(
+        "≥ 20k logins/s per server core",
+        capacity.map_or_else(|| "–".into(), |c| format!("{}/s per core", fmt_num(c))),
+        if args.smoke {
+            None
+        } else {
+            capacity.map(|c| c >= 20_000.0)
+        },
+    ));
+    result.notes.push(
+        "per server core /s = 1 / server CPU per login; logins/s is what this single-core load generator reached".into(),
+    );
+    Ok(result)
+}
+
+async fn login_loop(gw: Arc<Gw>, shared: Shared) -> (Histogram<u64>, Result<()>) {
+    let mut hist = load::histogram();
+    while !shared.stopped() {
+        let t0 = Instant::now();
+        if let Err(e) = gw.login(None).await {
+            shared
+                .stop
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            return (hist, Err(e));
+        }
+        if shared.is_measuring() {
+            load::record(&mut hist, t0.elapsed());
+        }
+        shared.done_one();
+    }
+    (hist, Ok(()))
+}

@@ -1,0 +1,133 @@
+//! The HTTP API for upstream applications (DESIGN §6), authorized by a
+//! bearer API key from the configuration:
+//!
+//! * `POST /api/publish {"channel","data"}` — publish an EVENT fleet-wide;
+//! * `POST /auth/introspect {"session"}` — the centralized answer to "is
+//!   this session alive, and whose is it?" for servers that do not hold the
+//!   WebSocket.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::Response;
+use serde_json::json;
+
+use super::json_response;
+use crate::Shared;
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Checks the API key; every configured key is compared (constant time each).
+fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    let presented = bearer(headers).unwrap_or_default();
+    let ok = shared
+        .config
+        .api_keys
+        .iter()
+        .fold(false, |acc, key| key.matches(presented) | acc);
+    if ok {
+        return Ok(());
+    }
+    let mut resp = json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({"status": "unauthorized", "message": "send `Authorization: Bearer <api key>` with a key from api_keys"}),
+    );
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        axum::http::HeaderValue::from_static("Bearer"),
+    );
+    Err(Box::new(resp))
+}
+
+fn bad_request(message: &str) -> Response {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        &json!({"status": "bad_request", "message": message}),
+    )
+}
+
+fn unavailable(e: &crate::store::StoreError) -> Response {
+    tracing::error!(error = %e, "state store unavailable in the upstream API");
+    json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"status": "unavailable", "message": "the state store is unreachable; retry shortly"}),
+    )
+}
+
+/// `POST /api/publish`.
+pub(crate) async fn publish(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(resp) = authorized(&shared, &headers) {
+        return *resp;
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return bad_request("body must be JSON like {\"channel\": \"news\", \"data\": {...}}");
+    };
+    let (Some(channel), Some(data)) = (
+        value.get("channel").and_then(|c| c.as_str()),
+        value.get("data"),
+    ) else {
+        return bad_request("body needs a string `channel` and a `data` member");
+    };
+    if shared.config.channels.lookup(channel).is_none() {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"status": "not_found", "message": format!("no channel pattern matches {channel:?}")}),
+        );
+    }
+    // `data` arrives parsed, so re-serializing gives compact JSON.
+    let payload = data.to_string();
+    if payload.len() > shared.config.limits.max_message_size {
+        return json_response(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &json!({"status": "bad_request", "message": "data is larger than limits.max_message_size"}),
+        );
+    }
+    match shared
+        .state
+        .publish_event(channel, payload.as_bytes())
+        .await
+    {
+        Ok(()) => json_response(StatusCode::OK, &json!({"status": "published"})),
+        Err(e) => unavailable(&e),
+    }
+}
+
+/// `POST /auth/introspect`.
+pub(crate) async fn introspect(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(resp) = authorized(&shared, &headers) {
+        return *resp;
+    }
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(&body) else {
+        return bad_request("body must be JSON like {\"session\": \"<session id>\"}");
+    };
+    let Some(id) = value.get("session").and_then(|s| s.as_str()) else {
+        return bad_request("body needs a string `session`");
+    };
+    match shared.state.get_session(id).await {
+        Ok(Some(record)) if !record.is_expired_at(crate::store::unix_now()) => json_response(
+            StatusCode::OK,
+            &json!({
+                "active": true,
+                "user": record.user,
+                "ip": record.ip,
+                "expires_in": record.expires_in_at(crate::store::unix_now()),
+            }),
+        ),
+        Ok(_) => json_response(StatusCode::OK, &json!({"active": false})),
+        Err(e) => unavailable(&e),
+    }
+}

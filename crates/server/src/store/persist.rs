@@ -1,0 +1,244 @@
+//! Sessions that survive a restart of a single node.
+//!
+//! [`PersistentSessions`] wraps an in-process [`StateStore`] and keeps a
+//! journal of live sessions in a SQLite file in the data directory (mode
+//! 0600, like the server key beside it). Writes are batched by a background
+//! task so a login never waits on the disk; on start the live sessions are
+//! loaded back. Exchanges, failure counters and events stay in memory: they
+//! are worth seconds, a session is worth hours. A fleet uses Redis instead.
+
+use std::fmt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rusqlite::{Connection, params};
+use tokio::sync::{broadcast, mpsc};
+
+use super::{SessionRecord, StateStore, StoreError, StoreEvent, unix_now};
+
+enum Op {
+    Put { id: String, json: zeroize::Zeroizing<String>, expires_at: u64 },
+    Delete(String),
+}
+
+/// An in-process state store whose sessions are journaled to disk.
+pub struct PersistentSessions<S> {
+    inner: S,
+    journal: mpsc::UnboundedSender<Op>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for PersistentSessions<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PersistentSessions").field("inner", &self.inner).finish_non_exhaustive()
+    }
+}
+
+fn sql(path: &Path, e: &rusqlite::Error) -> StoreError {
+    StoreError::Unavailable(format!("session journal {}: {e}", path.display()))
+}
+
+impl<S: StateStore> PersistentSessions<S> {
+    /// Opens (or creates) the journal at `path`, loads its live sessions into
+    /// `inner`, and starts the writer task. Must run inside a tokio runtime.
+    pub async fn open(path: &Path, inner: S) -> Result<Self, StoreError> {
+        let owned = path.to_owned();
+        let (conn, records) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+            create_private(&owned)?;
+            let conn = Connection::open(&owned).map_err(|e| sql(&owned, &e))?;
+            conn.execute_batch(
+                "PRAGMA journal_mode = WAL;
+                 PRAGMA synchronous = NORMAL;
+                 CREATE TABLE IF NOT EXISTS sessions (
+                     id TEXT PRIMARY KEY NOT NULL,
+                     record TEXT NOT NULL,
+                     expires_at INTEGER NOT NULL
+                 );",
+            )
+            .map_err(|e| sql(&owned, &e))?;
+            let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+            conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now]).map_err(|e| sql(&owned, &e))?;
+            let mut stmt = conn.prepare("SELECT id, record FROM sessions").map_err(|e| sql(&owned, &e))?;
+            let rows = stmt
+                .query_map([], |row| Ok((row.get::<_, String>(0)?, zeroize::Zeroizing::new(row.get::<_, String>(1)?))))
+                .map_err(|e| sql(&owned, &e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| sql(&owned, &e))?;
+            drop(stmt);
+            Ok((conn, rows))
+        })
+        .await
+        .map_err(|e| StoreError::Unavailable(format!("session journal task failed: {e}")))??;
+        let mut loaded = 0usize;
+        for (id, json) in records {
+            // A row that no longer parses is dropped, not fatal: the user logs in again.
+            if let Ok(record) = serde_json::from_str::<SessionRecord>(&json) {
+                inner.put_session(&id, &record).await?;
+                loaded += 1;
+            }
+        }
+        if loaded > 0 {
+            tracing::info!(sessions = loaded, "restored sessions from the journal");
+        }
+        let (journal, rx) = mpsc::unbounded_channel();
+        let conn = Arc::new(Mutex::new(conn));
+        tokio::spawn(write_behind(conn, rx, path.to_owned()));
+        Ok(Self { inner, journal })
+    }
+}
+
+#[cfg(unix)]
+fn create_private(path: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt as _;
+    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))),
+    }
+}
+
+#[cfg(not(unix))]
+fn create_private(_path: &Path) -> Result<(), StoreError> {
+    Ok(())
+}
+
+/// Applies journal operations in batches (one transaction per wake-up).
+async fn write_behind(conn: Arc<Mutex<Connection>>, mut rx: mpsc::UnboundedReceiver<Op>, path: std::path::PathBuf) {
+    let mut batch = Vec::new();
+    while rx.recv_many(&mut batch, 1024).await > 0 {
+        let ops = std::mem::take(&mut batch);
+        let conn = conn.clone();
+        let path = path.clone();
+        let result = tokio::task::spawn_blocking(move || -> Result<(), rusqlite::Error> {
+            let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let tx = conn.transaction()?;
+            for op in &ops {
+                match op {
+                    Op::Put { id, json, expires_at } => {
+                        let exp = i64::try_from(*expires_at).unwrap_or(i64::MAX);
+                        tx.execute(
+                            "INSERT OR REPLACE INTO sessions (id, record, expires_at) VALUES (?1, ?2, ?3)",
+                            params![id, json.as_str(), exp],
+                        )?;
+                    }
+                    Op::Delete(id) => {
+                        tx.execute("DELETE FROM sessions WHERE id = ?1", params![id])?;
+                    }
+                }
+            }
+            let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+            tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now])?;
+            tx.commit()
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, path = %path.display(), "session journal write failed"),
+            Err(e) => tracing::warn!(error = %e, "session journal task failed"),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl<S: StateStore> StateStore for PersistentSessions<S> {
+    async fn put_exchange(&self, sid: &str, state: Vec<u8>, ttl: Duration) -> Result<(), StoreError> {
+        self.inner.put_exchange(sid, state, ttl).await
+    }
+    async fn take_exchange(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        self.inner.take_exchange(sid).await
+    }
+    async fn put_session(&self, id: &str, record: &SessionRecord) -> Result<(), StoreError> {
+        self.inner.put_session(id, record).await?;
+        let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let op = Op::Put { id: id.to_owned(), json: zeroize::Zeroizing::new(json), expires_at: record.expires_at };
+        // The writer only stops with the process; a lost write costs a re-login.
+        let _ = self.journal.send(op);
+        Ok(())
+    }
+    async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        self.inner.get_session(id).await
+    }
+    async fn revoke_session(&self, id: &str) -> Result<(), StoreError> {
+        self.inner.revoke_session(id).await?;
+        let _ = self.journal.send(Op::Delete(id.to_owned()));
+        Ok(())
+    }
+    fn watch_revocations(&self) -> broadcast::Receiver<String> {
+        self.inner.watch_revocations()
+    }
+    async fn record_failure(&self, key: &str, window: Duration) -> Result<(u32, Duration), StoreError> {
+        self.inner.record_failure(key, window).await
+    }
+    async fn failures(&self, key: &str) -> Result<(u32, Duration), StoreError> {
+        self.inner.failures(key).await
+    }
+    async fn reset_failures(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.reset_failures(key).await
+    }
+    async fn publish_event(&self, channel: &str, payload: &[u8]) -> Result<(), StoreError> {
+        self.inner.publish_event(channel, payload).await
+    }
+    fn watch_events(&self) -> broadcast::Receiver<StoreEvent> {
+        self.inner.watch_events()
+    }
+    fn is_healthy(&self) -> bool {
+        self.inner.is_healthy()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStateStore;
+
+    mod conformance {
+        use super::*;
+
+        crate::store::tests::state_store_suite!(async {
+            let dir = tempfile::tempdir().unwrap();
+            let store = PersistentSessions::open(&dir.path().join("s.sqlite3"), MemoryStateStore::new()).await.unwrap();
+            (dir, store)
+        });
+    }
+
+    fn record(user: &str, expires_at: u64) -> SessionRecord {
+        SessionRecord {
+            user: user.into(),
+            ip: "127.0.0.1".into(),
+            key_fp: "fp".into(),
+            session_key: zeroize::Zeroizing::new([7; 32]),
+            expires_at,
+        }
+    }
+
+    async fn settle() {
+        // The journal is written behind; give the writer a moment.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    #[tokio::test]
+    async fn sessions_survive_a_reopen_and_revocations_and_expiry_do_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.sqlite3");
+        let later = unix_now() + 3600;
+        {
+            let store = PersistentSessions::open(&path, MemoryStateStore::new()).await.unwrap();
+            store.put_session("keep", &record("alice", later)).await.unwrap();
+            store.put_session("gone", &record("bob", later)).await.unwrap();
+            store.put_session("old", &record("carol", unix_now() + 1)).await.unwrap();
+            store.revoke_session("gone").await.unwrap();
+            settle().await;
+        }
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let store = PersistentSessions::open(&path, MemoryStateStore::new()).await.unwrap();
+        let kept = store.get_session("keep").await.unwrap().unwrap();
+        assert_eq!((kept.user.as_str(), kept.expires_at, *kept.session_key), ("alice", later, [7; 32]));
+        assert!(store.get_session("gone").await.unwrap().is_none(), "revoked stays revoked");
+        assert!(store.get_session("old").await.unwrap().is_none(), "expired is not restored");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+    }
+}

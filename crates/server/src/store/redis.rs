@@ -1,0 +1,798 @@
+//! The fleet's [`StateStore`] on Redis (6.2 or newer, or a compatible
+//! server such as Valkey).
+//!
+//! Every key lives under a prefix (`wsgate:` unless the constructor is given
+//! another), and every key expires on the server's clock, so Redis never
+//! holds more than the live state:
+//!
+//! | key | value | expiry |
+//! |---|---|---|
+//! | `{prefix}exchange:{sid}` | the SCRAM exchange state | `SET … PX ttl`; taken with `GETDEL` (atomic take-once) |
+//! | `{prefix}session:{id}` | the [`SessionRecord`] as JSON | `SET … PXAT expires_at` |
+//! | `{prefix}failures:{key}` | the failure count | a Lua script: `INCR`, then `PEXPIRE window` on the first failure; returns the count and `PTTL` |
+//!
+//! Fan-out uses two pub/sub channels:
+//!
+//! * `{prefix}revocations`: `revoke_session` deletes the session key and
+//!   publishes `<origin> <session id>` in one `MULTI`, where `<origin>` is
+//!   the publishing store's random id in 32 hex digits. A message that is
+//!   only a session id (an operator's `PUBLISH wsgate:revocations <id>`) is
+//!   accepted too.
+//! * `{prefix}events`: `publish_event` publishes a binary frame: the 16-byte
+//!   origin id, the channel name's length (u16 big-endian), the channel name
+//!   (UTF-8) and the payload.
+//!
+//! A store hands its own revocations and events to its watchers directly,
+//! before `revoke_session` / `publish_event` return, and ignores their echo
+//! from Redis; the others arrive through a background task that holds a
+//! dedicated pub/sub connection, subscribed before
+//! [`connect`](RedisStateStore::connect) returns. When that connection
+//! drops, the task reconnects with backoff forever; once it is subscribed
+//! again every watcher gets `RecvError::Lagged` (the trait's "you may have
+//! missed some; re-check" notice), because whatever was published meanwhile
+//! is lost. The notice is made by overrunning the watchers' bounded channel
+//! with fillers — empty session ids and events with an empty channel name —
+//! which watchers skip; a message that arrives before a watcher has skipped
+//! them all overruns it once more (another `Lagged`, then the message).
+//! [`is_healthy`](StateStore::is_healthy) is false from the moment the task
+//! notices the loss (at once when the connection is reset; within 7 s when
+//! it hangs, checked by a `PING` every 5 s and right after any failed
+//! command) until it is subscribed again.
+//!
+//! Commands go through a [`ConnectionManager`] (one multiplexed connection,
+//! re-established on demand) and each has a deadline (2 s), so while Redis
+//! is away calls fail fast with [`StoreError::Unavailable`] and work again
+//! as soon as it is back, without recreating the store.
+//!
+//! `rediss://` speaks TLS (rustls), trusting the system's CAs, or only the
+//! CA in `?ca_file=/path/to/ca.pem`.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt as _;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub, PubSubSink};
+use redis::{Client, FromRedisValue, RedisError, Script};
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinHandle;
+use zeroize::Zeroizing;
+
+use super::memory::{EVENT_CHANNEL_CAPACITY, REVOCATION_CHANNEL_CAPACITY};
+use super::{SessionRecord, StateStore, StoreError, StoreEvent, redact_url, unix_now};
+
+/// The deadline of every command, including waiting for a reconnection.
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The key prefix unless the constructor is given another.
+pub(crate) const DEFAULT_PREFIX: &str = "wsgate:";
+
+/// How long establishing a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// How often the pub/sub connection is checked with a `PING` (a connection
+/// that died silently, without a reset, is noticed within about this long).
+const PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Backoff between attempts to restore the pub/sub connection.
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Length of a store's random origin id.
+const ORIGIN_LEN: usize = 16;
+
+/// Expiries are clamped to the end of year 9999 (unix milliseconds).
+const MAX_UNIX_MS: u64 = 253_402_300_799_000;
+
+/// Counts a failure in a window fixed at the first one. `KEYS[1]`: the
+/// counter; `ARGV[1]`: the window in milliseconds. Returns `{count, pttl}`.
+/// A counter that somehow has no expiry gets one, so no key lives forever.
+const RECORD_FAILURE_LUA: &str = r"
+local count = redis.call('INCR', KEYS[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl < 0 then
+  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+  ttl = tonumber(ARGV[1])
+end
+return {count, ttl}
+";
+
+/// The key and channel names under one prefix.
+#[derive(Clone, Debug)]
+struct Keys {
+    prefix: String,
+    revocations: String,
+    events: String,
+}
+
+impl Keys {
+    fn new(prefix: &str) -> Self {
+        Self {
+            prefix: prefix.to_owned(),
+            revocations: format!("{prefix}revocations"),
+            events: format!("{prefix}events"),
+        }
+    }
+
+    fn exchange(&self, sid: &str) -> String {
+        format!("{}exchange:{sid}", self.prefix)
+    }
+
+    fn session(&self, id: &str) -> String {
+        format!("{}session:{id}", self.prefix)
+    }
+
+    fn failures(&self, key: &str) -> String {
+        format!("{}failures:{key}", self.prefix)
+    }
+}
+
+/// What the store and its pub/sub task share.
+struct Fanout {
+    revocations: broadcast::Sender<String>,
+    events: broadcast::Sender<StoreEvent>,
+    /// Whether the pub/sub connection is up and subscribed.
+    up: AtomicBool,
+    /// Asks the pub/sub task to check its connection now (a command failed).
+    check_now: Notify,
+    origin: [u8; ORIGIN_LEN],
+    keys: Keys,
+}
+
+impl Fanout {
+    /// Tells every watcher it may have missed messages: overruns each
+    /// bounded channel with fillers, so every receiver's next `recv` is
+    /// `Err(Lagged)`. Fillers cost no allocation and carry nothing.
+    fn notify_lag(&self) {
+        for _ in 0..=REVOCATION_CHANNEL_CAPACITY {
+            let _ = self.revocations.send(String::new());
+        }
+        for _ in 0..=EVENT_CHANNEL_CAPACITY {
+            let _ = self.events.send(StoreEvent {
+                channel: String::new(),
+                payload: Bytes::new(),
+            });
+        }
+    }
+
+    /// Hands a message from Redis to the watchers, unless this store sent it
+    /// (it delivered it itself) or it is malformed.
+    fn dispatch(&self, msg: &redis::Msg) {
+        let channel = msg.get_channel_name();
+        let payload = msg.get_payload_bytes();
+        if channel == self.keys.revocations {
+            if let Some(id) = self.parse_revocation(payload) {
+                let _ = self.revocations.send(id);
+            }
+        } else if channel == self.keys.events
+            && let Some(event) = self.parse_event(payload)
+        {
+            let _ = self.events.send(event);
+        }
+    }
+
+    fn parse_revocation(&self, payload: &[u8]) -> Option<String> {
+        let Ok(text) = std::str::from_utf8(payload) else {
+            tracing::warn!(
+                len = payload.len(),
+                "ignoring a revocation message that is not UTF-8"
+            );
+            return None;
+        };
+        let id = match text.split_once(' ') {
+            Some((origin, id)) if is_origin_hex(origin) => {
+                if origin == hex(&self.origin) {
+                    return None;
+                }
+                id
+            }
+            _ => text,
+        };
+        (!id.is_empty()).then(|| id.to_owned())
+    }
+
+    fn parse_event(&self, frame: &[u8]) -> Option<StoreEvent> {
+        let Some((origin, rest)) = frame.split_first_chunk::<ORIGIN_LEN>() else {
+            tracing::warn!(len = frame.len(), "ignoring a malformed event frame");
+            return None;
+        };
+        if *origin == self.origin {
+            return None;
+        }
+        let Some((len, rest)) = rest.split_first_chunk::<2>() else {
+            tracing::warn!(len = frame.len(), "ignoring a malformed event frame");
+            return None;
+        };
+        let len = usize::from(u16::from_be_bytes(*len));
+        let (Some(channel), Some(payload)) = (rest.get(..len), rest.get(len..)) else {
+            tracing::warn!(len = frame.len(), "ignoring a malformed event frame");
+            return None;
+        };
+        let Ok(channel) = std::str::from_utf8(channel) else {
+            tracing::warn!("ignoring an event whose channel name is not UTF-8");
+            return None;
+        };
+        (!channel.is_empty()).then(|| StoreEvent {
+            channel: channel.to_owned(),
+            payload: Bytes::copy_from_slice(payload),
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn is_origin_hex(text: &str) -> bool {
+    text.len() == ORIGIN_LEN * 2 && text.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// The event frame published on `{prefix}events`.
+fn event_frame(origin: &[u8; ORIGIN_LEN], channel: &str, payload: &[u8]) -> Option<Vec<u8>> {
+    let len = u16::try_from(channel.len()).ok()?;
+    let mut frame = Vec::with_capacity(ORIGIN_LEN + 2 + channel.len() + payload.len());
+    frame.extend_from_slice(origin);
+    frame.extend_from_slice(&len.to_be_bytes());
+    frame.extend_from_slice(channel.as_bytes());
+    frame.extend_from_slice(payload);
+    Some(frame)
+}
+
+/// A [`StateStore`] in Redis, shared by every node of a fleet.
+///
+/// Must be created and used within a tokio runtime (it spawns its pub/sub
+/// task); dropping it stops that task.
+pub struct RedisStateStore {
+    conn: ConnectionManager,
+    fanout: Arc<Fanout>,
+    location: Arc<str>,
+    record_failure: Script,
+    feed: JoinHandle<()>,
+}
+
+impl fmt::Debug for RedisStateStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStateStore")
+            .field("location", &self.location)
+            .field("prefix", &self.fanout.keys.prefix)
+            .field("healthy", &self.is_healthy())
+            .field("watchers", &self.fanout.revocations.receiver_count())
+            .field("event_watchers", &self.fanout.events.receiver_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for RedisStateStore {
+    fn drop(&mut self) {
+        self.feed.abort();
+    }
+}
+
+impl RedisStateStore {
+    /// Connects to the Redis at `url` (`redis://[user:password@]host[:port][/db]`,
+    /// `rediss://…` for TLS — trusting the system's CAs, or the one in
+    /// `?ca_file=/path/to/ca.pem` — or `redis+unix:///path/to/socket`), with keys under
+    /// `wsgate:`. Fails fast, with a message saying what to check,
+    /// if Redis cannot be reached, refuses the credentials or is too old.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_prefix(url, DEFAULT_PREFIX).await
+    }
+
+    /// Like [`connect`](Self::connect), with every key and channel under
+    /// `prefix` (several fleets, or tests, may then share one Redis).
+    pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        let location: Arc<str> = redact_url(url).into();
+        let client = open_client(url, &location)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(CONNECT_TIMEOUT))
+            .set_response_timeout(Some(COMMAND_TIMEOUT))
+            // Reconnect on demand without long backoff: while Redis is away,
+            // each call fails fast on its own; when it is back, the next
+            // call reconnects.
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(200));
+        let conn = match tokio::time::timeout(
+            CONNECT_TIMEOUT * 2,
+            ConnectionManager::new_with_config(client.clone(), config),
+        )
+        .await
+        {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => return Err(connect_error(&location, &e)),
+            Err(_) => return Err(timeout_error(&location, "connecting")),
+        };
+        check_version(&mut conn.clone(), &location).await?;
+
+        let keys = Keys::new(prefix);
+        let pubsub = subscribe(&client, &keys, &location).await?;
+        let (revocations, _) = broadcast::channel(REVOCATION_CHANNEL_CAPACITY);
+        let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let fanout = Arc::new(Fanout {
+            revocations,
+            events,
+            up: AtomicBool::new(true),
+            check_now: Notify::new(),
+            origin: rand::random(),
+            keys,
+        });
+        let feed = tokio::spawn(feed_loop(
+            client,
+            Arc::clone(&location),
+            Arc::clone(&fanout),
+            pubsub,
+        ));
+        Ok(Self {
+            conn,
+            fanout,
+            location,
+            record_failure: Script::new(RECORD_FAILURE_LUA),
+            feed,
+        })
+    }
+
+    /// Where the store lives: the URL without credentials.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The prefix of every key and channel.
+    pub fn prefix(&self) -> &str {
+        &self.fanout.keys.prefix
+    }
+
+    /// Runs one command (or pipeline, or script) with the deadline.
+    async fn run<T, F>(&self, what: &str, f: F) -> Result<T, StoreError>
+    where
+        F: AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+    {
+        let mut conn = self.conn.clone();
+        let result = tokio::time::timeout(COMMAND_TIMEOUT, f(&mut conn)).await;
+        match result {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => {
+                let err = command_error(&self.location, what, &e);
+                if matches!(err, StoreError::Unavailable(_)) {
+                    self.fanout.check_now.notify_one();
+                }
+                Err(err)
+            }
+            Err(_) => {
+                self.fanout.check_now.notify_one();
+                Err(timeout_error(&self.location, what))
+            }
+        }
+    }
+
+    async fn query<T: FromRedisValue>(
+        &self,
+        what: &str,
+        cmd: &redis::Cmd,
+    ) -> Result<T, StoreError> {
+        self.run(what, async |conn| cmd.query_async(conn).await)
+            .await
+    }
+
+    async fn query_pipe<T: FromRedisValue>(
+        &self,
+        what: &str,
+        pipe: &redis::Pipeline,
+    ) -> Result<T, StoreError> {
+        self.run(what, async |conn| pipe.query_async(conn).await)
+            .await
+    }
+}
+
+/// The client for `url`; a `rediss://` URL may name the CA to trust instead
+/// of the system's roots with `?ca_file=/path/to/ca.pem`.
+fn open_client(url: &str, location: &str) -> Result<Client, StoreError> {
+    let invalid = |e: RedisError| {
+        StoreError::Unavailable(format!(
+            "{location} is not a usable Redis URL ({e}); write \
+             redis://[user:password@]host[:port][/db], or rediss://… for TLS \
+             (with ?ca_file=/path/to/ca.pem for a private CA)"
+        ))
+    };
+    let Some(ca_file) = query_param(url, "ca_file") else {
+        return Client::open(url).map_err(invalid);
+    };
+    let root_cert = std::fs::read(&ca_file).map_err(|e| {
+        StoreError::Unavailable(format!(
+            "cannot read the CA certificate {ca_file} named by the Redis URL ({e}); \
+             check the path and that wsgate may read it"
+        ))
+    })?;
+    Client::build_with_tls(
+        url,
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert),
+        },
+    )
+    .map_err(invalid)
+}
+
+/// The percent-decoded value of the query parameter `name` of `url`.
+fn query_param(url: &str, name: &str) -> Option<String> {
+    let query = url.split_once('?')?.1;
+    let query = query.split('#').next().unwrap_or_default();
+    let raw = query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))?;
+    let mut bytes = Vec::with_capacity(raw.len());
+    let mut rest = raw.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        let hex = tail
+            .get(..2)
+            .and_then(|h| std::str::from_utf8(h).ok())
+            .and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (b, hex) {
+            (b'%', Some(decoded)) => {
+                bytes.push(decoded);
+                rest = tail.get(2..).unwrap_or_default();
+            }
+            (b'+', _) => {
+                bytes.push(b' ');
+                rest = tail;
+            }
+            _ => {
+                bytes.push(b);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// Checks that the server has the commands this store uses. A server that
+/// does not tell its version (`INFO` renamed or forbidden) is trusted.
+async fn check_version(conn: &mut ConnectionManager, location: &str) -> Result<(), StoreError> {
+    let info = tokio::time::timeout(
+        COMMAND_TIMEOUT,
+        redis::cmd("INFO").arg("server").query_async::<String>(conn),
+    )
+    .await;
+    let info = match info {
+        Ok(Ok(info)) => info,
+        Ok(Err(e)) if e.kind() == redis::ErrorKind::AuthenticationFailed => {
+            return Err(connect_error(location, &e));
+        }
+        Ok(Err(e)) if matches!(e.code(), Some("NOAUTH" | "WRONGPASS")) => {
+            return Err(connect_error(location, &e));
+        }
+        Ok(Err(_)) => return Ok(()),
+        Err(_) => return Err(timeout_error(location, "INFO")),
+    };
+    let Some(version) = info
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .map(str::trim)
+    else {
+        return Ok(());
+    };
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < (6, 2) {
+        return Err(StoreError::Unavailable(format!(
+            "Redis at {location} is version {version}; wsgate needs 6.2 or newer \
+             (GETDEL, SET PXAT): upgrade Redis"
+        )));
+    }
+    Ok(())
+}
+
+/// A pub/sub connection subscribed to the fan-out channels.
+async fn subscribe(client: &Client, keys: &Keys, location: &str) -> Result<PubSub, StoreError> {
+    let attempt = async {
+        let mut pubsub = client.get_async_pubsub().await?;
+        pubsub
+            .subscribe(&[keys.revocations.as_str(), keys.events.as_str()])
+            .await?;
+        Ok::<_, RedisError>(pubsub)
+    };
+    match tokio::time::timeout(CONNECT_TIMEOUT, attempt).await {
+        Ok(Ok(pubsub)) => Ok(pubsub),
+        Ok(Err(e)) => Err(connect_error(location, &e)),
+        Err(_) => Err(timeout_error(location, "subscribing")),
+    }
+}
+
+/// Feeds the watchers from the pub/sub connection, forever: when it drops,
+/// reconnects with backoff and, once subscribed again, tells every watcher
+/// it may have missed messages.
+async fn feed_loop(client: Client, location: Arc<str>, fanout: Arc<Fanout>, first: PubSub) {
+    let mut pubsub = Some(first);
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let current = match pubsub.take() {
+            Some(current) => current,
+            None => match subscribe(&client, &fanout.keys, &location).await {
+                Ok(current) => {
+                    tracing::info!(
+                        redis = %location,
+                        "Redis subscription restored; sessions are re-checked, \
+                         channel events published meanwhile are lost"
+                    );
+                    fanout.up.store(true, Ordering::SeqCst);
+                    fanout.notify_lag();
+                    current
+                }
+                Err(e) => {
+                    tracing::debug!(error = %e, retry_in = ?backoff, "Redis still unreachable");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                    continue;
+                }
+            },
+        };
+        fanout.up.store(true, Ordering::SeqCst);
+        backoff = MIN_BACKOFF;
+        let why = pump(current, &fanout).await;
+        fanout.up.store(false, Ordering::SeqCst);
+        tracing::warn!(
+            redis = %location,
+            reason = %why,
+            "lost the Redis subscription: revocations and channel events from other \
+             nodes are not received until it is back; reconnecting"
+        );
+    }
+}
+
+/// Forwards messages until the connection fails; returns why.
+async fn pump(pubsub: PubSub, fanout: &Fanout) -> String {
+    let (mut sink, mut stream) = pubsub.split();
+    let mut ticker = tokio::time::interval(PING_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.reset();
+    loop {
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(msg) => fanout.dispatch(&msg),
+                None => return "the connection closed".to_owned(),
+            },
+            _ = ticker.tick() => {
+                if let Err(why) = ping(&mut sink).await {
+                    return why;
+                }
+            }
+            () = fanout.check_now.notified() => {
+                if let Err(why) = ping(&mut sink).await {
+                    return why;
+                }
+            }
+        }
+    }
+}
+
+async fn ping(sink: &mut PubSubSink) -> Result<(), String> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, sink.ping::<redis::Value>()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("PING failed: {e}")),
+        Err(_) => Err(format!("no answer to PING within {COMMAND_TIMEOUT:?}")),
+    }
+}
+
+fn connect_error(location: &str, e: &RedisError) -> StoreError {
+    if e.kind() == redis::ErrorKind::AuthenticationFailed
+        || matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM"))
+    {
+        return StoreError::Unavailable(format!(
+            "Redis at {location} refused wsgate ({e}); check the user and password in the \
+             URL and the ACL of that user"
+        ));
+    }
+    let text = e.to_string();
+    if location.starts_with("rediss://") && text.contains("certificate") {
+        return StoreError::Unavailable(format!(
+            "Redis at {location} has a TLS certificate wsgate does not trust ({e}); for a \
+             private CA add ?ca_file=/path/to/ca.pem to the URL"
+        ));
+    }
+    StoreError::Unavailable(format!(
+        "cannot reach Redis at {location}: {e}; is redis-server running and reachable \
+         from this node?"
+    ))
+}
+
+fn timeout_error(location: &str, what: &str) -> StoreError {
+    StoreError::Unavailable(format!(
+        "Redis at {location} did not answer {what} within {COMMAND_TIMEOUT:?}; is it \
+         running, reachable from this node and not overloaded?"
+    ))
+}
+
+fn command_error(location: &str, what: &str, e: &RedisError) -> StoreError {
+    match e.kind() {
+        redis::ErrorKind::Parse | redis::ErrorKind::UnexpectedReturnType => {
+            StoreError::Corrupt(format!(
+                "Redis at {location} answered {what} with unexpected data ({e}); is another \
+                 program writing under the same key prefix?"
+            ))
+        }
+        redis::ErrorKind::Io if e.is_timeout() => timeout_error(location, what),
+        redis::ErrorKind::Io => StoreError::Unavailable(format!(
+            "cannot reach Redis at {location} ({what}: {e}); is redis-server running and \
+             reachable from this node?"
+        )),
+        _ if matches!(e.code(), Some("NOAUTH" | "WRONGPASS" | "NOPERM")) => {
+            connect_error(location, e)
+        }
+        _ => StoreError::Unavailable(format!("Redis at {location} refused {what}: {e}")),
+    }
+}
+
+/// Milliseconds of `d`, at least 1 (Redis refuses a zero expiry).
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis())
+        .unwrap_or(u64::MAX)
+        .clamp(1, MAX_UNIX_MS)
+}
+
+#[async_trait::async_trait]
+impl StateStore for RedisStateStore {
+    async fn put_exchange(
+        &self,
+        sid: &str,
+        state: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let state = Zeroizing::new(state);
+        let key = self.fanout.keys.exchange(sid);
+        if ttl.is_zero() {
+            // Expired at once: nothing to keep, but an older one must go.
+            return self.query::<()>("DEL", redis::cmd("DEL").arg(&key)).await;
+        }
+        self.query::<()>(
+            "SET",
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&state[..])
+                .arg("PX")
+                .arg(millis(ttl)),
+        )
+        .await
+    }
+
+    async fn take_exchange(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let key = self.fanout.keys.exchange(sid);
+        self.query("GETDEL", redis::cmd("GETDEL").arg(&key)).await
+    }
+
+    async fn put_session(&self, id: &str, record: &SessionRecord) -> Result<(), StoreError> {
+        let key = self.fanout.keys.session(id);
+        if record.is_expired_at(unix_now()) {
+            return self.query::<()>("DEL", redis::cmd("DEL").arg(&key)).await;
+        }
+        let json =
+            Zeroizing::new(serde_json::to_vec(record).map_err(|e| {
+                StoreError::Corrupt(format!("cannot encode the session record ({e})"))
+            })?);
+        let expires_at_ms = record.expires_at.saturating_mul(1000).min(MAX_UNIX_MS);
+        self.query::<()>(
+            "SET",
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(&json[..])
+                .arg("PXAT")
+                .arg(expires_at_ms),
+        )
+        .await
+    }
+
+    async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+        let key = self.fanout.keys.session(id);
+        let json: Option<Vec<u8>> = self.query("GET", redis::cmd("GET").arg(&key)).await?;
+        let Some(json) = json.map(Zeroizing::new) else {
+            return Ok(None);
+        };
+        let record: SessionRecord = serde_json::from_slice(&json).map_err(|e| {
+            StoreError::Corrupt(format!(
+                "Redis at {}: {key} is not a session record ({e}); is another program \
+                 writing under the same key prefix?",
+                self.location
+            ))
+        })?;
+        // Node clocks may run ahead of Redis's: never hand out an expired one.
+        Ok((!record.is_expired_at(unix_now())).then_some(record))
+    }
+
+    async fn revoke_session(&self, id: &str) -> Result<(), StoreError> {
+        let keys = &self.fanout.keys;
+        let message = format!("{} {id}", hex(&self.fanout.origin));
+        self.query_pipe::<()>(
+            "DEL + PUBLISH",
+            redis::pipe()
+                .atomic()
+                .del(keys.session(id))
+                .ignore()
+                .publish(&keys.revocations, message)
+                .ignore(),
+        )
+        .await?;
+        if !id.is_empty() {
+            // No watcher is not an error.
+            let _ = self.fanout.revocations.send(id.to_owned());
+        }
+        Ok(())
+    }
+
+    fn watch_revocations(&self) -> broadcast::Receiver<String> {
+        self.fanout.revocations.subscribe()
+    }
+
+    async fn record_failure(
+        &self,
+        key: &str,
+        window: Duration,
+    ) -> Result<(u32, Duration), StoreError> {
+        let key = self.fanout.keys.failures(key);
+        let window_ms = millis(window);
+        let (count, ttl): (u64, i64) = self
+            .run("the failure counter script", async |conn| {
+                self.record_failure
+                    .key(&key)
+                    .arg(window_ms)
+                    .invoke_async(conn)
+                    .await
+            })
+            .await?;
+        let left = u64::try_from(ttl).unwrap_or(window_ms).min(window_ms);
+        Ok((
+            u32::try_from(count).unwrap_or(u32::MAX),
+            Duration::from_millis(left),
+        ))
+    }
+
+    async fn failures(&self, key: &str) -> Result<(u32, Duration), StoreError> {
+        let key = self.fanout.keys.failures(key);
+        let (count, ttl): (Option<u64>, i64) = self
+            .query_pipe("GET + PTTL", redis::pipe().atomic().get(&key).pttl(&key))
+            .await?;
+        match (count, u64::try_from(ttl)) {
+            (Some(count), Ok(left)) if count > 0 && left > 0 => Ok((
+                u32::try_from(count).unwrap_or(u32::MAX),
+                Duration::from_millis(left),
+            )),
+            _ => Ok((0, Duration::ZERO)),
+        }
+    }
+
+    async fn reset_failures(&self, key: &str) -> Result<(), StoreError> {
+        let key = self.fanout.keys.failures(key);
+        self.query::<()>("DEL", redis::cmd("DEL").arg(&key)).await
+    }
+
+    async fn publish_event(&self, channel: &str, payload: &[u8]) -> Result<(), StoreError> {
+        if channel.is_empty() {
+            return Ok(());
+        }
+        let Some(frame) = event_frame(&self.fanout.origin, channel, payload) else {
+            return Err(StoreError::Unavailable(format!(
+                "channel name of {} bytes is too long to publish (at most 65535)",
+                channel.len()
+            )));
+        };
+        self.query::<()>(
+            "PUBLISH",
+            redis::cmd("PUBLISH")
+                .arg(&self.fanout.keys.events)
+                .arg(frame),
+        )
+        .await?;
+        let _ = self.fanout.events.send(StoreEvent {
+            channel: channel.to_owned(),
+            payload: Bytes::copy_from_slice(payload),
+        });
+        Ok(())
+    }
+
+    fn watch_events(&self) -> broadcast::Receiver<StoreEvent> {
+        self.fanout.events.subscribe()
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.fanout.up.load(Ordering::SeqCst)
+    }
+}
