@@ -87,7 +87,10 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         })?;
     let state: Arc<dyn store::StateStore> = if config.state == "memory" {
         // One node: sessions survive a restart through a journal beside the key.
-        Arc::new(store::PersistentSessions::open(&data.sessions_path(), store::MemoryStateStore::new()).await?)
+        Arc::new(
+            store::PersistentSessions::open(&data.sessions_path(), store::MemoryStateStore::new())
+                .await?,
+        )
     } else {
         store::open_state(&config.state)
             .await

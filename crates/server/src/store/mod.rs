@@ -7,8 +7,9 @@
 //!   embedding.
 //! * [`StateStore`]: everything short-lived that every node of a fleet must
 //!   see — SCRAM exchanges between the two login requests, sessions, failure
-//!   counters for rate limiting, session revocations and channel events. In-process by
-//!   default ([`MemoryStateStore`]), Redis for fleets ([`RedisStateStore`]).
+//!   counters for rate limiting, session revocations and channel events.
+//!   In-process by default ([`MemoryStateStore`]), Redis for fleets
+//!   ([`RedisStateStore`]).
 //!
 //! [`open_state`] and [`open_credentials`] pick a backend from the
 //! configuration's `state` and `credentials` strings.

@@ -18,7 +18,11 @@ use tokio::sync::{broadcast, mpsc};
 use super::{SessionRecord, StateStore, StoreError, StoreEvent, unix_now};
 
 enum Op {
-    Put { id: String, json: zeroize::Zeroizing<String>, expires_at: u64 },
+    Put {
+        id: String,
+        json: zeroize::Zeroizing<String>,
+        expires_at: u64,
+    },
     Delete(String),
 }
 
@@ -30,7 +34,9 @@ pub struct PersistentSessions<S> {
 
 impl<S: fmt::Debug> fmt::Debug for PersistentSessions<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PersistentSessions").field("inner", &self.inner).finish_non_exhaustive()
+        f.debug_struct("PersistentSessions")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,10 +63,18 @@ impl<S: StateStore> PersistentSessions<S> {
             )
             .map_err(|e| sql(&owned, &e))?;
             let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-            conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now]).map_err(|e| sql(&owned, &e))?;
-            let mut stmt = conn.prepare("SELECT id, record FROM sessions").map_err(|e| sql(&owned, &e))?;
+            conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now])
+                .map_err(|e| sql(&owned, &e))?;
+            let mut stmt = conn
+                .prepare("SELECT id, record FROM sessions")
+                .map_err(|e| sql(&owned, &e))?;
             let rows = stmt
-                .query_map([], |row| Ok((row.get::<_, String>(0)?, zeroize::Zeroizing::new(row.get::<_, String>(1)?))))
+                .query_map([], |row| {
+                    Ok((
+                        row.get::<_, String>(0)?,
+                        zeroize::Zeroizing::new(row.get::<_, String>(1)?),
+                    ))
+                })
                 .map_err(|e| sql(&owned, &e))?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| sql(&owned, &e))?;
@@ -90,10 +104,18 @@ impl<S: StateStore> PersistentSessions<S> {
 #[cfg(unix)]
 fn create_private(path: &Path) -> Result<(), StoreError> {
     use std::os::unix::fs::OpenOptionsExt as _;
-    match std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path) {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
         Ok(_) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))),
+        Err(e) => Err(StoreError::Unavailable(format!(
+            "cannot create {}: {e}",
+            path.display()
+        ))),
     }
 }
 
@@ -103,7 +125,11 @@ fn create_private(_path: &Path) -> Result<(), StoreError> {
 }
 
 /// Applies journal operations in batches (one transaction per wake-up).
-async fn write_behind(conn: Arc<Mutex<Connection>>, mut rx: mpsc::UnboundedReceiver<Op>, path: std::path::PathBuf) {
+async fn write_behind(
+    conn: Arc<Mutex<Connection>>,
+    mut rx: mpsc::UnboundedReceiver<Op>,
+    path: std::path::PathBuf,
+) {
     let mut batch = Vec::new();
     while rx.recv_many(&mut batch, 1024).await > 0 {
         let ops = std::mem::take(&mut batch);
@@ -133,7 +159,9 @@ async fn write_behind(conn: Arc<Mutex<Connection>>, mut rx: mpsc::UnboundedRecei
         .await;
         match result {
             Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::warn!(error = %e, path = %path.display(), "session journal write failed"),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, path = %path.display(), "session journal write failed")
+            }
             Err(e) => tracing::warn!(error = %e, "session journal task failed"),
         }
     }
@@ -141,7 +169,12 @@ async fn write_behind(conn: Arc<Mutex<Connection>>, mut rx: mpsc::UnboundedRecei
 
 #[async_trait::async_trait]
 impl<S: StateStore> StateStore for PersistentSessions<S> {
-    async fn put_exchange(&self, sid: &str, state: Vec<u8>, ttl: Duration) -> Result<(), StoreError> {
+    async fn put_exchange(
+        &self,
+        sid: &str,
+        state: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
         self.inner.put_exchange(sid, state, ttl).await
     }
     async fn take_exchange(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
@@ -150,7 +183,11 @@ impl<S: StateStore> StateStore for PersistentSessions<S> {
     async fn put_session(&self, id: &str, record: &SessionRecord) -> Result<(), StoreError> {
         self.inner.put_session(id, record).await?;
         let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let op = Op::Put { id: id.to_owned(), json: zeroize::Zeroizing::new(json), expires_at: record.expires_at };
+        let op = Op::Put {
+            id: id.to_owned(),
+            json: zeroize::Zeroizing::new(json),
+            expires_at: record.expires_at,
+        };
         // The writer only stops with the process; a lost write costs a re-login.
         let _ = self.journal.send(op);
         Ok(())
@@ -166,7 +203,11 @@ impl<S: StateStore> StateStore for PersistentSessions<S> {
     fn watch_revocations(&self) -> broadcast::Receiver<String> {
         self.inner.watch_revocations()
     }
-    async fn record_failure(&self, key: &str, window: Duration) -> Result<(u32, Duration), StoreError> {
+    async fn record_failure(
+        &self,
+        key: &str,
+        window: Duration,
+    ) -> Result<(u32, Duration), StoreError> {
         self.inner.record_failure(key, window).await
     }
     async fn failures(&self, key: &str) -> Result<(u32, Duration), StoreError> {
@@ -196,7 +237,10 @@ mod tests {
 
         crate::store::tests::state_store_suite!(async {
             let dir = tempfile::tempdir().unwrap();
-            let store = PersistentSessions::open(&dir.path().join("s.sqlite3"), MemoryStateStore::new()).await.unwrap();
+            let store =
+                PersistentSessions::open(&dir.path().join("s.sqlite3"), MemoryStateStore::new())
+                    .await
+                    .unwrap();
             (dir, store)
         });
     }
@@ -222,23 +266,48 @@ mod tests {
         let path = dir.path().join("sessions.sqlite3");
         let later = unix_now() + 3600;
         {
-            let store = PersistentSessions::open(&path, MemoryStateStore::new()).await.unwrap();
-            store.put_session("keep", &record("alice", later)).await.unwrap();
-            store.put_session("gone", &record("bob", later)).await.unwrap();
-            store.put_session("old", &record("carol", unix_now() + 1)).await.unwrap();
+            let store = PersistentSessions::open(&path, MemoryStateStore::new())
+                .await
+                .unwrap();
+            store
+                .put_session("keep", &record("alice", later))
+                .await
+                .unwrap();
+            store
+                .put_session("gone", &record("bob", later))
+                .await
+                .unwrap();
+            store
+                .put_session("old", &record("carol", unix_now() + 1))
+                .await
+                .unwrap();
             store.revoke_session("gone").await.unwrap();
             settle().await;
         }
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let store = PersistentSessions::open(&path, MemoryStateStore::new()).await.unwrap();
+        let store = PersistentSessions::open(&path, MemoryStateStore::new())
+            .await
+            .unwrap();
         let kept = store.get_session("keep").await.unwrap().unwrap();
-        assert_eq!((kept.user.as_str(), kept.expires_at, *kept.session_key), ("alice", later, [7; 32]));
-        assert!(store.get_session("gone").await.unwrap().is_none(), "revoked stays revoked");
-        assert!(store.get_session("old").await.unwrap().is_none(), "expired is not restored");
+        assert_eq!(
+            (kept.user.as_str(), kept.expires_at, *kept.session_key),
+            ("alice", later, [7; 32])
+        );
+        assert!(
+            store.get_session("gone").await.unwrap().is_none(),
+            "revoked stays revoked"
+        );
+        assert!(
+            store.get_session("old").await.unwrap().is_none(),
+            "expired is not restored"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt as _;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+            assert_eq!(
+                std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+                0o600
+            );
         }
     }
 }

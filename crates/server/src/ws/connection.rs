@@ -752,6 +752,18 @@ impl Conn {
         if let Err((code, message)) = self.check_channel(enc, name, true) {
             return self.respond_error(id, enc, code, &message).await;
         }
+        // While the fleet's event feed is down, a subscription could not
+        // promise to receive every later publish: refuse rather than lie.
+        if !self.shared.state.is_healthy() {
+            return self
+                .respond_error(
+                    id,
+                    enc,
+                    "unavailable",
+                    "the event feed is reconnecting; retry shortly",
+                )
+                .await;
+        }
         let max = self.shared.config.limits.max_subscriptions;
         let hub = self.shared.hub.clone();
         let Phase::Established(est) = &mut self.phase else {

@@ -168,25 +168,24 @@ where
             }
         }
     };
-    if let Stop::Fail(code, reason) = stop {
-        if ws
+    if let Stop::Fail(code, reason) = stop
+        && ws
             .write_frame(Frame::close(code, reason.as_bytes()))
             .await
             .is_ok()
-        {
-            // Give the peer's close a moment to arrive, so our close frame
-            // is not lost to a reset of a socket with unread data.
-            let _ = tokio::time::timeout(CLOSE_WAIT, async {
-                loop {
-                    match ws.read_frame().await {
-                        Ok(f) if f.opcode == OpCode::Close => break,
-                        Ok(_) | Err(WebSocketError::ConnectionClosed) => {}
-                        Err(_) => break,
-                    }
+    {
+        // Give the peer's close a moment to arrive, so our close frame is
+        // not lost to a reset of a socket with unread data.
+        let _ = tokio::time::timeout(CLOSE_WAIT, async {
+            loop {
+                match ws.read_frame().await {
+                    Ok(f) if f.opcode == OpCode::Close => break,
+                    Ok(_) | Err(WebSocketError::ConnectionClosed) => {}
+                    Err(_) => break,
                 }
-            })
-            .await;
-        }
+            }
+        })
+        .await;
     }
 }
 

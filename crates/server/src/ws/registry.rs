@@ -62,13 +62,11 @@ impl SessionRegistry {
                 match feed.recv().await {
                     Ok(id) => inner.revoke_local(&id),
                     Err(broadcast::error::RecvError::Lagged(_)) => {
-                        // Missed some: re-check every local session.
-                        let ids: Vec<String> = inner.lock().keys().cloned().collect();
-                        for id in ids {
-                            if let Ok(None) = inner.state.get_session(&id).await {
-                                inner.revoke_local(&id);
-                            }
-                        }
+                        // Missed some (or the store was away): re-check
+                        // every local session, in the background so the
+                        // feed keeps being drained.
+                        let inner = inner.clone();
+                        tokio::spawn(async move { inner.recheck_all().await });
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
@@ -101,6 +99,35 @@ impl Inner {
         self.sessions
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Asks the store about every local session and closes the revoked
+    /// ones. While the store answers with errors, retries with backoff (up
+    /// to about five minutes), so a revocation made during an outage still
+    /// closes its connections once the store is back.
+    async fn recheck_all(&self) {
+        let mut pending: Vec<String> = self.lock().keys().cloned().collect();
+        let mut delay = std::time::Duration::from_millis(250);
+        for _ in 0..20 {
+            let mut failed = Vec::new();
+            for id in pending {
+                match self.state.get_session(&id).await {
+                    Ok(None) => self.revoke_local(&id),
+                    Ok(Some(_)) => {}
+                    Err(_) => failed.push(id),
+                }
+            }
+            if failed.is_empty() {
+                return;
+            }
+            pending = failed;
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(std::time::Duration::from_secs(30));
+        }
+        tracing::warn!(
+            sessions = pending.len(),
+            "could not re-check sessions after a store outage"
+        );
     }
 
     fn revoke_local(&self, session_id: &str) {

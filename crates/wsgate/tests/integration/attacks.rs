@@ -16,10 +16,10 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use wsgate_client::{ClientConfig, Error, RawSocket, login};
+use wsgate_proto::b64;
 use wsgate_proto::envelope::{self, FLAG_ENC, MessageType};
 use wsgate_proto::key_exchange;
 use wsgate_proto::scram::client::ClientFirst;
-use wsgate_proto::b64;
 
 use crate::util::*;
 
@@ -40,9 +40,7 @@ fn ip(last: u8) -> IpAddr {
 async fn guess(gw: &TestGateway, from: Option<IpAddr>, user: &str) -> (u16, Option<u16>) {
     let mut http = RawHttp::connect(gw.addr, from).await;
     let start = ClientFirst::new(user, "not the password", &[9u8; 18]).unwrap();
-    let first = http
-        .put_session(&json!({"scram": start.message()}))
-        .await;
+    let first = http.put_session(&json!({"scram": start.message()})).await;
     if first.status != 401 {
         return (first.status, None);
     }
@@ -68,7 +66,8 @@ fn assert_rate_limited(status: (u16, Option<u16>)) {
 
 #[tokio::test]
 async fn brute_force_across_many_users_from_one_ip_is_cut_off_at_the_ip_limit() {
-    let gw = TestGateway::start("[login]\nmax_failures_per_ip = 20\nmax_failures_per_user = 1000").await;
+    let gw =
+        TestGateway::start("[login]\nmax_failures_per_ip = 20\nmax_failures_per_user = 1000").await;
     let attacker = Some(ip(3));
     // Known and unknown names alike: each guess is one failure for the IP.
     for i in 0..20 {
@@ -77,7 +76,11 @@ async fn brute_force_across_many_users_from_one_ip_is_cut_off_at_the_ip_limit() 
             1 => BOB.to_owned(),
             _ => format!("victim{i}"),
         };
-        assert_eq!(guess(&gw, attacker, &user).await, (401, Some(401)), "guess {i}");
+        assert_eq!(
+            guess(&gw, attacker, &user).await,
+            (401, Some(401)),
+            "guess {i}"
+        );
     }
     for user in [ALICE, "victim99", "anyone"] {
         let mut http = RawHttp::connect(gw.addr, attacker).await;
@@ -85,12 +88,18 @@ async fn brute_force_across_many_users_from_one_ip_is_cut_off_at_the_ip_limit() 
         let reply = http.put_session(&json!({"scram": start.message()})).await;
         assert_eq!(reply.status, 429, "{:?}", reply.json);
         assert_eq!(reply.json, json!({"status": "rate_limited"}));
-        let retry: u64 = reply.headers["retry-after"].to_str().unwrap().parse().unwrap();
+        let retry: u64 = reply.headers["retry-after"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!((1..=300).contains(&retry), "Retry-After {retry}");
     }
     // Even the right password from that IP is refused for the window...
     let from_attacker = gw.client().local_addr(ip(3));
-    let err = login(&from_attacker, ALICE, ALICE_PASSWORD).await.unwrap_err();
+    let err = login(&from_attacker, ALICE, ALICE_PASSWORD)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::RateLimited { .. }), "{err:?}");
     // ...while alice from her own address is untouched (5 failures < 1000).
     login(&gw.client().local_addr(ip(4)), ALICE, ALICE_PASSWORD)
@@ -100,13 +109,17 @@ async fn brute_force_across_many_users_from_one_ip_is_cut_off_at_the_ip_limit() 
 
 #[tokio::test]
 async fn one_user_guessed_from_many_ips_is_cut_off_at_the_user_limit() {
-    let gw = TestGateway::start("[login]\nmax_failures_per_user = 10\nmax_failures_per_ip = 1000").await;
+    let gw =
+        TestGateway::start("[login]\nmax_failures_per_user = 10\nmax_failures_per_ip = 1000").await;
     // 39 source addresses, one guess each: the per-IP limit never triggers.
     let mut outcomes = Vec::new();
     for last in 2..=40 {
         outcomes.push(guess(&gw, Some(ip(last)), ALICE).await);
     }
-    assert!(outcomes[..10].iter().all(|o| *o == (401, Some(401))), "{outcomes:?}");
+    assert!(
+        outcomes[..10].iter().all(|o| *o == (401, Some(401))),
+        "{outcomes:?}"
+    );
     for o in &outcomes[10..] {
         assert_rate_limited(*o);
     }
@@ -126,7 +139,10 @@ async fn one_user_guessed_from_many_ips_is_cut_off_at_the_user_limit() {
     for last in 2..=15 {
         unknown.push(guess(&gw, Some(ip(last)), "nobody-here").await);
     }
-    assert!(unknown[..10].iter().all(|o| *o == (401, Some(401))), "{unknown:?}");
+    assert!(
+        unknown[..10].iter().all(|o| *o == (401, Some(401))),
+        "{unknown:?}"
+    );
     for o in &unknown[10..] {
         assert_rate_limited(*o);
     }
@@ -313,7 +329,9 @@ async fn login_exchanges_expire_are_taken_once_and_bound_to_their_nonce() {
     let mut forged = cf.clone();
     let last = forged.pop().unwrap();
     forged.push(if last == 'A' { 'B' } else { 'A' });
-    let bad = http.put_session(&json!({"sid": sid, "scram": forged})).await;
+    let bad = http
+        .put_session(&json!({"sid": sid, "scram": forged}))
+        .await;
     assert_eq!(scram_error(&bad), "e=invalid-encoding");
     let retry = http.put_session(&json!({"sid": sid, "scram": cf})).await;
     assert_eq!(scram_error(&retry), "e=other-error");
@@ -323,7 +341,9 @@ async fn login_exchanges_expire_are_taken_once_and_bound_to_their_nonce() {
     let (sid_a, _, _, _) = first_request(&mut http, ALICE, ALICE_PASSWORD).await;
     let (_, sf_b, ip_b, start_b) = first_request(&mut http, ALICE, ALICE_PASSWORD).await;
     let cf_b = correct_final(&sf_b, &ip_b, start_b);
-    let swapped = http.put_session(&json!({"sid": sid_a, "scram": cf_b})).await;
+    let swapped = http
+        .put_session(&json!({"sid": sid_a, "scram": cf_b}))
+        .await;
     assert_eq!(scram_error(&swapped), "e=other-error");
 
     // Garbage and foreign sids are refused the same way.
@@ -352,7 +372,8 @@ async fn non_utf8_and_lone_surrogates_in_login_bodies_are_400() {
     // A name that is valid UTF-8 but that no client would send (SASLprep
     // prohibits controls and bidi overrides) is just an unknown user: the
     // usual reply, no crash, no hint.
-    let weird = json!({"scram": "p=wsgate-v1,,n=\u{202e}admin\u{0000}\u{0007},r=abcdefghijklmnopqrstuvwx"});
+    let weird =
+        json!({"scram": "p=wsgate-v1,,n=\u{202e}admin\u{0000}\u{0007},r=abcdefghijklmnopqrstuvwx"});
     let reply = http.put_session(&weird).await;
     assert_eq!(reply.status, 401, "{:?}", reply.json);
     assert_eq!(reply.json["status"], "unauthenticated");
@@ -420,7 +441,9 @@ async fn every_non_request_type_and_every_reserved_flag_bit_closes_with_4400() {
     let gw = TestGateway::start("").await;
     let session = login(&gw.client(), ALICE, ALICE_PASSWORD).await.unwrap();
     // Types a client may not send after KEY_ACK, including unassigned ones.
-    for msg_type in [0x00, 0x01, 0x02, 0x03, 0x11, 0x12, 0x23, 0x24, 0x30, 0x32, 0x80, 0xff] {
+    for msg_type in [
+        0x00, 0x01, 0x02, 0x03, 0x11, 0x12, 0x23, 0x24, 0x30, 0x32, 0x80, 0xff,
+    ] {
         let mut conn = session.connect(&gw.client()).await.unwrap();
         conn.send(msg_type, 0, 1, "sys.echo", b"").await.unwrap();
         assert_eq!(
@@ -438,7 +461,11 @@ async fn every_non_request_type_and_every_reserved_flag_bit_closes_with_4400() {
             .unwrap();
         frame[1] |= 1 << bit;
         conn.raw().send_binary(frame).await.unwrap();
-        assert_eq!(conn.raw().expect_close().await.unwrap(), Some(4400), "bit {bit}");
+        assert_eq!(
+            conn.raw().expect_close().await.unwrap(),
+            Some(4400),
+            "bit {bit}"
+        );
     }
     // Reserved bits on the unprotected KEY_INIT.
     let mut raw = RawSocket::open(&gw.client()).await.unwrap();
@@ -482,7 +509,12 @@ async fn malformed_utf8_in_names_closes_with_4400() {
     // A protected frame: seal with a placeholder name, then patch it. The
     // AEAD covers the header, so the patched frame could never verify; the
     // gateway refuses it earlier, at the envelope, all the same.
-    for patch in [&[0xff][..], &[0xc0, 0xaf], &[0xed, 0xa0, 0x80], &[0xe2, 0x82]] {
+    for patch in [
+        &[0xff][..],
+        &[0xc0, 0xaf],
+        &[0xed, 0xa0, 0x80],
+        &[0xe2, 0x82],
+    ] {
         let mut conn = session.connect(&gw.client()).await.unwrap();
         let mut frame = conn
             .seal(MessageType::Request as u8, 0, 1, "sys.echo", b"x")
@@ -490,7 +522,11 @@ async fn malformed_utf8_in_names_closes_with_4400() {
         frame[8..8 + patch.len()].copy_from_slice(patch);
         assert!(envelope::decode(&frame).is_err());
         conn.raw().send_binary(frame).await.unwrap();
-        assert_eq!(conn.raw().expect_close().await.unwrap(), Some(4400), "{patch:x?}");
+        assert_eq!(
+            conn.raw().expect_close().await.unwrap(),
+            Some(4400),
+            "{patch:x?}"
+        );
     }
     // A name over the configured limit, before any verification.
     let mut conn = session.connect(&gw.client()).await.unwrap();
@@ -509,7 +545,10 @@ async fn malformed_utf8_in_names_closes_with_4400() {
 
     // The session itself is unharmed by all of it.
     let mut conn = session.connect(&gw.client()).await.unwrap();
-    assert_eq!(conn.request("sys.echo", b"still", true).await.unwrap(), b"still");
+    assert_eq!(
+        conn.request("sys.echo", b"still", true).await.unwrap(),
+        b"still"
+    );
 }
 
 #[tokio::test]
@@ -531,7 +570,11 @@ async fn requests_before_key_init_close_with_4400() {
             .seal(msg_type as u8, FLAG_ENC, 1, "sys.echo", b"early")
             .unwrap();
         raw.send_binary(frame).await.unwrap();
-        assert_eq!(raw.expect_close().await.unwrap(), Some(4400), "{msg_type:?}");
+        assert_eq!(
+            raw.expect_close().await.unwrap(),
+            Some(4400),
+            "{msg_type:?}"
+        );
     }
     // KEY_INIT with a request id, or with the ENC flag: not a KEY_INIT.
     for (flags, id) in [(0u8, 1u32), (FLAG_ENC, 0)] {
@@ -541,7 +584,11 @@ async fn requests_before_key_init_close_with_4400() {
         msg[1] = flags;
         msg[2..6].copy_from_slice(&id.to_be_bytes());
         raw.send_binary(msg).await.unwrap();
-        assert_eq!(raw.expect_close().await.unwrap(), Some(4400), "flags {flags} id {id}");
+        assert_eq!(
+            raw.expect_close().await.unwrap(),
+            Some(4400),
+            "flags {flags} id {id}"
+        );
     }
     // A text frame first: 1003, as everywhere.
     let mut raw = RawSocket::open(&gw.client()).await.unwrap();
@@ -557,7 +604,9 @@ async fn holding_upstream(release: Arc<tokio::sync::Notify>, held: Arc<AtomicU64
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else { return };
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                return;
+            };
             let (release, held) = (release.clone(), held.clone());
             tokio::spawn(async move {
                 let mut buf = Vec::new();
@@ -626,7 +675,11 @@ async fn requests_over_max_in_flight_get_err_busy_and_the_rest_complete() {
         assert_eq!(msg.msg_type, MessageType::Response as u8);
         let body: serde_json::Value = serde_json::from_slice(&msg.body).unwrap();
         assert_eq!(body["code"], "busy", "id {}", msg.id);
-        assert_eq!(msg.flags & FLAG_ENC, u8::from(msg.id % 2 == 0), "ENC mirrored");
+        assert_eq!(
+            msg.flags & FLAG_ENC,
+            u8::from(msg.id % 2 == 0),
+            "ENC mirrored"
+        );
         busy.push(msg.id);
     }
     busy.sort_unstable();
@@ -679,7 +732,9 @@ async fn an_id_already_in_flight_closes_with_4400_and_inline_routes_never_pile_u
     // (50 times max_in_flight) all succeed, none is `busy`.
     let (_, mut conn) = connected(&gw).await;
     for id in 1..=200u32 {
-        conn.send(req, 0, id, "sys.echo", &id.to_be_bytes()).await.unwrap();
+        conn.send(req, 0, id, "sys.echo", &id.to_be_bytes())
+            .await
+            .unwrap();
     }
     for id in 1..=200u32 {
         let msg = conn.recv().await.unwrap();
@@ -715,7 +770,9 @@ async fn an_intermediary_dropping_duplicating_or_swapping_server_frames_is_detec
         let via = ClientConfig::from_addr(proxy).timeout(Duration::from_secs(5));
         let mut conn = session.connect(&via).await.unwrap();
         conn.send(req, 0, 1, "sys.echo", b"first").await.unwrap();
-        conn.send(req, FLAG_ENC, 2, "sys.echo", b"second").await.unwrap();
+        conn.send(req, FLAG_ENC, 2, "sys.echo", b"second")
+            .await
+            .unwrap();
         conn.send(req, 0, 3, "sys.echo", b"third").await.unwrap();
         let mut outcome = Vec::new();
         for _ in 0..3 {
@@ -731,7 +788,10 @@ async fn an_intermediary_dropping_duplicating_or_swapping_server_frames_is_detec
             .iter()
             .find_map(|o| o.as_ref().err())
             .unwrap_or_else(|| panic!("{tamper:?} went unnoticed: {outcome:?}"));
-        assert!(failure.contains("frame from server"), "{tamper:?}: {failure}");
+        assert!(
+            failure.contains("frame from server"),
+            "{tamper:?}: {failure}"
+        );
         // Nothing tampered was ever accepted as genuine.
         let accepted: Vec<&[u8]> = outcome.iter().filter_map(|o| o.as_deref().ok()).collect();
         let genuine: [&[u8]; 3] = [b"first", b"second", b"third"];
@@ -746,15 +806,22 @@ async fn an_intermediary_dropping_duplicating_or_swapping_server_frames_is_detec
     assert_eq!(err.close_code(), Some(4401), "{err:?}");
     // The session survives all of it.
     let mut conn = session.connect(&gw.client()).await.unwrap();
-    assert_eq!(conn.request("sys.echo", b"fine", true).await.unwrap(), b"fine");
+    assert_eq!(
+        conn.request("sys.echo", b"fine", true).await.unwrap(),
+        b"fine"
+    );
 }
 
 async fn spawn_tampering_proxy(gateway: SocketAddr, tamper: Tamper) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        let Ok((client, _)) = listener.accept().await else { return };
-        let Ok(server) = TcpStream::connect(gateway).await else { return };
+        let Ok((client, _)) = listener.accept().await else {
+            return;
+        };
+        let Ok(server) = TcpStream::connect(gateway).await else {
+            return;
+        };
         let (mut c_read, mut c_write) = client.into_split();
         let (mut s_read, mut s_write) = server.into_split();
         tokio::spawn(async move {
@@ -823,10 +890,10 @@ async fn read_server_frame_half(
     buf: &mut Vec<u8>,
 ) -> Option<Vec<u8>> {
     loop {
-        if let Some(total) = frame_len(buf) {
-            if buf.len() >= total {
-                return Some(buf.drain(..total).collect());
-            }
+        if let Some(total) = frame_len(buf)
+            && buf.len() >= total
+        {
+            return Some(buf.drain(..total).collect());
         }
         let mut chunk = [0u8; 16384];
         match tcp.read(&mut chunk).await {
@@ -904,16 +971,16 @@ impl RawWs {
     /// The next frame's opcode and payload; `None` at EOF.
     async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
         loop {
-            if let Some(total) = frame_len(&self.buf) {
-                if self.buf.len() >= total {
-                    let frame: Vec<u8> = self.buf.drain(..total).collect();
-                    let header = match frame[1] & 0x7f {
-                        126 => 4,
-                        127 => 10,
-                        _ => 2,
-                    };
-                    return Some((frame[0] & 0x0f, frame[header..].to_vec()));
-                }
+            if let Some(total) = frame_len(&self.buf)
+                && self.buf.len() >= total
+            {
+                let frame: Vec<u8> = self.buf.drain(..total).collect();
+                let header = match frame[1] & 0x7f {
+                    126 => 4,
+                    127 => 10,
+                    _ => 2,
+                };
+                return Some((frame[0] & 0x0f, frame[header..].to_vec()));
             }
             let mut chunk = [0u8; 4096];
             match self.tcp.read(&mut chunk).await {
@@ -988,7 +1055,11 @@ async fn trickle(
 /// Header lines that never end.
 fn endless_headers(start: &str) -> Vec<u8> {
     let mut v = start.as_bytes().to_vec();
-    v.extend_from_slice("X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n".repeat(50).as_bytes());
+    v.extend_from_slice(
+        "X-Slow: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n"
+            .repeat(50)
+            .as_bytes(),
+    );
     v
 }
 
@@ -996,7 +1067,10 @@ fn endless_headers(start: &str) -> Vec<u8> {
 async fn slowloris_headers_on_http_and_on_the_upgrade_are_cut_off() {
     let gw = TestGateway::start("[limits]\nhttp_header_timeout_secs = 1").await;
     let cases = [
-        ("login request", endless_headers("PUT /auth/session HTTP/1.1\r\nHost: x\r\n")),
+        (
+            "login request",
+            endless_headers("PUT /auth/session HTTP/1.1\r\nHost: x\r\n"),
+        ),
         (
             "WebSocket upgrade",
             endless_headers(
@@ -1006,9 +1080,14 @@ async fn slowloris_headers_on_http_and_on_the_upgrade_are_cut_off() {
     ];
     for (what, bytes) in cases {
         let mut tcp = tcp_from(gw.addr, None).await.unwrap();
-        let took = trickle(&mut tcp, &bytes, Duration::from_millis(50), Duration::from_secs(6))
-            .await
-            .unwrap_or_else(|| panic!("{what}: still open after 6 s of trickled headers"));
+        let took = trickle(
+            &mut tcp,
+            &bytes,
+            Duration::from_millis(50),
+            Duration::from_secs(6),
+        )
+        .await
+        .unwrap_or_else(|| panic!("{what}: still open after 6 s of trickled headers"));
         eprintln!("{what}: trickled headers cut off after {took:?}");
         assert!(
             (Duration::from_millis(800)..Duration::from_secs(4)).contains(&took),
@@ -1035,8 +1114,17 @@ async fn slowloris_bodies_are_cut_off() {
     tcp.write_all(b"PUT /auth/session HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n")
         .await
         .unwrap();
-    let took = trickle(&mut tcp, b"{\"scram\":\"", Duration::from_millis(100), Duration::from_secs(8)).await;
-    assert!(took.is_some(), "a login body trickled at 10 bytes/s kept its connection for 8 s");
+    let took = trickle(
+        &mut tcp,
+        b"{\"scram\":\"",
+        Duration::from_millis(100),
+        Duration::from_secs(8),
+    )
+    .await;
+    assert!(
+        took.is_some(),
+        "a login body trickled at 10 bytes/s kept its connection for 8 s"
+    );
 }
 
 #[tokio::test]
@@ -1058,9 +1146,14 @@ async fn a_key_init_trickled_byte_by_byte_is_cut_off_at_the_key_init_deadline() 
     frame.extend_from_slice(&[0, 0, 0, 0]);
     frame.extend_from_slice(&body);
     let started = Instant::now();
-    let took = trickle(&mut ws.tcp, &frame, Duration::from_millis(100), Duration::from_secs(5))
-        .await
-        .expect("a trickled KEY_INIT kept the connection open");
+    let took = trickle(
+        &mut ws.tcp,
+        &frame,
+        Duration::from_millis(100),
+        Duration::from_secs(5),
+    )
+    .await
+    .expect("a trickled KEY_INIT kept the connection open");
     assert!(took < Duration::from_secs(3), "{took:?}");
     assert!(started.elapsed() >= Duration::from_millis(800));
 
@@ -1076,16 +1169,24 @@ async fn a_key_init_trickled_byte_by_byte_is_cut_off_at_the_key_init_deadline() 
     assert_eq!((opcode, ack[0]), (0x2, MessageType::KeyAck as u8));
     let mut ws_bytes = vec![0x82, 0x80 | 126, 0x01, 0x00, 0, 0, 0, 0];
     ws_bytes.extend_from_slice(&[0u8; 256]);
-    let took = trickle(&mut ws.tcp, &ws_bytes, Duration::from_millis(100), Duration::from_secs(8))
-        .await
-        .expect("a message trickled forever kept the connection open");
+    let took = trickle(
+        &mut ws.tcp,
+        &ws_bytes,
+        Duration::from_millis(100),
+        Duration::from_secs(8),
+    )
+    .await
+    .expect("a message trickled forever kept the connection open");
     assert!(took < Duration::from_secs(5), "{took:?}");
 }
 
 /// How many sockets the idle test may hold: each is two descriptors in
 /// this process (client and gateway side). `WSGATE_ATTACK_SOCKETS` overrides.
 fn idle_socket_count() -> usize {
-    if let Some(n) = std::env::var("WSGATE_ATTACK_SOCKETS").ok().and_then(|v| v.parse().ok()) {
+    if let Some(n) = std::env::var("WSGATE_ATTACK_SOCKETS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
         return n;
     }
     let soft_limit = std::fs::read_to_string("/proc/self/limits")
@@ -1111,7 +1212,10 @@ async fn keep_working(
     while !stop.load(Ordering::SeqCst) {
         let t = Instant::now();
         let body = done.to_be_bytes();
-        let reply = conn.request("sys.echo", &body, done % 2 == 0).await.unwrap();
+        let reply = conn
+            .request("sys.echo", &body, done % 2 == 0)
+            .await
+            .unwrap();
         assert_eq!(reply, body);
         slowest = slowest.max(t.elapsed());
         done += 1;
@@ -1170,10 +1274,16 @@ async fn thousands_of_idle_unauthenticated_sockets_time_out_while_a_real_client_
     );
     assert_eq!(codes.get(&Some(4408)), Some(&count), "{codes:?}");
     assert!(requests >= 50, "the real client barely ran: {requests}");
-    assert!(slowest < Duration::from_secs(2), "slowest request {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "slowest request {slowest:?}"
+    );
     // The gateway serves new clients afterwards.
     let (_, mut conn) = connected(&gw).await;
-    assert_eq!(conn.request("sys.echo", b"after", true).await.unwrap(), b"after");
+    assert_eq!(
+        conn.request("sys.echo", b"after", true).await.unwrap(),
+        b"after"
+    );
 }
 
 /// A small deterministic generator for garbage.
@@ -1208,7 +1318,7 @@ async fn a_flood_of_garbage_key_inits_is_refused_while_a_real_client_works() {
     let stop = Arc::new(AtomicBool::new(false));
     let worker = tokio::spawn(keep_working(conn, stop.clone()));
 
-    const FLOOD: usize = 1500;
+    const FLOOD: usize = 600;
     let started = Instant::now();
     let permits = Arc::new(tokio::sync::Semaphore::new(64));
     let mut tasks = tokio::task::JoinSet::new();
@@ -1232,7 +1342,8 @@ async fn a_flood_of_garbage_key_inits_is_refused_while_a_real_client_works() {
             // Well-formed, for the victim's real session and key: the
             // gateway has to try the HPKE open.
             3 => {
-                let body = json!({"kid": session.server_key.kid, "enc": g.b64u(32), "ct": g.b64u(48)});
+                let body =
+                    json!({"kid": session.server_key.kid, "enc": g.b64u(32), "ct": g.b64u(48)});
                 envelope::encode(0x02, 0, 0, &session.id, body.to_string().as_bytes()).unwrap()
             }
             // The victim's recorded KEY_INIT, replayed.
@@ -1240,7 +1351,11 @@ async fn a_flood_of_garbage_key_inits_is_refused_while_a_real_client_works() {
         };
         // Attacks on the victim's session come from the victim's address
         // (the hardest case: the IP check passes); the rest from anywhere.
-        let from = if kind >= 3 { None } else { Some(ip(60 + (i % 20) as u8)) };
+        let from = if kind >= 3 {
+            None
+        } else {
+            Some(ip(60 + (i % 20) as u8))
+        };
         let addr = gw.addr;
         tasks.spawn(async move {
             let mut ws = RawWs::open(addr, from).await.unwrap();
@@ -1269,11 +1384,72 @@ async fn a_flood_of_garbage_key_inits_is_refused_while_a_real_client_works() {
     );
     let per_kind = FLOOD / 5;
     for (kind, code) in [(0, 4400), (1, 4400), (2, 4401), (3, 4401), (4, 4401)] {
-        assert_eq!(outcomes.get(&(kind, Some(code))), Some(&per_kind), "kind {kind}: {outcomes:?}");
+        assert_eq!(
+            outcomes.get(&(kind, Some(code))),
+            Some(&per_kind),
+            "kind {kind}: {outcomes:?}"
+        );
     }
     assert!(requests >= 20, "the real client barely ran: {requests}");
-    assert!(slowest < Duration::from_secs(2), "slowest request {slowest:?}");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "slowest request {slowest:?}"
+    );
     // The victim's session is unharmed: a new connection works.
     let mut conn = session.connect(&gw.client()).await.unwrap();
-    assert_eq!(conn.request("sys.echo", b"still mine", true).await.unwrap(), b"still mine");
+    assert_eq!(
+        conn.request("sys.echo", b"still mine", true).await.unwrap(),
+        b"still mine"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// RFC 6455 framing on /ws (what /raw-echo does and the /ws driver does not yet)
+// ---------------------------------------------------------------------------
+
+/// A raw `/ws` connection after a hand-made KEY_INIT, with the client's
+/// sealer for protected frames.
+async fn established_raw(gw: &TestGateway) -> (RawWs, wsgate_proto::protect::Sealer) {
+    let session = login(&gw.client(), ALICE, ALICE_PASSWORD).await.unwrap();
+    let mut ws = RawWs::open(gw.addr, None).await.unwrap();
+    let (_, hello) = ws.frame().await.unwrap();
+    let hello: key_exchange::Hello = serde_json::from_slice(&hello[8..]).unwrap();
+    ws.send(0x2, &key_init_message(&session, &hello, &session.id))
+        .await
+        .unwrap();
+    let (_, ack) = ws.frame().await.unwrap();
+    assert_eq!(ack[0], MessageType::KeyAck as u8);
+    let nonce = hello.raw_nonce().unwrap();
+    let (sealer, _) = key_exchange::TrafficKeys::derive(&[3; 32], &nonce).client_pair();
+    (ws, sealer)
+}
+
+#[tokio::test]
+#[ignore = "gateway weakness: /ws accepts unmasked client frames (RFC 6455 §5.1: the server MUST close); ws/connection.rs should adopt raw_echo's MaskCheck"]
+async fn an_unmasked_client_frame_closes_with_1002() {
+    let gw = TestGateway::start("").await;
+    let (mut ws, mut sealer) = established_raw(&gw).await;
+    let frame = sealer
+        .seal(MessageType::Request as u8, 0, 1, "sys.echo", b"unmasked")
+        .unwrap();
+    let mut bytes = vec![0x82, u8::try_from(frame.len()).unwrap()];
+    bytes.extend_from_slice(&frame);
+    ws.tcp.write_all(&bytes).await.unwrap();
+    let (opcode, payload) = tokio::time::timeout(Duration::from_secs(5), ws.frame())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(opcode, 0x8, "the unmasked request was answered instead");
+    assert_eq!(payload[..2], 1002u16.to_be_bytes());
+}
+
+#[tokio::test]
+#[ignore = "gateway weakness: /ws answers a close frame over 125 bytes (RFC 6455 §5.5: control frames are at most 125) with 1000 instead of failing with 1002"]
+async fn control_frames_over_125_bytes_close_with_1002() {
+    let gw = TestGateway::start("").await;
+    let (mut ws, _) = established_raw(&gw).await;
+    let mut close = 1000u16.to_be_bytes().to_vec();
+    close.extend_from_slice(&[b'a'; 124]);
+    ws.send(0x8, &close).await.unwrap();
+    assert_eq!(ws.close_code().await, Some(1002));
 }

@@ -12,7 +12,7 @@ fn wsgate() -> Command {
     cmd
 }
 
-fn run(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
+pub(crate) fn run(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
     let mut child = wsgate()
         .args(args)
         .stdin(Stdio::piped())
@@ -38,9 +38,9 @@ fn run(args: &[&str], stdin: Option<&str>) -> (bool, String, String) {
 }
 
 /// A `wsgate serve` process; killed when dropped.
-struct Served {
+pub(crate) struct Served {
     child: Child,
-    addr: std::net::SocketAddr,
+    pub(crate) addr: std::net::SocketAddr,
 }
 
 impl Drop for Served {
@@ -50,7 +50,7 @@ impl Drop for Served {
     }
 }
 
-fn serve(args: &[&str]) -> Served {
+pub(crate) fn serve(args: &[&str]) -> Served {
     let mut child = wsgate()
         .arg("serve")
         .args(args)

@@ -9,6 +9,7 @@ mod attacks;
 mod channels;
 mod cli;
 mod embedding;
+mod fleet;
 mod login;
 mod nginx;
 mod roles;

@@ -1,0 +1,233 @@
+//! A real fleet: three `wsgate serve` processes on a private Redis (state)
+//! and PostgreSQL (users), as in docs/deployment.md.
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use wsgate_client::{ClientConfig, Error, login};
+use wsgate_proto::envelope::{FLAG_ENC, MessageType};
+use wsgate_test_support::{PgServer, RedisServer};
+
+use crate::channels::{API_KEY, api_publish};
+use crate::cli::{Served, run, serve};
+
+struct Fleet {
+    auth: Served,
+    b: Served,
+    c: Served,
+    _dir: tempfile::TempDir,
+}
+
+fn node_config(
+    dir: &std::path::Path,
+    name: &str,
+    redis: &str,
+    pg: &str,
+    auth_module: bool,
+) -> String {
+    let path = dir.join(format!("{name}.toml"));
+    let toml = format!(
+        r#"data_dir = "{data}"
+state = "{redis}"
+credentials = "{pg}"
+auth_module = {auth_module}
+api_keys = ["{API_KEY}"]
+[login]
+iterations = 4096
+[[channels]]
+pattern = "user.{{user}}.*"
+sensitive = true
+subscribe = "owner"
+publish = "api"
+"#,
+        data = dir.join("data").display()
+    );
+    std::fs::write(&path, toml).unwrap();
+    path.display().to_string()
+}
+
+async fn start_fleet(redis: &RedisServer, pg: &PgServer) -> Fleet {
+    let dir = tempfile::tempdir().unwrap();
+    let database = pg.create_database().await;
+    let (redis_url, pg_url) = (redis.url(), pg.url(&database));
+    let configs: Vec<String> = [("a", true), ("b", false), ("c", false)]
+        .iter()
+        .map(|(n, auth)| node_config(dir.path(), n, &redis_url, &pg_url, *auth))
+        .collect();
+    // One data directory for the fleet: the first keygen creates key and secret.
+    let (ok, _, err) = run(&["keygen", "--config", &configs[0]], None);
+    assert!(ok, "{err}");
+    for (user, password) in [("alice", "alice password"), ("bob", "bob password")] {
+        let (ok, _, err) = run(
+            &[
+                "user",
+                "add",
+                user,
+                "--config",
+                &configs[1],
+                "--password-stdin",
+            ],
+            Some(password),
+        );
+        assert!(ok, "{err}");
+    }
+    let (ok, out, _) = run(&["user", "list", "--config", &configs[2]], None);
+    assert!(ok);
+    assert_eq!(
+        out, "alice\nbob\n",
+        "every node sees the users in PostgreSQL"
+    );
+    let node = |c: &str| serve(&["--config", c, "--listen", "127.0.0.1:0"]);
+    Fleet {
+        auth: node(&configs[0]),
+        b: node(&configs[1]),
+        c: node(&configs[2]),
+        _dir: dir,
+    }
+}
+
+fn at(s: &Served) -> ClientConfig {
+    ClientConfig::from_addr(s.addr).timeout(Duration::from_secs(10))
+}
+
+/// Retries `f` until it succeeds or `limit` passes.
+async fn eventually<T, F, Fut>(limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    let started = Instant::now();
+    loop {
+        match f().await {
+            Ok(v) => return v,
+            Err(e) if started.elapsed() > limit => panic!("still failing after {limit:?}: {e}"),
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_three_node_fleet_on_redis_and_postgres_survives_a_redis_restart() {
+    if crate::util::skip_services() {
+        return;
+    }
+    let redis = RedisServer::start().unwrap();
+    let redis_port = redis.port();
+    let pg = PgServer::start().unwrap();
+    let fleet = start_fleet(&redis, &pg).await;
+
+    // Login on the auth node; a node without the module refuses logins.
+    let session = login(&at(&fleet.auth), "alice", "alice password")
+        .await
+        .unwrap();
+    let err = login(&at(&fleet.b), "alice", "alice password")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::UnexpectedReply { status: 404, .. }),
+        "{err:?}"
+    );
+
+    // WebSocket on B; publish through C's API reaches it.
+    let mut on_b = session.connect(&at(&fleet.b)).await.unwrap();
+    on_b.call(MessageType::Subscribe, "user.alice.inbox", b"", true)
+        .await
+        .unwrap();
+    let reply = api_publish(fleet.c.addr, "user.alice.inbox", json!({"n": 1})).await;
+    assert_eq!(reply.status, 200, "{:?}", reply.json);
+    let ev = on_b.recv().await.unwrap();
+    assert_eq!(
+        (ev.msg_type, ev.flags, ev.body.as_slice()),
+        (MessageType::Event as u8, FLAG_ENC, &br#"{"n":1}"#[..])
+    );
+
+    // A private channel refuses another user, on any node.
+    let bob = login(&at(&fleet.auth), "bob", "bob password")
+        .await
+        .unwrap();
+    let mut bob_on_c = bob.connect(&at(&fleet.c)).await.unwrap();
+    let e = bob_on_c
+        .call(MessageType::Subscribe, "user.alice.inbox", b"", true)
+        .await
+        .unwrap_err();
+    assert_eq!(e.server_code(), Some("forbidden"));
+
+    // Logout on C ends the session everywhere.
+    let mut alice_on_auth = session.connect(&at(&fleet.auth)).await.unwrap();
+    let alice_on_c = session.connect(&at(&fleet.c)).await.unwrap();
+    alice_on_c.logout().await.unwrap();
+    assert_eq!(on_b.raw().expect_close().await.unwrap(), Some(4001));
+    assert_eq!(
+        alice_on_auth.raw().expect_close().await.unwrap(),
+        Some(4001)
+    );
+    assert_eq!(
+        session
+            .connect(&at(&fleet.b))
+            .await
+            .unwrap_err()
+            .close_code(),
+        Some(4401)
+    );
+
+    // Redis goes away: clear, fast errors instead of hangs.
+    drop(redis);
+    let started = Instant::now();
+    let err = login(&at(&fleet.auth), "bob", "bob password")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::UnexpectedReply { status: 503, .. }),
+        "{err:?}"
+    );
+    let reply = api_publish(fleet.c.addr, "user.bob.x", json!(1)).await;
+    assert_eq!(reply.status, 503);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "failed fast: {:?}",
+        started.elapsed()
+    );
+    // An established connection keeps working: its keys are in memory.
+    assert_eq!(
+        bob_on_c
+            .request("sys.echo", b"still up", true)
+            .await
+            .unwrap(),
+        b"still up"
+    );
+
+    // Redis comes back (empty): the nodes recover without a restart.
+    let _redis = RedisServer::start_on(redis_port).unwrap();
+    let bob = eventually(Duration::from_secs(20), || async {
+        login(&at(&fleet.auth), "bob", "bob password")
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    // B may need a moment longer to reconnect (KEY_INIT closes with 1011 meanwhile).
+    let mut bob_on_b = eventually(Duration::from_secs(20), || async {
+        bob.connect(&at(&fleet.b)).await.map_err(|e| e.to_string())
+    })
+    .await;
+    // SUBSCRIBE is refused (ERR unavailable) until B's event feed is back.
+    let started = Instant::now();
+    loop {
+        match bob_on_b
+            .call(MessageType::Subscribe, "user.bob.news", b"", true)
+            .await
+        {
+            Ok(_) => break,
+            Err(e)
+                if e.server_code() == Some("unavailable")
+                    && started.elapsed() < Duration::from_secs(20) =>
+            {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => panic!("subscribe after recovery: {e:?}"),
+        }
+    }
+    let reply = api_publish(fleet.auth.addr, "user.bob.news", json!("back")).await;
+    assert_eq!(reply.status, 200);
+    let ev = bob_on_b.recv().await.unwrap();
+    assert_eq!(ev.body, br#""back""#);
+}
