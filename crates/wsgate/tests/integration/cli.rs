@@ -277,3 +277,20 @@ fn errors_say_what_to_do() {
     );
     assert!(!ok && err.contains("wsgate user add"), "{err}");
 }
+
+#[test]
+fn unreachable_stores_at_start_are_named_in_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display().to_string();
+    for (setting, value, expect) in [
+        ("state", "redis://127.0.0.1:1", "127.0.0.1:1"),
+        ("credentials", "postgres://wsgate:hunter2@127.0.0.1:1/db", "127.0.0.1:1"),
+    ] {
+        let config = dir.path().join(format!("{setting}.toml"));
+        std::fs::write(&config, format!("data_dir = \"{d}\"\n{setting} = \"{value}\"\n")).unwrap();
+        let (ok, _, err) = run(&["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"], None);
+        assert!(!ok);
+        assert!(err.contains(expect), "{setting}: {err}");
+        assert!(!err.contains("hunter2"), "passwords never printed: {err}");
+    }
+}
