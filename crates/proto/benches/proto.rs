@@ -127,9 +127,8 @@ fn key_init(c: &mut Criterion) {
     g.bench_function("server_parse_open_derive", |b| {
         b.iter(|| {
             let ki = key_exchange::parse_key_init(black_box(&body)).unwrap();
-            let dp =
-                key_exchange::open_key_init(&server, &ki, session_id, &session_key, &nonce)
-                    .unwrap();
+            let dp = key_exchange::open_key_init(&server, &ki, session_id, &session_key, &nonce)
+                .unwrap();
             TrafficKeys::derive(&dp, &nonce).server_pair()
         });
     });

@@ -123,15 +123,20 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         describe_url(&config.state),
         describe_url(&config.credentials)
     );
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let gateway = Gateway::new(config, keys, secret, credentials, state);
     println!(
-        "wsgate {} listening on http://{addr}",
+        "wsgate {} listening on {scheme}://{addr}",
         env!("CARGO_PKG_VERSION")
     );
     println!("  server key fingerprint: {fingerprint}");
     println!("  {role}; {backends}");
     if demo {
-        println!("  demo: open http://{addr}/ and log in as {DEMO_USER} / {DEMO_PASSWORD}");
+        println!("  demo: open {scheme}://{addr}/ and log in as {DEMO_USER} / {DEMO_PASSWORD}");
     }
     gateway.serve(listener, shutdown_signal()).await?;
     println!("wsgate stopped");

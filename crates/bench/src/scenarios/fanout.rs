@@ -82,11 +82,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         .fold(0.0f64, f64::max);
     result.targets.push(TargetCheck::new(
         "fan-out ≥ 500k deliveries/s to 10k subscribers",
-        format!(
-            "{} deliveries/s to {} subscribers",
-            fmt_num(rate_reached),
-            fmt_num(s as f64)
-        ),
+        format!("{} deliveries/s to {s} subscribers", fmt_num(rate_reached)),
         if args.smoke || s < 10_000 {
             None
         } else {

@@ -144,8 +144,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         "≥ 100k concurrent authenticated connections (2 cores, 24 GiB)",
         if held_gate {
             format!(
-                "{} held{}",
-                fmt_num(c as f64),
+                "{c} held{}",
                 per_conn.map_or_else(String::new, |b| format!(
                     "; at this rate 100k need {:.2} GiB of gateway RSS",
                     b * 100_000.0 / (1u64 << 30) as f64

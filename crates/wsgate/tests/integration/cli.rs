@@ -284,11 +284,28 @@ fn unreachable_stores_at_start_are_named_in_the_error() {
     let d = dir.path().display().to_string();
     for (setting, value, expect) in [
         ("state", "redis://127.0.0.1:1", "127.0.0.1:1"),
-        ("credentials", "postgres://wsgate:hunter2@127.0.0.1:1/db", "127.0.0.1:1"),
+        (
+            "credentials",
+            "postgres://wsgate:hunter2@127.0.0.1:1/db",
+            "127.0.0.1:1",
+        ),
     ] {
         let config = dir.path().join(format!("{setting}.toml"));
-        std::fs::write(&config, format!("data_dir = \"{d}\"\n{setting} = \"{value}\"\n")).unwrap();
-        let (ok, _, err) = run(&["serve", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0"], None);
+        std::fs::write(
+            &config,
+            format!("data_dir = \"{d}\"\n{setting} = \"{value}\"\n"),
+        )
+        .unwrap();
+        let (ok, _, err) = run(
+            &[
+                "serve",
+                "--config",
+                config.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            None,
+        );
         assert!(!ok);
         assert!(err.contains(expect), "{setting}: {err}");
         assert!(!err.contains("hunter2"), "passwords never printed: {err}");
