@@ -185,6 +185,7 @@ pub struct FileLimits {
     pub ping_interval_secs: Option<u64>,
     pub http_body_limit: Option<usize>,
     pub http_header_timeout_secs: Option<u64>,
+    pub http_body_timeout_secs: Option<u64>,
     pub max_connections: Option<usize>,
     pub send_queue: Option<usize>,
     pub max_subscriptions: Option<usize>,
@@ -257,6 +258,9 @@ pub struct Limits {
     pub http_body_limit: usize,
     /// Deadline for a client to send its HTTP request headers. Default 10 s.
     pub http_header_timeout: Duration,
+    /// Deadline for a client to send an HTTP request body (after the
+    /// headers); then 408. Default 10 s.
+    pub http_body_timeout: Duration,
     /// Concurrent TCP connections before new ones are refused. Default 200 000.
     pub max_connections: usize,
     /// Events queued per connection before a slow consumer is disconnected
@@ -277,6 +281,7 @@ impl Default for Limits {
             ping_interval: Duration::from_secs(20),
             http_body_limit: 16 << 10,
             http_header_timeout: Duration::from_secs(10),
+            http_body_timeout: Duration::from_secs(10),
             max_connections: 200_000,
             send_queue: 1024,
             max_subscriptions: 256,
@@ -559,6 +564,13 @@ impl Config {
                 "limits.http_header_timeout_secs",
                 l.http_header_timeout_secs,
                 dl.http_header_timeout,
+                1,
+                300,
+            )?,
+            http_body_timeout: secs(
+                "limits.http_body_timeout_secs",
+                l.http_body_timeout_secs,
+                dl.http_body_timeout,
                 1,
                 300,
             )?,

@@ -71,17 +71,7 @@ impl Gateway {
             .route("/auth/key", get(http::auth::get_key))
             .route("/auth/session", put(http::auth::put_session))
             .route("/ws", get(ws::upgrade))
-            // Events may be as large as a WebSocket message.
-            .route(
-                "/api/publish",
-                post(http::api::publish).layer(axum::extract::DefaultBodyLimit::max(
-                    self.shared
-                        .config
-                        .limits
-                        .max_message_size
-                        .saturating_add(4096),
-                )),
-            )
+            .route("/api/publish", post(http::api::publish))
             .route("/auth/introspect", post(http::api::introspect))
             .route("/sm.js", get(http::assets::sm_js))
             .route("/healthz", get(|| async { "ok" }));
@@ -93,8 +83,11 @@ impl Gateway {
             router = router.route("/", get(http::assets::demo_page));
         }
         router
-            .layer(axum::extract::DefaultBodyLimit::max(
-                self.shared.config.limits.http_body_limit,
+            // Bodies are buffered (limit + deadline) by `http::body`.
+            .layer(axum::extract::DefaultBodyLimit::disable())
+            .layer(axum::middleware::from_fn_with_state(
+                self.shared.clone(),
+                http::body::bounded,
             ))
             .with_state(self.shared.clone())
     }

@@ -298,6 +298,23 @@ async fn known_and_unknown_users_are_indistinguishable_by_reply_and_timing() {
 }
 
 #[tokio::test]
+#[ignore = "gateway weakness: first login requests are never limited; each stores a 60 s exchange, so one IP can grow the state store without bound"]
+async fn a_flood_of_first_requests_from_one_ip_is_limited() {
+    let gw = TestGateway::start("").await;
+    let mut http = RawHttp::connect(gw.addr, Some(ip(5))).await;
+    let mut statuses = std::collections::BTreeMap::new();
+    for i in 0..1000 {
+        let start = ClientFirst::new(&format!("flood{i}"), "x", &[1u8; 18]).unwrap();
+        let reply = http.put_session(&json!({"scram": start.message()})).await;
+        *statuses.entry(reply.status).or_insert(0) += 1;
+    }
+    assert!(
+        statuses.contains_key(&429),
+        "1000 open exchanges from one IP, none refused: {statuses:?}"
+    );
+}
+
+#[tokio::test]
 async fn login_exchanges_expire_are_taken_once_and_bound_to_their_nonce() {
     let gw = TestGateway::start("[login]\nexchange_ttl_secs = 1").await;
     let mut http = RawHttp::connect(gw.addr, None).await;
@@ -1107,9 +1124,10 @@ async fn slowloris_headers_on_http_and_on_the_upgrade_are_cut_off() {
 }
 
 #[tokio::test]
-#[ignore = "gateway weakness: no deadline on HTTP request bodies (hyper's header timeout ends at the headers); see docs/threat-model.md"]
 async fn slowloris_bodies_are_cut_off() {
-    let gw = TestGateway::start("[limits]\nhttp_header_timeout_secs = 1").await;
+    let gw =
+        TestGateway::start("[limits]\nhttp_header_timeout_secs = 1\nhttp_body_timeout_secs = 1")
+            .await;
     let mut tcp = tcp_from(gw.addr, None).await.unwrap();
     tcp.write_all(b"PUT /auth/session HTTP/1.1\r\nHost: x\r\nContent-Length: 4000\r\n\r\n")
         .await
