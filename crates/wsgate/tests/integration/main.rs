@@ -11,6 +11,7 @@ mod cli;
 mod embedding;
 mod fleet;
 mod login;
+mod logs;
 mod nginx;
 mod roles;
 mod upstream;
