@@ -199,6 +199,7 @@ pub struct FileLogin {
     pub iterations: Option<u32>,
     pub max_failures_per_user: Option<u32>,
     pub max_failures_per_ip: Option<u32>,
+    pub max_starts_per_ip: Option<u32>,
     pub failure_window_secs: Option<u64>,
     pub session_ttl_secs: Option<u64>,
     pub exchange_ttl_secs: Option<u64>,
@@ -299,6 +300,9 @@ pub struct LoginPolicy {
     pub max_failures_per_user: u32,
     /// Failures per IP in a window before 429. Default 50.
     pub max_failures_per_ip: u32,
+    /// First login requests (each holds an exchange for a minute) per IP
+    /// in a window before 429. Default 600.
+    pub max_starts_per_ip: u32,
     /// The failure window. Default 5 minutes.
     pub failure_window: Duration,
     /// Session lifetime, absolute from login. Default 12 hours.
@@ -314,6 +318,7 @@ impl Default for LoginPolicy {
             iterations: wsgate_proto::scram::DEFAULT_ITERATIONS,
             max_failures_per_user: 10,
             max_failures_per_ip: 50,
+            max_starts_per_ip: 600,
             failure_window: Duration::from_secs(300),
             session_ttl: Duration::from_secs(12 * 3600),
             exchange_ttl: Duration::from_secs(60),
@@ -625,6 +630,13 @@ impl Config {
                 dg.max_failures_per_ip,
                 1,
                 1_000_000,
+            )?,
+            max_starts_per_ip: ranged(
+                "login.max_starts_per_ip",
+                g.max_starts_per_ip,
+                dg.max_starts_per_ip,
+                1,
+                10_000_000,
             )?,
             failure_window: secs(
                 "login.failure_window_secs",

@@ -82,6 +82,10 @@ fn user_key(user: &str) -> String {
     format!("login-fail:user:{user}")
 }
 
+fn start_key(ip: &str) -> String {
+    format!("login-start:ip:{ip}")
+}
+
 fn ip_key(ip: &str) -> String {
     format!("login-fail:ip:{ip}")
 }
@@ -177,12 +181,21 @@ async fn first_request(
     if let Some(wait) = limited(shared, &first.username, ip_text).await? {
         return Ok(rate_limited(wait));
     }
+    // Every first request stores an exchange for a minute: bound how many
+    // one address may open per window.
+    let policy = &shared.config.login;
+    let (starts, left) = shared
+        .state
+        .record_failure(&start_key(ip_text), policy.failure_window)
+        .await?;
+    if starts > policy.max_starts_per_ip {
+        return Ok(rate_limited(left));
+    }
+    // Computed for every name, so known and unknown users cost the same.
+    let fake_salt = unknown_user_salt(shared.secret.as_bytes(), &first.username);
     let (salt, iterations) = match shared.credentials.get_user(&first.username).await? {
         Some(user) => (user.salt, user.iterations),
-        None => (
-            unknown_user_salt(shared.secret.as_bytes(), &first.username).to_vec(),
-            shared.config.login.iterations,
-        ),
+        None => (fake_salt.to_vec(), policy.iterations),
     };
     let exchange = Exchange::new(
         &first,
