@@ -130,9 +130,16 @@ impl Drop for Gw {
     }
 }
 
+/// Appended to the name of a variant run on the `--before-bin` gateway.
+pub(crate) const BEFORE: &str = " [before]";
+
 enum Mode {
-    /// The bench starts gateways from this binary.
-    Own { bin: PathBuf },
+    /// The bench starts gateways from this binary (and, with `--before-bin`,
+    /// from that one too, for same-run before/after comparisons).
+    Own {
+        bin: PathBuf,
+        before: Option<PathBuf>,
+    },
     /// `--addr`: gateways someone else runs.
     External {
         plain: Arc<Gw>,
@@ -146,7 +153,7 @@ pub(crate) struct Env {
     pinned: bool,
     ticks: f64,
     machine: Machine,
-    shared: tokio::sync::Mutex<HashMap<Transport, Arc<Gw>>>,
+    shared: tokio::sync::Mutex<HashMap<(Transport, bool), Arc<Gw>>>,
     /// The smallest NOFILE limit in force for the bench and its gateways.
     pub(crate) nofile: u64,
 }
@@ -192,7 +199,10 @@ impl Env {
                     Some(b) => b.clone(),
                     None => std::env::current_exe().context("finding the wsgate binary")?,
                 };
-                Mode::Own { bin }
+                Mode::Own {
+                    bin,
+                    before: args.before_bin.clone(),
+                }
             }
         };
         let pinned = matches!(mode, Mode::Own { .. })
@@ -227,8 +237,25 @@ impl Env {
         CpuMeter::new(std::process::id(), self.ticks)
     }
 
+    /// Whether gateways of the `--before-bin` build run too.
+    pub(crate) fn has_before(&self) -> bool {
+        matches!(
+            self.mode,
+            Mode::Own {
+                before: Some(_),
+                ..
+            }
+        )
+    }
+
     /// The shared gateway for `transport`, started on first use.
     pub(crate) async fn gateway(&self, transport: Transport) -> Result<Arc<Gw>> {
+        self.gateway_of(transport, false).await
+    }
+
+    /// The shared gateway for `transport` of this build, or (`before`) of
+    /// the `--before-bin` build.
+    pub(crate) async fn gateway_of(&self, transport: Transport, before: bool) -> Result<Arc<Gw>> {
         match &self.mode {
             Mode::External { plain, tls } => match transport {
                 Transport::Plain => Ok(plain.clone()),
@@ -238,21 +265,31 @@ impl Env {
             },
             Mode::Own { .. } => {
                 let mut shared = self.shared.lock().await;
-                if let Some(gw) = shared.get(&transport) {
+                if let Some(gw) = shared.get(&(transport, before)) {
                     return Ok(gw.clone());
                 }
-                let gw = Arc::new(self.fresh(transport).await?);
-                shared.insert(transport, gw.clone());
+                let gw = Arc::new(self.fresh_of(transport, before).await?);
+                shared.insert((transport, before), gw.clone());
                 Ok(gw)
             }
         }
     }
 
     /// A gateway of its own (a new process: memory measurements must not
-    /// inherit another run's heap). With `--addr`, the given gateway.
-    pub(crate) async fn fresh(&self, transport: Transport) -> Result<Gw> {
-        let Mode::Own { bin } = &self.mode else {
+    /// inherit another run's heap), of this build or (`before`) of the
+    /// `--before-bin` one.
+    pub(crate) async fn fresh_of(&self, transport: Transport, before: bool) -> Result<Gw> {
+        let Mode::Own {
+            bin,
+            before: before_bin,
+        } = &self.mode
+        else {
             bail!("fresh gateways need the bench to start them (no --addr)");
+        };
+        let bin = match (before, before_bin) {
+            (false, _) => bin,
+            (true, Some(b)) => b,
+            (true, None) => bail!("no --before-bin given"),
         };
         let (bin, pinned, ticks) = (bin.clone(), self.pinned, self.ticks);
         tokio::task::spawn_blocking(move || start(&bin, transport, pinned, ticks))

@@ -145,6 +145,12 @@ pub struct BenchArgs {
     /// The `wsgate` binary to start gateways with [default: this executable].
     #[arg(long, value_name = "FILE")]
     pub wsgate_bin: Option<PathBuf>,
+    /// Also run every wsgate variant on gateways started from this binary
+    /// (e.g. a build of the previous commit), interleaved in the same run:
+    /// its rows are marked `[before]`, and this build's rows get a ratio to
+    /// them. Not with --addr.
+    #[arg(long, value_name = "FILE", conflicts_with = "addr")]
+    pub before_bin: Option<PathBuf>,
 }
 
 /// Runs `wsgate bench`: the scenarios, then the reports. Returns a failure

@@ -5,7 +5,10 @@
 //!   16 B, 1 KiB and 16 KiB;
 //! * KEY_INIT: parse + HPKE open (the server's per-connection crypto), and
 //!   the client's seal for comparison;
-//! * SCRAM: the server's second step (verify client-final), and its first.
+//! * SCRAM: the server's second step (verify client-final), and its first;
+//! * `protect_ring`: the same seal/open with `ring`'s AES-256-GCM, as
+//!   `protect.rs` did before it moved to `aws-lc-rs` — a same-run reference
+//!   for that change (the `aead` APIs are alike, so the code is the old one).
 //!
 //! `cargo bench -p wsgate-proto` (results in `target/criterion`);
 //! `cargo bench -p wsgate-proto -- --quick` for a fast pass.
@@ -191,10 +194,119 @@ fn scram_server(c: &mut Criterion) {
     g.finish();
 }
 
+/// The protected-frame code as it was on `ring` (before the move to
+/// aws-lc-rs), kept here as a same-run reference.
+mod ring_reference {
+    use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, Tag, UnboundKey};
+    use wsgate_proto::envelope::{self, FLAG_ENC, TAG_LEN};
+
+    pub(crate) struct Key(LessSafeKey);
+
+    fn nonce(seq: u64) -> Nonce {
+        let mut n = [0u8; NONCE_LEN];
+        n[4..].copy_from_slice(&seq.to_be_bytes());
+        Nonce::assume_unique_for_key(n)
+    }
+
+    impl Key {
+        pub(crate) fn new(key: &[u8; 32]) -> Self {
+            Self(LessSafeKey::new(
+                UnboundKey::new(&AES_256_GCM, key).unwrap(),
+            ))
+        }
+
+        pub(crate) fn seal_into(
+            &self,
+            out: &mut Vec<u8>,
+            seq: u64,
+            flags: u8,
+            name: &str,
+            plain: &[u8],
+        ) {
+            let start = out.len();
+            envelope::encode_header(out, 0x11, flags, 7, name).unwrap();
+            let header_end = out.len();
+            out.extend_from_slice(plain);
+            let tag = if flags & FLAG_ENC != 0 {
+                let (head, body) = out.split_at_mut(header_end);
+                self.0
+                    .seal_in_place_separate_tag(nonce(seq), Aad::from(&head[start..]), body)
+            } else {
+                self.0
+                    .seal_in_place_separate_tag(nonce(seq), Aad::from(&out[start..]), &mut [])
+            }
+            .unwrap();
+            out.extend_from_slice(tag.as_ref());
+        }
+
+        /// Opens at sequence 0; returns the plaintext length.
+        pub(crate) fn open(&self, frame: &mut [u8]) -> usize {
+            let env = envelope::decode(frame).unwrap();
+            let (flags, header_len) = (env.flags, env.header_len);
+            let plain_end = frame.len() - TAG_LEN;
+            let (head, body) = frame.split_at_mut(header_len);
+            if flags & FLAG_ENC != 0 {
+                self.0
+                    .open_in_place(nonce(0), Aad::from(&*head), body)
+                    .unwrap()
+                    .len()
+            } else {
+                let (plain, tag_bytes) = body.split_at_mut(plain_end - header_len);
+                let mut tag = [0u8; TAG_LEN];
+                tag.copy_from_slice(tag_bytes);
+                let mut aad = Vec::with_capacity(plain_end);
+                aad.extend_from_slice(head);
+                aad.extend_from_slice(plain);
+                self.0
+                    .open_in_place_separate_tag(
+                        nonce(0),
+                        Aad::from(&aad),
+                        Tag::from(tag),
+                        &mut [],
+                        0..,
+                    )
+                    .unwrap();
+                plain.len()
+            }
+        }
+    }
+}
+
+fn protected_frames_ring(c: &mut Criterion) {
+    let mut g = c.benchmark_group("protect_ring");
+    let key = ring_reference::Key::new(&KEY);
+    for (flags, mode) in [(0u8, "tag"), (FLAG_ENC, "enc")] {
+        for (n, label) in SIZES {
+            let body = payload(n);
+            g.throughput(Throughput::Bytes(n as u64));
+            let mut out = Vec::with_capacity(n + 64);
+            g.bench_function(format!("seal_into/{mode}/{label}"), |b| {
+                b.iter(|| {
+                    out.clear();
+                    key.seal_into(&mut out, 0, flags, "", black_box(&body));
+                    out.len()
+                });
+            });
+            let frame = Sealer::new(&KEY)
+                .seal(MessageType::Request as u8, flags, 7, ROUTE, &body)
+                .unwrap();
+            g.bench_function(format!("open/{mode}/{label}"), |b| {
+                b.iter_batched_ref(
+                    || frame.clone(),
+                    |frame| key.open(frame),
+                    BatchSize::SmallInput,
+                );
+            });
+        }
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     envelope_codec,
     protected_frames,
+    protected_frames_ring,
     key_init,
     scram_server
 );

@@ -45,6 +45,15 @@ impl Mailbox {
         }
         msg
     }
+
+    /// A message that is already queued, without waiting.
+    pub(crate) fn try_recv(&mut self) -> Option<HubMessage> {
+        let msg = self.rx.try_recv().ok();
+        if matches!(msg, Some(HubMessage::Event(_))) {
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+        }
+        msg
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -15,7 +15,7 @@ use wsgate_client::{Connection, RawSocket};
 
 use super::{Timing, quantile_us, timing};
 use crate::BenchArgs;
-use crate::gateway::{Env, Gw, Transport};
+use crate::gateway::{BEFORE, Env, Gw, Transport};
 use crate::load::{self, Shared};
 use crate::report::{Row, ScenarioResult, Stat, TargetCheck, fmt_num};
 
@@ -37,6 +37,8 @@ struct Variant {
     transport: Transport,
     kind: Kind,
     share: f64,
+    /// Runs on the `--before-bin` gateway.
+    before: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -96,12 +98,14 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
             transport: Transport::Plain,
             kind: Kind::Raw,
             share: 0.0,
+            before: false,
         },
         Variant {
             name: TAGGED.into(),
             transport: Transport::Plain,
             kind: Kind::Gate,
             share: 0.0,
+            before: false,
         },
     ];
     let mixed = mixed_name(share);
@@ -111,6 +115,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
             transport: Transport::Plain,
             kind: Kind::Gate,
             share,
+            before: false,
         });
     }
     variants.extend([
@@ -119,21 +124,37 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
             transport: Transport::Plain,
             kind: Kind::Gate,
             share: 1.0,
+            before: false,
         },
         Variant {
             name: RAW_TLS.into(),
             transport: Transport::Tls,
             kind: Kind::Raw,
             share: 0.0,
+            before: false,
         },
         Variant {
             name: WSS.into(),
             transport: Transport::Tls,
             kind: Kind::Gate,
             share: 0.0,
+            before: false,
         },
     ]);
 
+    if env.has_before() {
+        variants = variants
+            .into_iter()
+            .flat_map(|v| {
+                let twin = (v.kind == Kind::Gate).then(|| Variant {
+                    name: format!("{}{BEFORE}", v.name),
+                    before: true,
+                    ..v.clone()
+                });
+                std::iter::once(v).chain(twin)
+            })
+            .collect();
+    }
     variants.retain(|v| args.selected(&v.name));
     let mut result = ScenarioResult::new(
         "echo",
@@ -153,7 +174,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
             if skipped[i].is_some() {
                 continue;
             }
-            let gw = match env.gateway(v.transport).await {
+            let gw = match env.gateway_of(v.transport, v.before).await {
                 Ok(gw) => gw,
                 Err(e) if v.transport == Transport::Tls && !env.owns_gateways() => {
                     skipped[i] = Some(format!("{}: skipped ({e:#})", v.name));
@@ -173,9 +194,16 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
     let index = |name: &str| variants.iter().position(|v| v.name == name);
     let raw_rate = index(RAW).map(|i| stat(i, |r| r.rate));
     let raw_cpu = index(RAW).map(|i| stat(i, |r| r.server_us));
-    let wss_cpu = index(WSS)
-        .filter(|i| !runs[*i].is_empty())
-        .map(|i| stat(i, |r| r.server_us));
+    let wss_cpu = |before: bool| {
+        let name = if before {
+            format!("{WSS}{BEFORE}")
+        } else {
+            WSS.to_owned()
+        };
+        index(&name)
+            .filter(|i| !runs[*i].is_empty())
+            .map(|i| stat(i, |r| r.server_us))
+    };
     for (i, v) in variants.iter().enumerate() {
         if runs[i].is_empty() {
             continue;
@@ -194,8 +222,17 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         if let (Some(base), false) = (&raw_cpu, v.name == RAW) {
             row.stat("CPU/req ÷ raw", cpu.ratio_to(base), true);
         }
-        if let (Some(base), true) = (&wss_cpu, v.kind == Kind::Gate && v.name != WSS) {
+        let is_wss = v.name == WSS || v.name == format!("{WSS}{BEFORE}");
+        if let (Some(base), true) = (&wss_cpu(v.before), v.kind == Kind::Gate && !is_wss) {
             row.stat("CPU/req ÷ wss:// tagged", cpu.ratio_to(base), false);
+        }
+        if let Some(j) = index(&format!("{}{BEFORE}", v.name)).filter(|j| !runs[*j].is_empty()) {
+            row.stat("req/s ÷ before", rate.ratio_to(&stat(j, |r| r.rate)), false)
+                .stat(
+                    "CPU/req ÷ before",
+                    cpu.ratio_to(&stat(j, |r| r.server_us)),
+                    true,
+                );
         }
         result.rows.push(row);
     }

@@ -19,7 +19,7 @@ use wsgate_proto::envelope::MessageType;
 
 use super::{quantile_us, source_ip, timing};
 use crate::BenchArgs;
-use crate::gateway::{Env, Gw, Transport};
+use crate::gateway::{BEFORE, Env, Gw, Transport};
 use crate::load::{self, Shared};
 use crate::report::{Row, ScenarioResult, Stat, TargetCheck, fmt_num};
 
@@ -47,35 +47,68 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         "channel",
         format!("{CHANNEL} (not sensitive: EVENTs tagged)"),
     );
-    let gw = env.gateway(Transport::Plain).await?;
-    if let Some(why) = &gw.channels_unavailable {
-        result.notes.push(format!("pending: {why}"));
-        result.targets.push(TargetCheck::new(
-            "fan-out ≥ 500k deliveries/s to 10k subscribers",
-            "pending (channels not available)".into(),
-            None,
-        ));
-        return Ok(result);
+    // This build, and with --before-bin the other one, interleaved.
+    let builds: Vec<bool> = if env.has_before() {
+        vec![false, true]
+    } else {
+        vec![false]
+    };
+    let mut gateways = Vec::new();
+    for &before in &builds {
+        let gw = env.gateway_of(Transport::Plain, before).await?;
+        if let Some(why) = &gw.channels_unavailable {
+            result.notes.push(format!("pending: {why}"));
+            result.targets.push(TargetCheck::new(
+                "fan-out ≥ 500k deliveries/s to 10k subscribers",
+                "pending (channels not available)".into(),
+                None,
+            ));
+            return Ok(result);
+        }
+        let key = gw
+            .api_key
+            .clone()
+            .ok_or_else(|| anyhow!("fanout needs an API key for POST /api/publish"))?;
+        gateways.push((gw, key));
     }
-    let key = gw
-        .api_key
-        .clone()
-        .ok_or_else(|| anyhow!("fanout needs an API key for POST /api/publish"))?;
-    let mut runs = Vec::new();
+    let mut all_runs: Vec<Vec<RunResult>> = builds.iter().map(|_| Vec::new()).collect();
     for rep in 0..t.repeat {
-        let label = format!("fanout {s} subscribers {}/{}", rep + 1, t.repeat);
-        runs.push(run_once(env, &gw, &key, s, rate, t, &label).await?);
+        for (b, (gw, key)) in gateways.iter().enumerate() {
+            let tag = if builds[b] { BEFORE } else { "" };
+            let label = format!("fanout {s} subscribers{tag} {}/{}", rep + 1, t.repeat);
+            all_runs[b].push(run_once(env, gw, key, s, rate, t, &label).await?);
+        }
     }
-    let st = |f: fn(&RunResult) -> f64| Stat::from_samples(runs.iter().map(f).collect::<Vec<_>>());
-    let mut row = Row::new(format!("wsgate ws:// {s} subscribers"));
-    row.stat("deliveries/s", st(|r| r.deliveries_per_sec), true)
-        .stat("expected/s", st(|r| r.expected_per_sec), false)
-        .stat("delivered share", st(|r| r.delivered_share), false)
-        .stat("p50 ms", st(|r| r.p50_us / 1000.0), false)
-        .stat("p99 ms", st(|r| r.p99_us / 1000.0), true)
-        .stat("server CPU µs/delivery", st(|r| r.server_us), true)
-        .stat("publish p99 ms", st(|r| r.publish_p99_us / 1000.0), false);
-    result.rows.push(row);
+    let stats = |runs: &[RunResult], f: fn(&RunResult) -> f64| {
+        Stat::from_samples(runs.iter().map(f).collect::<Vec<_>>())
+    };
+    for (b, runs) in all_runs.iter().enumerate() {
+        let st = |f: fn(&RunResult) -> f64| stats(runs, f);
+        let tag = if builds[b] { BEFORE } else { "" };
+        let mut row = Row::new(format!("wsgate ws:// {s} subscribers{tag}"));
+        row.stat("deliveries/s", st(|r| r.deliveries_per_sec), true)
+            .stat("expected/s", st(|r| r.expected_per_sec), false)
+            .stat("delivered share", st(|r| r.delivered_share), false)
+            .stat("p50 ms", st(|r| r.p50_us / 1000.0), false)
+            .stat("p99 ms", st(|r| r.p99_us / 1000.0), true)
+            .stat("server CPU µs/delivery", st(|r| r.server_us), true)
+            .stat("publish p99 ms", st(|r| r.publish_p99_us / 1000.0), false);
+        if !builds[b] && all_runs.len() > 1 {
+            let before = &all_runs[1];
+            row.stat(
+                "deliveries/s ÷ before",
+                st(|r| r.deliveries_per_sec).ratio_to(&stats(before, |r| r.deliveries_per_sec)),
+                false,
+            )
+            .stat(
+                "CPU/delivery ÷ before",
+                st(|r| r.server_us).ratio_to(&stats(before, |r| r.server_us)),
+                false,
+            );
+        }
+        result.rows.push(row);
+    }
+    let runs = &all_runs[0];
     let rate_reached = runs
         .iter()
         .map(|r| r.deliveries_per_sec)

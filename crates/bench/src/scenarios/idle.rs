@@ -14,7 +14,7 @@ use wsgate_client::{Connection, RawSocket};
 
 use super::source_ip;
 use crate::BenchArgs;
-use crate::gateway::{Env, Gw, Transport};
+use crate::gateway::{BEFORE, Env, Gw, Transport};
 use crate::load;
 use crate::procfs;
 use crate::report::{Row, ScenarioResult, Stat, TargetCheck, fmt_num};
@@ -69,19 +69,24 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
                 .max(1)
         ),
     );
-    let variants = [
-        (RAW, Transport::Plain, false),
-        (GATE, Transport::Plain, true),
-        (GATE_TLS, Transport::Tls, true),
+    // (name, transport, authenticated wsgate connection, on the --before-bin build)
+    let mut variants = vec![
+        (RAW.to_owned(), Transport::Plain, false, false),
+        (GATE.to_owned(), Transport::Plain, true, false),
+        (GATE_TLS.to_owned(), Transport::Tls, true, false),
     ];
+    if env.has_before() {
+        variants.insert(2, (format!("{GATE}{BEFORE}"), Transport::Plain, true, true));
+        variants.push((format!("{GATE_TLS}{BEFORE}"), Transport::Tls, true, true));
+    }
     let mut runs: Vec<Vec<RunResult>> = variants.iter().map(|_| Vec::new()).collect();
     for rep in 0..repeat {
-        for (i, (name, transport, gate)) in variants.iter().enumerate() {
+        for (i, (name, transport, gate, before)) in variants.iter().enumerate() {
             if !args.selected(name) {
                 continue;
             }
             let gw = if env.owns_gateways() {
-                Arc::new(env.fresh(*transport).await?)
+                Arc::new(env.fresh_of(*transport, *before).await?)
             } else {
                 match env.gateway(*transport).await {
                     Ok(gw) => gw,
@@ -102,14 +107,14 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
             runs[i].push(r?);
         }
     }
-    for (i, (name, _, _)) in variants.iter().enumerate() {
+    for (i, (name, _, _, _)) in variants.iter().enumerate() {
         if runs[i].is_empty() {
             continue;
         }
         let s = |f: fn(&RunResult) -> f64| {
             Stat::from_samples(runs[i].iter().map(f).collect::<Vec<_>>())
         };
-        let mut row = Row::new(*name);
+        let mut row = Row::new(name.clone());
         row.stat("RSS before KiB", s(|r| r.before_kib), false)
             .stat("RSS after KiB", s(|r| r.after_kib), false)
             .stat(PER_CONN, s(|r| r.per_conn), true)
@@ -119,6 +124,14 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
             && let Some(base) = result.row(RAW).and_then(|r| r.get(PER_CONN)).cloned()
         {
             row.stat("÷ raw", s(|r| r.per_conn).ratio_to(&base), false);
+        }
+        if let Some(j) = variants
+            .iter()
+            .position(|v| v.0 == format!("{name}{BEFORE}"))
+            .filter(|j| !runs[*j].is_empty())
+        {
+            let before = Stat::from_samples(runs[j].iter().map(|r| r.per_conn).collect::<Vec<_>>());
+            row.stat("÷ before", s(|r| r.per_conn).ratio_to(&before), false);
         }
         result.rows.push(row);
     }
@@ -139,7 +152,10 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
             None
         },
     ));
-    let held_gate = !runs[1].is_empty();
+    let held_gate = variants
+        .iter()
+        .position(|v| v.0 == GATE)
+        .is_some_and(|i| !runs[i].is_empty());
     result.targets.push(TargetCheck::new(
         "≥ 100k concurrent authenticated connections (2 cores, 24 GiB)",
         if held_gate {

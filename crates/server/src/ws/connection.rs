@@ -1,26 +1,48 @@
 //! One WebSocket connection: HELLO, KEY_INIT, KEY_ACK, then protected
 //! request/response frames until close (DESIGN §5.2–5.4).
 //!
-//! A single task owns the connection. The read half lives inside a boxed
-//! future that is re-armed after every frame, so the task can also react to
-//! timers and revocations while a read is pending without cancelling it
-//! (fastwebsockets' reads are not cancel-safe).
+//! A single task owns the connection. Its loop waits for whichever comes
+//! first — a frame, a revocation, the deadline or ping timer, an upstream
+//! answer, a channel event — handles it, takes whatever else is ready
+//! without waiting (frames already read, queued events, answers), and only
+//! then writes: every frame produced in one turn leaves in one `write`.
+//!
+//! The costs per message are kept to what the work needs (measured in
+//! `docs/benchmarks.md`):
+//!
+//! * client frames are parsed here ([`FrameReader`], the checks of the
+//!   fastwebsockets reader it replaced) from a buffer the connection owns:
+//!   reading is a poll on that struct, cancel-safe by construction, so no
+//!   read future is boxed or re-armed per message, and an idle connection
+//!   can give its buffer back;
+//! * frames are opened in place in that buffer, and responses are sealed
+//!   straight into the outgoing buffer behind a WebSocket header written
+//!   here (server frames are unmasked, so framing is a few bytes): a
+//!   message is copied once, into its reply;
+//! * one timer serves the key/expiry deadline and the ping tick and is reset
+//!   only when one of them changes; the revocation future is made once, and
+//!   neither is polled on turns where a cheap check says nothing happened;
+//! * on `ws://` the TCP stream is taken back from hyper (`Upgraded::downcast`)
+//!   and split into owned halves, so reading and writing take no lock.
 
 use std::future::Future;
+use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use fastwebsockets::{
-    Frame, OpCode, Payload, WebSocket, WebSocketError, WebSocketRead, WebSocketWrite,
-};
+use bytes::{Buf as _, Bytes, BytesMut};
+use fastwebsockets::WebSocket;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::io::{ReadHalf, WriteHalf};
-use tokio::time::{Instant, sleep_until};
-use wsgate_proto::envelope::{self, FLAG_ENC, FLAG_ERR, MessageType};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+use tokio::time::{Instant, Sleep};
+use wsgate_proto::envelope::{self, FLAG_ENC, FLAG_ERR, MessageType, TAG_LEN};
 use wsgate_proto::key_exchange::{self, Hello, KeyAck, TrafficKeys};
 use wsgate_proto::protect::{Opener, Sealer};
 use wsgate_proto::{b64, ip};
@@ -29,14 +51,19 @@ use super::registry::Registration;
 use crate::Shared;
 use crate::handler::HandlerRequest;
 use crate::http::serve::ConnGuard;
+use crate::http::tls::MaybeTls;
 use crate::hub::{HubMessage, Mailbox};
 use crate::routes::{Builtin, Target};
 use crate::upstream::Caller;
 
 type Io = TokioIo<Upgraded>;
-type Reader = WebSocketRead<ReadHalf<Io>>;
-type Writer = WebSocketWrite<WriteHalf<Io>>;
-type ReadFuture = Pin<Box<dyn Future<Output = (Reader, ReadResult)> + Send>>;
+
+/// Frames handled in one turn of the loop before its output is written.
+const MAX_BATCH: usize = 64;
+/// Bytes queued in one turn before they are written.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// An outgoing buffer larger than this is given back after it is written.
+const KEEP_OUT_CAPACITY: usize = 64 * 1024;
 
 /// Close codes of DESIGN §5.4.
 pub(crate) mod close {
@@ -52,11 +79,245 @@ pub(crate) mod close {
     pub(crate) const KEY_INIT_TIMEOUT: u16 = 4408;
 }
 
+// ---------------------------------------------------------------------------
+// The byte stream under the WebSocket.
+
+/// Any stream the connection can fall back to splitting with a lock.
+trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
+
+/// A stream with the bytes hyper had read past the upgrade request in
+/// front of it (a client may send frames before it sees the 101).
+struct Prefixed<T> {
+    pending: Bytes,
+    io: T,
+}
+
+impl<T> Prefixed<T> {
+    fn new(pending: Bytes, io: T) -> Self {
+        // An empty `Bytes` from hyper may still hold its whole read buffer.
+        let pending = if pending.is_empty() {
+            Bytes::new()
+        } else {
+            pending
+        };
+        Self { pending, io }
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Prefixed<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.pending.is_empty() {
+            return Pin::new(&mut this.io).poll_read(cx, buf);
+        }
+        let n = this.pending.len().min(buf.remaining());
+        buf.put_slice(&this.pending[..n]);
+        this.pending.advance(n);
+        if this.pending.is_empty() {
+            // Let go of hyper's buffer.
+            this.pending = Bytes::new();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+/// The read half: a TCP stream's own half (no lock), or a locked half of
+/// anything else (TLS).
+enum ReadSide {
+    Tcp(Prefixed<OwnedReadHalf>),
+    Shared(tokio::io::ReadHalf<Box<dyn Stream>>),
+}
+
+/// The write half, as [`ReadSide`].
+enum WriteSide {
+    Tcp(OwnedWriteHalf),
+    Shared(tokio::io::WriteHalf<Box<dyn Stream>>),
+}
+
+impl AsyncRead for ReadSide {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(r) => Pin::new(r).poll_read(cx, buf),
+            Self::Shared(r) => Pin::new(r).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for WriteSide {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(w) => Pin::new(w).poll_write(cx, buf),
+            Self::Shared(w) => Pin::new(w).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(w) => Pin::new(w).poll_flush(cx),
+            Self::Shared(w) => Pin::new(w).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(w) => Pin::new(w).poll_shutdown(cx),
+            Self::Shared(w) => Pin::new(w).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Takes the upgraded connection apart: on plain TCP into owned halves; on
+/// anything else (TLS) into the two halves of a lock.
+fn split(ws: WebSocket<Io>) -> (ReadSide, WriteSide) {
+    // Nothing was read through the WebSocket yet, so its own buffer is empty.
+    let upgraded = ws.into_inner().into_inner();
+    let stream: Box<dyn Stream> = match upgraded.downcast::<TokioIo<MaybeTls>>() {
+        Ok(parts) => match parts.io.into_inner() {
+            MaybeTls::Plain(tcp) => {
+                let (r, w) = tcp.into_split();
+                let read = Prefixed::new(parts.read_buf, r);
+                return (ReadSide::Tcp(read), WriteSide::Tcp(w));
+            }
+            MaybeTls::Tls(tls) => Box::new(Prefixed::new(parts.read_buf, tls)),
+        },
+        Err(upgraded) => Box::new(TokioIo::new(upgraded)),
+    };
+    let (r, w) = tokio::io::split(stream);
+    (ReadSide::Shared(r), WriteSide::Shared(w))
+}
+
+// ---------------------------------------------------------------------------
+// Writing: frames queued in one buffer, written once per turn.
+
+/// WebSocket opcodes of the frames the server sends.
+mod opcode {
+    pub(super) const BINARY: u8 = 0x2;
+    pub(super) const CLOSE: u8 = 0x8;
+    pub(super) const PING: u8 = 0x9;
+    pub(super) const PONG: u8 = 0xA;
+}
+
+struct Out {
+    io: WriteSide,
+    buf: Vec<u8>,
+}
+
+impl Out {
+    /// A final, unmasked frame header for a payload of `len` bytes.
+    fn header(&mut self, opcode: u8, len: usize) {
+        self.buf.push(0x80 | opcode);
+        if len < 126 {
+            self.buf.push(len as u8);
+        } else if let Ok(len) = u16::try_from(len) {
+            self.buf.push(126);
+            self.buf.extend_from_slice(&len.to_be_bytes());
+        } else {
+            self.buf.push(127);
+            self.buf.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+
+    fn frame(&mut self, opcode: u8, payload: &[u8]) {
+        self.header(opcode, payload.len());
+        self.buf.extend_from_slice(payload);
+    }
+
+    fn close_frame(&mut self, code: u16, reason: &[u8]) {
+        self.header(opcode::CLOSE, 2 + reason.len());
+        self.buf.extend_from_slice(&code.to_be_bytes());
+        self.buf.extend_from_slice(reason);
+    }
+
+    /// Seals a protected frame straight behind its WebSocket header. On
+    /// error nothing is queued.
+    fn sealed(
+        &mut self,
+        sealer: &mut Sealer,
+        msg_type: u8,
+        flags: u8,
+        id: u32,
+        name: &str,
+        body: &[u8],
+    ) -> Result<(), Ending> {
+        let start = self.buf.len();
+        let len = envelope::FIXED_HEADER_LEN + name.len() + body.len() + TAG_LEN;
+        self.buf.reserve(len + 10);
+        self.header(opcode::BINARY, len);
+        let frame_start = self.buf.len();
+        let sealed = sealer.seal_into(&mut self.buf, msg_type, flags, id, name, body);
+        if sealed.is_err() || self.buf.len() - frame_start != len {
+            self.buf.truncate(start);
+            return Err(Ending::new(close::GOING_AWAY, "cannot seal"));
+        }
+        Ok(())
+    }
+
+    fn queued(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes everything queued.
+    async fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let result = self.io.write_all(&self.buf).await;
+        self.buf.clear();
+        if self.buf.capacity() > KEEP_OUT_CAPACITY {
+            self.buf = Vec::new();
+        }
+        result?;
+        self.io.flush().await
+    }
+
+    /// Gives back the buffer of a connection gone quiet.
+    fn shrink(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading: client frames (RFC 6455 §5), parsed from a buffer this
+// connection owns.
+
+/// Free space to read into when the buffer has none: enough for most
+/// messages in one read, small enough that an idle connection stays cheap.
+const READ_CHUNK: usize = 1024;
+
 /// One whole WebSocket message or the reason there is none.
 enum ReadResult {
-    Binary(Vec<u8>),
+    Binary(BytesMut),
     Text,
-    Ping(Vec<u8>),
+    Ping(BytesMut),
     Pong,
     Close(Option<u16>),
     TooBig,
@@ -64,45 +325,250 @@ enum ReadResult {
     Gone,
 }
 
-/// Reads until a whole message, control frame, or failure. Binary
-/// fragments are joined here so the size limit covers the whole message.
-async fn read_message(mut reader: Reader, max: usize) -> (Reader, ReadResult) {
-    let mut assembling: Option<Vec<u8>> = None;
-    let result = loop {
-        let frame = match reader
-            .read_frame::<_, std::io::Error>(&mut |_| async { Ok(()) })
-            .await
-        {
-            Ok(f) => f,
-            Err(WebSocketError::FrameTooLarge) => break ReadResult::TooBig,
-            Err(WebSocketError::UnexpectedEOF | WebSocketError::IoError(_)) => {
-                break ReadResult::Gone;
+/// WebSocket opcodes of client frames.
+mod client_op {
+    pub(super) const CONTINUATION: u8 = 0x0;
+    pub(super) const TEXT: u8 = 0x1;
+    pub(super) const BINARY: u8 = 0x2;
+    pub(super) const CLOSE: u8 = 0x8;
+    pub(super) const PING: u8 = 0x9;
+    pub(super) const PONG: u8 = 0xA;
+}
+
+/// One frame taken out of the buffer, unmasked.
+struct Frame {
+    fin: bool,
+    opcode: u8,
+    payload: BytesMut,
+}
+
+/// Reads whole messages. All its progress lives in the struct, so
+/// `poll_message` is cancel-safe: the loop can wait on it next to timers
+/// and queues, and drop that wait, without losing a byte.
+///
+/// The checks are those of the fastwebsockets reader it replaces (same
+/// failures, same close codes): reserved bits, unknown opcodes, fragmented
+/// control frames and pings over 125 bytes are protocol errors; a frame over
+/// the size limit is too big; a final text frame that is not UTF-8 is a
+/// protocol error, any other text frame is refused as text. Masks are
+/// applied when present.
+struct FrameReader {
+    io: ReadSide,
+    buf: BytesMut,
+    /// Largest payload of one frame (the message size limit).
+    max_frame: usize,
+    /// Largest message (the limit on fragments joined).
+    max_message: usize,
+    /// The fragments of a binary message so far.
+    assembling: Option<BytesMut>,
+    /// Bytes of a refused (too big) frame still to be thrown away, so
+    /// frames after it (the peer's close) can still be read.
+    skip: u64,
+    /// A frame header made no sense: what follows is not framed, and is
+    /// only drained (while the close handshake waits for the peer).
+    broken: bool,
+}
+
+impl FrameReader {
+    fn new(io: ReadSide, max_message: usize) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+            max_frame: max_message,
+            max_message,
+            assembling: None,
+            skip: 0,
+            broken: false,
+        }
+    }
+
+    /// Whether bytes already read wait in the buffer (a frame may be
+    /// complete without another read).
+    fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Gives the buffer back while nothing is pending in it.
+    fn shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// The next whole message, control frame or failure.
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<ReadResult> {
+        loop {
+            if self.skip > 0 || self.broken {
+                let n = self
+                    .buf
+                    .len()
+                    .min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+                self.buf.advance(n);
+                self.skip -= n as u64;
+                if self.broken {
+                    self.buf.clear();
+                }
+                if self.skip > 0 || self.broken {
+                    match self.poll_fill(cx) {
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(())) => return Poll::Ready(ReadResult::Gone),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
             }
-            Err(_) => break ReadResult::ProtocolError,
-        };
-        match frame.opcode {
-            OpCode::Text => break ReadResult::Text,
-            OpCode::Binary if assembling.is_some() => break ReadResult::ProtocolError,
-            OpCode::Binary if frame.fin => break ReadResult::Binary(frame.payload.to_vec()),
-            OpCode::Binary => assembling = Some(frame.payload.to_vec()),
-            OpCode::Continuation => {
-                let Some(buf) = assembling.as_mut() else {
-                    break ReadResult::ProtocolError;
+            let frame = match self.parse() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => match self.poll_fill(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(())) => return Poll::Ready(ReadResult::Gone),
+                    Poll::Pending => return Poll::Pending,
+                },
+                Err(result) => return Poll::Ready(result),
+            };
+            if let Some(result) = self.on_frame(frame) {
+                return Poll::Ready(result);
+            }
+        }
+    }
+
+    /// Joins fragments; returns a result when a message (or failure) is whole.
+    fn on_frame(&mut self, frame: Frame) -> Option<ReadResult> {
+        Some(match frame.opcode {
+            client_op::TEXT => {
+                if frame.fin && std::str::from_utf8(&frame.payload).is_err() {
+                    ReadResult::ProtocolError
+                } else {
+                    ReadResult::Text
+                }
+            }
+            client_op::BINARY if self.assembling.is_some() => ReadResult::ProtocolError,
+            client_op::BINARY if frame.fin => ReadResult::Binary(frame.payload),
+            client_op::BINARY => {
+                self.assembling = Some(frame.payload);
+                return None;
+            }
+            client_op::CONTINUATION => {
+                let Some(buf) = self.assembling.as_mut() else {
+                    return Some(ReadResult::ProtocolError);
                 };
-                if buf.len() + frame.payload.len() > max {
-                    break ReadResult::TooBig;
+                if buf.len() + frame.payload.len() > self.max_message {
+                    return Some(ReadResult::TooBig);
                 }
                 buf.extend_from_slice(&frame.payload);
-                if frame.fin {
-                    break ReadResult::Binary(assembling.take().unwrap_or_default());
+                if !frame.fin {
+                    return None;
                 }
+                ReadResult::Binary(self.assembling.take().unwrap_or_default())
             }
-            OpCode::Ping => break ReadResult::Ping(frame.payload.to_vec()),
-            OpCode::Pong => break ReadResult::Pong,
-            OpCode::Close => break parse_close(&frame.payload),
+            client_op::PING => ReadResult::Ping(frame.payload),
+            client_op::PONG => ReadResult::Pong,
+            client_op::CLOSE => parse_close(&frame.payload),
+            _ => ReadResult::ProtocolError,
+        })
+    }
+
+    /// Takes one whole frame out of the buffer: `Ok(None)` if more bytes
+    /// are needed.
+    fn parse(&mut self) -> Result<Option<Frame>, ReadResult> {
+        let [b0, b1, ..] = self.buf[..] else {
+            return Ok(None);
+        };
+        let fin = b0 & 0x80 != 0;
+        if b0 & 0x70 != 0 {
+            self.broken = true;
+            return Err(ReadResult::ProtocolError);
         }
-    };
-    (reader, result)
+        let opcode = b0 & 0x0F;
+        if !matches!(
+            opcode,
+            client_op::CONTINUATION
+                | client_op::TEXT
+                | client_op::BINARY
+                | client_op::CLOSE
+                | client_op::PING
+                | client_op::PONG
+        ) {
+            self.broken = true;
+            return Err(ReadResult::ProtocolError);
+        }
+        let masked = b1 & 0x80 != 0;
+        let extra = match b1 & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let header_len = 2 + extra + if masked { 4 } else { 0 };
+        if self.buf.len() < header_len {
+            return Ok(None);
+        }
+        let payload_len = match extra {
+            0 => usize::from(b1 & 0x7F),
+            2 => usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
+            _ => {
+                let mut len = [0u8; 8];
+                len.copy_from_slice(&self.buf[2..10]);
+                usize::try_from(u64::from_be_bytes(len)).unwrap_or(usize::MAX)
+            }
+        };
+        let mask = masked.then(|| {
+            let at = 2 + extra;
+            [
+                self.buf[at],
+                self.buf[at + 1],
+                self.buf[at + 2],
+                self.buf[at + 3],
+            ]
+        });
+        let control = opcode & 0x8 != 0;
+        if control && !fin {
+            self.broken = true;
+            return Err(ReadResult::ProtocolError);
+        }
+        if opcode == client_op::PING && payload_len > 125 {
+            self.broken = true;
+            return Err(ReadResult::ProtocolError);
+        }
+        let needed = header_len.checked_add(payload_len);
+        if payload_len > self.max_frame || needed.is_none() {
+            self.skip = (header_len as u64).saturating_add(payload_len as u64);
+            return Err(ReadResult::TooBig);
+        }
+        let needed = needed.unwrap_or_default();
+        if self.buf.len() < needed {
+            // Room for the rest of this frame (and the next header).
+            self.buf.reserve(needed - self.buf.len() + 14);
+            return Ok(None);
+        }
+        self.buf.advance(header_len);
+        let mut payload = self.buf.split_to(payload_len);
+        if let Some(mask) = mask {
+            fastwebsockets::unmask(&mut payload, mask);
+        }
+        Ok(Some(Frame {
+            fin,
+            opcode,
+            payload,
+        }))
+    }
+
+    /// Reads more into the buffer. `Err`: end of stream or IO error.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        if self.buf.capacity() == self.buf.len() {
+            self.buf.reserve(READ_CHUNK);
+        }
+        // A fresh `read_buf` per poll: dropping it while pending loses
+        // nothing (nothing was read).
+        match std::pin::pin!(self.io.read_buf(&mut self.buf)).poll(cx) {
+            Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(Err(())),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Waits for the next message (cancel-safe).
+    async fn next(&mut self) -> ReadResult {
+        std::future::poll_fn(|cx| self.poll_message(cx)).await
+    }
 }
 
 fn parse_close(payload: &[u8]) -> ReadResult {
@@ -121,9 +587,27 @@ fn parse_close(payload: &[u8]) -> ReadResult {
     }
 }
 
-fn arm_read(reader: Reader, max: usize) -> ReadFuture {
-    Box::pin(read_message(reader, max))
+/// Resolves when the session is revoked; never without a registration.
+async fn revoked(rx: Option<watch::Receiver<bool>>) {
+    if let Some(mut rx) = rx
+        && rx.wait_for(|r| *r).await.is_ok()
+    {
+        return;
+    }
+    std::future::pending::<()>().await;
 }
+
+/// Polls `fut` once: its output if it is ready now.
+async fn now<F: Future>(fut: F) -> Option<F::Output> {
+    tokio::select! {
+        biased;
+        out = fut => Some(out),
+        () = std::future::ready(()) => None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The connection.
 
 /// Why the connection ends, with the close frame to send (if any).
 struct Ending {
@@ -140,18 +624,16 @@ impl Ending {
 /// What woke the connection task.
 enum Wake {
     Revoked,
-    Deadline(Ending),
-    Tick,
+    Timer,
     Completed(Completion),
     Hub(HubMessage),
-    Read(Reader, ReadResult),
+    Read(ReadResult),
 }
 
 /// Key establishment state.
 enum Phase {
     AwaitKeyInit {
         nonce: [u8; key_exchange::HELLO_NONCE_LEN],
-        deadline: Instant,
     },
     Established(Box<Established>),
 }
@@ -162,11 +644,16 @@ struct Established {
     expires_at: u64,
     sealer: Sealer,
     opener: Opener,
-    registration: Registration,
+    /// Unregisters the connection when dropped.
+    _registration: Registration,
     in_flight: std::collections::HashSet<u32>,
+    /// Made on the first request that a task answers (upstream or handler).
+    completions: Option<(mpsc::Sender<Completion>, mpsc::Receiver<Completion>)>,
     /// Created on the first SUBSCRIBE.
     mailbox: Option<Mailbox>,
     subscriptions: std::collections::HashSet<String>,
+    /// The last event's channel and the flags its rule gives (ENC or not).
+    event_flags: Option<(String, u8)>,
 }
 
 /// A request answered by a task (upstream or in-process handler).
@@ -176,14 +663,37 @@ struct Completion {
     result: Result<Vec<u8>, (String, String)>,
 }
 
+/// The key/expiry deadline and the ping tick, served by one timer.
+struct Clock {
+    /// KEY_INIT deadline, then the session's expiry.
+    deadline: Instant,
+    /// The next ping/idle check.
+    tick: Instant,
+}
+
+impl Clock {
+    fn next(&self) -> Instant {
+        self.deadline.min(self.tick)
+    }
+}
+
+/// What the turn's work decided.
+type Step = Result<(), Ending>;
+
 struct Conn {
     shared: Arc<Shared>,
-    writer: Writer,
+    out: Out,
     ip_text: String,
     phase: Phase,
     last_activity: Instant,
-    completions_tx: tokio::sync::mpsc::Sender<Completion>,
-    completions_rx: tokio::sync::mpsc::Receiver<Completion>,
+    /// Whether anything arrived since the last ping tick.
+    active: bool,
+    clock: Clock,
+    /// Set when `clock` changed and the timer must be reset.
+    clock_changed: bool,
+    /// The registration's revocation feed, once established, for the loop to
+    /// build its (one) revocation future from.
+    revocation: Option<watch::Receiver<bool>>,
 }
 
 impl Drop for Conn {
@@ -201,25 +711,28 @@ impl Drop for Conn {
 /// Runs a connection to its end.
 pub(crate) async fn run(shared: Arc<Shared>, ws: WebSocket<Io>, ip: IpAddr) {
     let _guard = ConnGuard::new(shared.open_connections.clone());
-    let (mut reader, writer) = ws.split(tokio::io::split);
-    let limits = shared.config.limits.clone();
-    // Frames of exactly the limit are allowed; fastwebsockets refuses `>=`.
-    reader.set_max_message_size(limits.max_message_size.saturating_add(1));
-    reader.set_auto_close(false);
-    reader.set_auto_pong(false);
+    let (read, write) = split(ws);
+    let limits = &shared.config.limits;
+    let mut reader = FrameReader::new(read, limits.max_message_size);
     let nonce = crate::random_bytes::<{ key_exchange::HELLO_NONCE_LEN }>();
-    let (completions_tx, completions_rx) = tokio::sync::mpsc::channel(limits.max_in_flight.max(1));
+    let start = Instant::now();
+    let clock = Clock {
+        deadline: start + limits.key_init_timeout,
+        tick: start + limits.ping_interval,
+    };
     let mut conn = Conn {
-        completions_tx,
-        completions_rx,
         ip_text: ip::to_text(ip),
-        phase: Phase::AwaitKeyInit {
-            nonce,
-            deadline: Instant::now() + limits.key_init_timeout,
+        phase: Phase::AwaitKeyInit { nonce },
+        out: Out {
+            io: write,
+            buf: Vec::new(),
         },
-        writer,
         shared,
-        last_activity: Instant::now(),
+        last_activity: start,
+        active: false,
+        clock,
+        clock_changed: false,
+        revocation: None,
     };
     let hello = Hello {
         v: 1,
@@ -228,206 +741,272 @@ pub(crate) async fn run(shared: Arc<Shared>, ws: WebSocket<Io>, ip: IpAddr) {
         keys: conn.shared.keys.kids(),
     };
     let hello_body = serde_json::to_vec(&hello).unwrap_or_default();
-    let sent = match envelope::encode(MessageType::Hello as u8, 0, 0, "", &hello_body) {
-        Ok(bytes) => conn.send_raw(bytes).await,
-        Err(_) => false,
-    };
-    if !sent {
+    match envelope::encode(MessageType::Hello as u8, 0, 0, "", &hello_body) {
+        Ok(bytes) => conn.out.frame(opcode::BINARY, &bytes),
+        Err(_) => return,
+    }
+    if conn.out.flush().await.is_err() {
         return;
     }
-    let read = arm_read(reader, limits.max_message_size);
-    let (ending, reader) = conn.drive(read).await;
+    let (ending, wait_for_peer) = conn.drive(&mut reader).await;
     if let Some(ending) = ending {
-        conn.close(ending, reader).await;
+        conn.close(ending, wait_for_peer.then_some(&mut reader))
+            .await;
     }
 }
 
+/// How the loop ends: the close to send (if any), and whether the reader is
+/// still usable to wait for the peer's close.
+type End = (Option<Ending>, bool);
+
 impl Conn {
-    /// The event loop; returns how to end, and the reader if it is still usable.
-    async fn drive(&mut self, mut read: ReadFuture) -> (Option<Ending>, Option<Reader>) {
-        let limits = self.shared.config.limits.clone();
-        let mut ping_timer =
-            tokio::time::interval_at(Instant::now() + limits.ping_interval, limits.ping_interval);
+    /// The event loop.
+    async fn drive(&mut self, reader: &mut FrameReader) -> End {
+        let timer = tokio::time::sleep_until(self.clock.next());
+        let revocation = revoked(None);
+        tokio::pin!(timer, revocation);
+        // A timer or revocation future registers its waker when polled and
+        // keeps it until it fires, so each is polled only when it was just
+        // (re)armed or when a cheap check (an atomic load) says it has
+        // fired: not on every wake (polling a waiting `Notified` takes a
+        // lock). `news` is a second receiver of the revocation feed, only
+        // ever asked whether something was sent.
+        let (mut arm_timer, mut arm_revocation) = (true, false);
+        let mut news: Option<watch::Receiver<bool>> = None;
         loop {
-            let wake = self.next_wake(&mut read, &mut ping_timer).await;
-            let (reader, result) = match wake {
-                Wake::Revoked => {
-                    return (
-                        Some(Ending::new(close::SESSION_ENDED, "session ended")),
-                        None,
-                    );
-                }
-                Wake::Deadline(ending) => return (Some(ending), None),
-                Wake::Tick => {
-                    let idle = self.last_activity.elapsed();
-                    if idle >= limits.idle_timeout {
-                        return (Some(Ending::new(close::GOING_AWAY, "idle timeout")), None);
-                    }
-                    if idle >= limits.ping_interval {
-                        let ping = Frame::new(true, OpCode::Ping, None, Payload::Borrowed(b""));
-                        if self.writer.write_frame(ping).await.is_err() {
-                            return (None, None);
-                        }
-                    }
-                    continue;
-                }
-                Wake::Completed(done) => {
-                    if let Err(ending) = self.on_completion(done).await {
-                        return (Some(ending), None);
-                    }
-                    continue;
-                }
-                Wake::Hub(message) => {
-                    if let Err(ending) = self.on_hub_message(message).await {
-                        return (Some(ending), None);
-                    }
-                    continue;
-                }
-                Wake::Read(reader, result) => (reader, result),
-            };
-            self.last_activity = Instant::now();
-            let outcome = match result {
-                ReadResult::Binary(mut message) => self.on_message(&mut message).await,
-                ReadResult::Ping(payload) => {
-                    if self
-                        .writer
-                        .write_frame(Frame::pong(Payload::Owned(payload)))
-                        .await
-                        .is_err()
-                    {
-                        return (None, None);
-                    }
-                    Ok(())
-                }
-                ReadResult::Pong => Ok(()),
-                ReadResult::Text => Err(Ending::new(
-                    close::UNSUPPORTED_DATA,
-                    "text frames are not accepted",
-                )),
-                ReadResult::TooBig => Err(Ending::new(close::TOO_BIG, "message too big")),
-                ReadResult::ProtocolError => Err(Ending::new(
-                    close::PROTOCOL_ERROR,
-                    "WebSocket protocol error",
-                )),
-                ReadResult::Close(code) => {
-                    let _ = self
-                        .writer
-                        .write_frame(Frame::close(code.unwrap_or(1000), b""))
-                        .await;
-                    return (None, None);
-                }
-                ReadResult::Gone => return (None, None),
-            };
-            if let Err(ending) = outcome {
-                return (Some(ending), Some(reader));
+            // Everything the last turn produced leaves in one write.
+            if self.out.flush().await.is_err() {
+                return (None, false);
             }
-            read = arm_read(reader, limits.max_message_size);
+            if self.clock_changed {
+                self.clock_changed = false;
+                timer.as_mut().reset(self.clock.next());
+                arm_timer = true;
+            }
+            if let Some(rx) = self.revocation.take() {
+                news = Some(rx.clone());
+                revocation.set(revoked(Some(rx)));
+                arm_revocation = true;
+            }
+            let timer_due = |t: &Sleep| arm_timer || t.is_elapsed();
+            let revocation_due = || {
+                arm_revocation
+                    || news
+                        .as_ref()
+                        .is_some_and(|rx| rx.has_changed().unwrap_or(true))
+            };
+            let mut wake = self
+                .next_wake(
+                    reader,
+                    std::future::poll_fn(|cx| {
+                        if timer_due(&timer) {
+                            timer.as_mut().poll(cx)
+                        } else {
+                            Poll::Pending
+                        }
+                    }),
+                    std::future::poll_fn(|cx| {
+                        if revocation_due() {
+                            revocation.as_mut().poll(cx)
+                        } else {
+                            Poll::Pending
+                        }
+                    }),
+                )
+                .await;
+            (arm_timer, arm_revocation) = (false, false);
+            let mut handled = 0;
+            loop {
+                if let Err(end) = self.on_wake(wake, reader).await {
+                    return end;
+                }
+                handled += 1;
+                if handled >= MAX_BATCH || self.out.queued() >= MAX_BATCH_BYTES {
+                    break;
+                }
+                // More that is ready now joins this turn's write.
+                match now(self.next_ready(reader)).await {
+                    Some(Some(w)) => wake = w,
+                    _ => break,
+                }
+            }
         }
+    }
+
+    /// Handles one wake; `Err` ends the loop.
+    async fn on_wake(&mut self, wake: Wake, reader: &mut FrameReader) -> Result<(), End> {
+        match wake {
+            Wake::Revoked => Err((
+                Some(Ending::new(close::SESSION_ENDED, "session ended")),
+                false,
+            )),
+            Wake::Timer => {
+                let quiet = self.on_timer().map_err(|e| (Some(e), false))?;
+                if quiet {
+                    // Quiet for a whole interval: give the buffers back.
+                    self.out.shrink();
+                    reader.shrink();
+                }
+                Ok(())
+            }
+            Wake::Completed(done) => self.on_completion(done).map_err(|e| (Some(e), false)),
+            Wake::Hub(message) => self.on_hub_message(message).map_err(|e| (Some(e), false)),
+            Wake::Read(result) => {
+                self.last_activity = Instant::now();
+                self.active = true;
+                match self.on_read(result).await {
+                    Ok(()) => Ok(()),
+                    Err(Some(ending)) => Err((Some(ending), true)),
+                    Err(None) => Err((None, false)),
+                }
+            }
+        }
+    }
+
+    /// `Err(None)`: the connection is gone (or closed by the peer, answered).
+    async fn on_read(&mut self, result: ReadResult) -> Result<(), Option<Ending>> {
+        match result {
+            ReadResult::Binary(mut message) => self.on_message(&mut message).await.map_err(Some),
+            ReadResult::Ping(payload) => {
+                self.out.frame(opcode::PONG, &payload);
+                Ok(())
+            }
+            ReadResult::Pong => Ok(()),
+            ReadResult::Text => Err(Some(Ending::new(
+                close::UNSUPPORTED_DATA,
+                "text frames are not accepted",
+            ))),
+            ReadResult::TooBig => Err(Some(Ending::new(close::TOO_BIG, "message too big"))),
+            ReadResult::ProtocolError => Err(Some(Ending::new(
+                close::PROTOCOL_ERROR,
+                "WebSocket protocol error",
+            ))),
+            ReadResult::Close(code) => {
+                self.out.close_frame(code.unwrap_or(1000), b"");
+                let _ = self.out.flush().await;
+                Err(None)
+            }
+            ReadResult::Gone => Err(None),
+        }
+    }
+
+    /// The deadline, or a ping tick. `Ok(true)`: the connection was quiet
+    /// for a whole ping interval.
+    fn on_timer(&mut self) -> Result<bool, Ending> {
+        let now = Instant::now();
+        if now >= self.clock.deadline {
+            return Err(match self.phase {
+                Phase::AwaitKeyInit { .. } => {
+                    Ending::new(close::KEY_INIT_TIMEOUT, "no KEY_INIT in time")
+                }
+                Phase::Established(_) => Ending::new(close::SESSION_ENDED, "session expired"),
+            });
+        }
+        if now < self.clock.tick {
+            // Woken early (the timer was due for the other one).
+            self.clock_changed = true;
+            return Ok(false);
+        }
+        let limits = &self.shared.config.limits;
+        let idle = self.last_activity.elapsed();
+        if idle >= limits.idle_timeout {
+            return Err(Ending::new(close::GOING_AWAY, "idle timeout"));
+        }
+        if idle >= limits.ping_interval {
+            self.out.frame(opcode::PING, b"");
+        }
+        let quiet = !self.active;
+        self.active = false;
+        self.clock.tick = (self.clock.tick + limits.ping_interval).max(now);
+        self.clock_changed = true;
+        Ok(quiet)
     }
 
     /// Waits for whatever happens next. Every future borrowed from `self`
     /// is dropped when this returns, so the caller may act on `self` freely.
     async fn next_wake(
         &mut self,
-        read: &mut ReadFuture,
-        ping_timer: &mut tokio::time::Interval,
+        reader: &mut FrameReader,
+        timer: impl Future<Output = ()>,
+        revocation: impl Future<Output = ()>,
     ) -> Wake {
-        let (deadline, ending) = match &self.phase {
-            Phase::AwaitKeyInit { deadline, .. } => (
-                *deadline,
-                Ending::new(close::KEY_INIT_TIMEOUT, "no KEY_INIT in time"),
-            ),
-            Phase::Established(est) => (
-                expiry_instant(est.expires_at),
-                Ending::new(close::SESSION_ENDED, "session expired"),
-            ),
-        };
-        let (revoked, completions, mailbox) = match &mut self.phase {
-            Phase::Established(est) => (
-                Some(&mut est.registration.revoked),
-                Some(&mut self.completions_rx),
-                est.mailbox.as_mut(),
-            ),
-            Phase::AwaitKeyInit { .. } => (None, None, None),
-        };
-        let revoked = async {
-            if let Some(r) = revoked
-                && r.wait_for(|r| *r).await.is_ok()
-            {
-                return;
-            }
-            std::future::pending::<()>().await;
-        };
-        let completion = async {
-            match completions {
-                Some(rx) => match rx.recv().await {
-                    Some(done) => done,
-                    None => std::future::pending().await,
-                },
-                None => std::future::pending().await,
-            }
-        };
-        let hub_message = async {
-            match mailbox {
-                Some(m) => match m.recv().await {
-                    Some(msg) => msg,
-                    None => std::future::pending().await,
-                },
-                None => std::future::pending().await,
-            }
-        };
+        let (completions, mailbox) = self.sources();
         tokio::select! {
             biased;
-            () = revoked => Wake::Revoked,
-            () = sleep_until(deadline) => Wake::Deadline(ending),
-            done = completion => Wake::Completed(done),
-            message = hub_message => Wake::Hub(message),
-            _ = ping_timer.tick() => Wake::Tick,
-            (reader, result) = read => Wake::Read(reader, result),
+            () = revocation => Wake::Revoked,
+            () = timer => Wake::Timer,
+            done = recv_completion(completions) => Wake::Completed(done),
+            message = recv_hub(mailbox) => Wake::Hub(message),
+            result = reader.next() => Wake::Read(result),
+        }
+    }
+
+    /// What else is ready without waiting: answers, events, frames already
+    /// read (the revocation and the timer wait for the next turn).
+    async fn next_ready(&mut self, reader: &mut FrameReader) -> Option<Wake> {
+        let (completions, mailbox) = self.sources();
+        if let Some(rx) = completions
+            && let Ok(done) = rx.try_recv()
+        {
+            return Some(Wake::Completed(done));
+        }
+        if let Some(m) = mailbox
+            && let Some(message) = m.try_recv()
+        {
+            return Some(Wake::Hub(message));
+        }
+        // Polling the socket costs a readiness check (and its lock) even
+        // when nothing is there: only look when bytes are left over.
+        if !reader.has_buffered() {
+            return None;
+        }
+        Some(Wake::Read(reader.next().await))
+    }
+
+    fn sources(
+        &mut self,
+    ) -> (
+        Option<&mut mpsc::Receiver<Completion>>,
+        Option<&mut Mailbox>,
+    ) {
+        match &mut self.phase {
+            Phase::Established(est) => (
+                est.completions.as_mut().map(|(_, rx)| rx),
+                est.mailbox.as_mut(),
+            ),
+            Phase::AwaitKeyInit { .. } => (None, None),
         }
     }
 
     /// Sends a close frame, then waits briefly for the peer's close so the
     /// code reaches it before the TCP connection goes away.
-    async fn close(&mut self, ending: Ending, reader: Option<Reader>) {
+    async fn close(&mut self, ending: Ending, reader: Option<&mut FrameReader>) {
         if ending.code != close::SESSION_ENDED && ending.code != close::GOING_AWAY {
             tracing::debug!(code = ending.code, reason = ending.reason, ip = %self.ip_text, "closing connection");
         }
-        if self
-            .writer
-            .write_frame(Frame::close(ending.code, ending.reason.as_bytes()))
-            .await
-            .is_err()
-        {
+        self.out.close_frame(ending.code, ending.reason.as_bytes());
+        if self.out.flush().await.is_err() {
             return;
         }
         let Some(reader) = reader else { return };
-        let mut read = arm_read(reader, 1 << 16);
+        reader.max_message = 1 << 16;
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             loop {
-                let (r, result) = (&mut read).await;
-                match result {
+                match reader.next().await {
                     ReadResult::Close(_)
                     | ReadResult::Gone
                     | ReadResult::ProtocolError
                     | ReadResult::TooBig => break,
-                    _ => read = arm_read(r, 1 << 16),
+                    _ => {}
                 }
             }
         })
         .await;
     }
 
-    async fn send_raw(&mut self, bytes: Vec<u8>) -> bool {
-        self.writer
-            .write_frame(Frame::binary(Payload::Owned(bytes)))
-            .await
-            .is_ok()
-    }
-
-    async fn on_message(&mut self, message: &mut [u8]) -> Result<(), Ending> {
+    async fn on_message(&mut self, message: &mut [u8]) -> Step {
         match &self.phase {
-            Phase::AwaitKeyInit { nonce, .. } => {
+            Phase::AwaitKeyInit { nonce } => {
                 let nonce = *nonce;
                 self.on_key_init(message, &nonce).await
             }
@@ -435,7 +1014,7 @@ impl Conn {
         }
     }
 
-    async fn on_key_init(&mut self, message: &[u8], nonce: &[u8; 32]) -> Result<(), Ending> {
+    async fn on_key_init(&mut self, message: &[u8], nonce: &[u8; 32]) -> Step {
         let violation = || Ending::new(close::PROTOCOL_VIOLATION, "expected KEY_INIT");
         let auth_failed = |reason| Ending::new(close::AUTH_FAILED, reason);
         let env = envelope::decode(message).map_err(|_| violation())?;
@@ -478,16 +1057,21 @@ impl Conn {
         let keys = TrafficKeys::derive(&dp, nonce);
         let (sealer, opener) = keys.server_pair();
         let registration = self.shared.sessions.register(session_id);
+        self.revocation = Some(registration.revoked.clone());
+        self.clock.deadline = expiry_instant(record.expires_at);
+        self.clock_changed = true;
         self.phase = Phase::Established(Box::new(Established {
             session_id: session_id.to_owned(),
             user: record.user.clone(),
             expires_at: record.expires_at,
             sealer,
             opener: opener.with_max_name_len(self.shared.config.limits.max_name_len),
-            registration,
+            _registration: registration,
             in_flight: std::collections::HashSet::new(),
+            completions: None,
             mailbox: None,
             subscriptions: std::collections::HashSet::new(),
+            event_flags: None,
         }));
         let ack = KeyAck {
             user: record.user,
@@ -495,49 +1079,41 @@ impl Conn {
         };
         let body = serde_json::to_vec(&ack).unwrap_or_default();
         self.send_protected(MessageType::KeyAck as u8, FLAG_ENC, 0, "", &body)
-            .await
     }
 
-    async fn send_protected(
+    /// Queues a protected frame (written at the end of the turn).
+    fn send_protected(
         &mut self,
         msg_type: u8,
         flags: u8,
         id: u32,
         name: &str,
         body: &[u8],
-    ) -> Result<(), Ending> {
+    ) -> Step {
         let Phase::Established(est) = &mut self.phase else {
             return Err(Ending::new(close::PROTOCOL_VIOLATION, "not established"));
         };
-        let frame = est
-            .sealer
-            .seal(msg_type, flags, id, name, body)
-            .map_err(|_| Ending::new(close::GOING_AWAY, "cannot seal"))?;
-        if self.send_raw(frame).await {
-            Ok(())
-        } else {
-            Err(Ending::new(close::GOING_AWAY, "write failed"))
-        }
+        self.out
+            .sealed(&mut est.sealer, msg_type, flags, id, name, body)
     }
 
-    async fn respond_error(
-        &mut self,
-        id: u32,
-        enc: bool,
-        code: &str,
-        message: &str,
-    ) -> Result<(), Ending> {
+    fn respond(&mut self, id: u32, enc: bool, body: &[u8]) -> Step {
+        let flags = if enc { FLAG_ENC } else { 0 };
+        self.send_protected(MessageType::Response as u8, flags, id, "", body)
+    }
+
+    fn respond_error(&mut self, id: u32, enc: bool, code: &str, message: &str) -> Step {
         let body = json!({"code": code, "message": message}).to_string();
         let flags = FLAG_ERR | if enc { FLAG_ENC } else { 0 };
         self.send_protected(MessageType::Response as u8, flags, id, "", body.as_bytes())
-            .await
     }
 
-    async fn on_protected(&mut self, message: &mut [u8]) -> Result<(), Ending> {
+    async fn on_protected(&mut self, message: &mut [u8]) -> Step {
         let violation = |reason| Ending::new(close::PROTOCOL_VIOLATION, reason);
         let Phase::Established(est) = &mut self.phase else {
             return Err(violation("not established"));
         };
+        // Opened in place: `name` and `body` borrow the read buffer.
         let opened = est
             .opener
             .open(message)
@@ -557,56 +1133,54 @@ impl Conn {
         }
         let id = opened.id;
         if est.in_flight.len() >= self.shared.config.limits.max_in_flight {
-            return self
-                .respond_error(
-                    id,
-                    enc,
-                    "busy",
-                    "too many requests in flight; wait for responses",
-                )
-                .await;
+            return self.respond_error(
+                id,
+                enc,
+                "busy",
+                "too many requests in flight; wait for responses",
+            );
         }
-        let name = opened.name.to_owned();
-        let body = opened.body.to_vec();
+        let (name, body) = (opened.name, opened.body);
         match msg_type {
-            MessageType::Request => self.on_request(id, enc, &name, body).await,
+            MessageType::Request => self.on_request(id, enc, name, body),
             MessageType::Logout => self.on_logout(id, enc).await,
-            MessageType::Subscribe => self.on_subscribe(id, enc, &name).await,
-            MessageType::Unsubscribe => self.on_unsubscribe(id, enc, &name).await,
-            MessageType::Publish => self.on_publish(id, enc, &name, &body).await,
+            MessageType::Subscribe => self.on_subscribe(id, enc, name),
+            MessageType::Unsubscribe => self.on_unsubscribe(id, enc, name),
+            MessageType::Publish => self.on_publish(id, enc, name, body).await,
             _ => Err(violation("unexpected message type")),
         }
     }
 
-    async fn on_request(
-        &mut self,
-        id: u32,
-        enc: bool,
-        route_name: &str,
-        body: Vec<u8>,
-    ) -> Result<(), Ending> {
-        let Some(route) = self.shared.config.routes.lookup(route_name).cloned() else {
-            return self
-                .respond_error(id, enc, "not_found", &format!("no route {route_name:?}"))
-                .await;
-        };
-        if route.sensitive && !enc {
-            return self
-                .respond_error(
-                    id,
-                    enc,
-                    "encryption_required",
-                    &format!("route {route_name:?} is sensitive; send it with ENC"),
-                )
-                .await;
+    fn on_request(&mut self, id: u32, enc: bool, route_name: &str, body: &[u8]) -> Step {
+        /// What the route says to do, taken out of the shared table.
+        enum Action {
+            NotFound,
+            NeedsEnc,
+            Builtin(Builtin),
+            Upstream(http::Uri),
+            Handler(Arc<dyn crate::handler::RouteHandler>),
         }
-        let flags = if enc { FLAG_ENC } else { 0 };
-        match route.target {
-            Target::Builtin(Builtin::Echo) => {
-                self.send_protected(MessageType::Response as u8, flags, id, "", &body)
-                    .await
+        let action = match self.shared.config.routes.lookup(route_name) {
+            None => Action::NotFound,
+            Some(route) if route.sensitive && !enc => Action::NeedsEnc,
+            Some(route) => match &route.target {
+                Target::Builtin(b) => Action::Builtin(*b),
+                Target::Upstream(base) => Action::Upstream(base.clone()),
+                Target::Handler(h) => Action::Handler(h.clone()),
+            },
+        };
+        match action {
+            Action::NotFound => {
+                self.respond_error(id, enc, "not_found", &format!("no route {route_name:?}"))
             }
-            Target::Builtin(Builtin::Whoami) => {
+            Action::NeedsEnc => self.respond_error(
+                id,
+                enc,
+                "encryption_required",
+                &format!("route {route_name:?} is sensitive; send it with ENC"),
+            ),
+            Action::Builtin(Builtin::Echo) => self.respond(id, enc, body),
+            Action::Builtin(Builtin::Whoami) => {
                 let Phase::Established(est) = &self.phase else {
                     return Ok(());
                 };
@@ -616,21 +1190,17 @@ impl Conn {
                     "session_expires_in": est.expires_at.saturating_sub(crate::store::unix_now()),
                 })
                 .to_string();
-                self.send_protected(MessageType::Response as u8, flags, id, "", reply.as_bytes())
-                    .await
+                self.respond(id, enc, reply.as_bytes())
             }
-            Target::Upstream(base) => {
-                let Phase::Established(est) = &mut self.phase else {
+            Action::Upstream(base) => {
+                let (shared, ip) = (self.shared.clone(), self.ip_text.clone());
+                let Some(est) = self.established_mut() else {
                     return Ok(());
                 };
                 est.in_flight.insert(id);
-                let (shared, tx) = (self.shared.clone(), self.completions_tx.clone());
-                let (user, session_id, ip) = (
-                    est.user.clone(),
-                    est.session_id.clone(),
-                    self.ip_text.clone(),
-                );
-                let route_name = route_name.to_owned();
+                let tx = est.completion_sender(shared.config.limits.max_in_flight);
+                let (user, session_id) = (est.user.clone(), est.session_id.clone());
+                let (route_name, body) = (route_name.to_owned(), Bytes::copy_from_slice(body));
                 tokio::spawn(async move {
                     let caller = Caller {
                         user: &user,
@@ -640,7 +1210,7 @@ impl Conn {
                     let max = shared.config.limits.max_message_size;
                     let result = shared
                         .upstreams
-                        .forward(&base, &route_name, &caller, body.into(), max)
+                        .forward(&base, &route_name, &caller, body, max)
                         .await
                         .map(|b| b.to_vec())
                         .map_err(|e| (e.code(), e.message()));
@@ -648,17 +1218,21 @@ impl Conn {
                 });
                 Ok(())
             }
-            Target::Handler(handler) => {
-                let Phase::Established(est) = &mut self.phase else {
+            Action::Handler(handler) => {
+                let (max_in_flight, ip) = (
+                    self.shared.config.limits.max_in_flight,
+                    self.ip_text.clone(),
+                );
+                let Some(est) = self.established_mut() else {
                     return Ok(());
                 };
                 est.in_flight.insert(id);
-                let tx = self.completions_tx.clone();
+                let tx = est.completion_sender(max_in_flight);
                 let request = HandlerRequest {
                     route: route_name.to_owned(),
                     user: est.user.clone(),
-                    client_ip: self.ip_text.clone(),
-                    body: body.into(),
+                    client_ip: ip,
+                    body: Bytes::copy_from_slice(body),
                     encrypted: enc,
                 };
                 tokio::spawn(async move {
@@ -673,34 +1247,48 @@ impl Conn {
         }
     }
 
-    async fn on_completion(&mut self, done: Completion) -> Result<(), Ending> {
-        if let Phase::Established(est) = &mut self.phase {
-            est.in_flight.remove(&done.id);
-        }
-        match done.result {
-            Ok(body) => {
-                let flags = if done.enc { FLAG_ENC } else { 0 };
-                self.send_protected(MessageType::Response as u8, flags, done.id, "", &body)
-                    .await
-            }
-            Err((code, message)) => self.respond_error(done.id, done.enc, &code, &message).await,
+    fn established_mut(&mut self) -> Option<&mut Established> {
+        match &mut self.phase {
+            Phase::Established(est) => Some(est),
+            Phase::AwaitKeyInit { .. } => None,
         }
     }
 
-    async fn on_hub_message(&mut self, message: HubMessage) -> Result<(), Ending> {
+    fn on_completion(&mut self, done: Completion) -> Step {
+        if let Some(est) = self.established_mut() {
+            est.in_flight.remove(&done.id);
+        }
+        match done.result {
+            Ok(body) => self.respond(done.id, done.enc, &body),
+            Err((code, message)) => self.respond_error(done.id, done.enc, &code, &message),
+        }
+    }
+
+    fn on_hub_message(&mut self, message: HubMessage) -> Step {
         match message {
             HubMessage::Overflow => Err(Ending::new(
                 close::SLOW_CONSUMER,
                 "slow consumer: event queue full",
             )),
             HubMessage::Event(event) => {
-                let sensitive = self
-                    .shared
-                    .config
-                    .channels
-                    .lookup(&event.channel)
-                    .is_some_and(|m| m.rule.sensitive);
-                let flags = if sensitive { FLAG_ENC } else { 0 };
+                let Phase::Established(est) = &mut self.phase else {
+                    return Err(Ending::new(close::PROTOCOL_VIOLATION, "not established"));
+                };
+                // Events come in runs on the same channel: look its rule up once.
+                let flags = match &est.event_flags {
+                    Some((channel, flags)) if *channel == event.channel => *flags,
+                    _ => {
+                        let sensitive = self
+                            .shared
+                            .config
+                            .channels
+                            .lookup(&event.channel)
+                            .is_some_and(|m| m.rule.sensitive);
+                        let flags = if sensitive { FLAG_ENC } else { 0 };
+                        est.event_flags = Some((event.channel.clone(), flags));
+                        flags
+                    }
+                };
                 self.send_protected(
                     MessageType::Event as u8,
                     flags,
@@ -708,7 +1296,6 @@ impl Conn {
                     &event.channel,
                     &event.payload,
                 )
-                .await
             }
         }
     }
@@ -748,31 +1335,32 @@ impl Conn {
         Ok(())
     }
 
-    async fn on_subscribe(&mut self, id: u32, enc: bool, name: &str) -> Result<(), Ending> {
+    fn on_subscribe(&mut self, id: u32, enc: bool, name: &str) -> Step {
         if let Err((code, message)) = self.check_channel(enc, name, true) {
-            return self.respond_error(id, enc, code, &message).await;
+            return self.respond_error(id, enc, code, &message);
         }
         // While the fleet's event feed is down, a subscription could not
         // promise to receive every later publish: refuse rather than lie.
         if !self.shared.state.is_healthy() {
-            return self
-                .respond_error(
-                    id,
-                    enc,
-                    "unavailable",
-                    "the event feed is reconnecting; retry shortly",
-                )
-                .await;
+            return self.respond_error(
+                id,
+                enc,
+                "unavailable",
+                "the event feed is reconnecting; retry shortly",
+            );
         }
         let max = self.shared.config.limits.max_subscriptions;
         let hub = self.shared.hub.clone();
-        let Phase::Established(est) = &mut self.phase else {
+        let Some(est) = self.established_mut() else {
             return Ok(());
         };
         if !est.subscriptions.contains(name) && est.subscriptions.len() >= max {
-            return self
-                .respond_error(id, enc, "busy", "too many subscriptions on this connection")
-                .await;
+            return self.respond_error(
+                id,
+                enc,
+                "busy",
+                "too many subscriptions on this connection",
+            );
         }
         let mailbox = est.mailbox.get_or_insert_with(|| hub.mailbox());
         if !hub.subscribe(mailbox.id, name) {
@@ -784,69 +1372,240 @@ impl Conn {
         est.subscriptions.insert(name.to_owned());
         // The node's event feed runs from start-up, so every publish from
         // now on reaches this mailbox: the subscription is live.
-        let flags = if enc { FLAG_ENC } else { 0 };
-        self.send_protected(MessageType::Response as u8, flags, id, "", b"")
-            .await
+        self.respond(id, enc, b"")
     }
 
-    async fn on_unsubscribe(&mut self, id: u32, enc: bool, name: &str) -> Result<(), Ending> {
+    fn on_unsubscribe(&mut self, id: u32, enc: bool, name: &str) -> Step {
         let hub = self.shared.hub.clone();
-        if let Phase::Established(est) = &mut self.phase
+        if let Some(est) = self.established_mut()
             && est.subscriptions.remove(name)
             && let Some(mailbox) = &est.mailbox
         {
             hub.unsubscribe(mailbox.id, name);
         }
-        let flags = if enc { FLAG_ENC } else { 0 };
-        self.send_protected(MessageType::Response as u8, flags, id, "", b"")
-            .await
+        self.respond(id, enc, b"")
     }
 
-    async fn on_publish(
-        &mut self,
-        id: u32,
-        enc: bool,
-        name: &str,
-        body: &[u8],
-    ) -> Result<(), Ending> {
+    async fn on_publish(&mut self, id: u32, enc: bool, name: &str, body: &[u8]) -> Step {
         if let Err((code, message)) = self.check_channel(enc, name, false) {
-            return self.respond_error(id, enc, code, &message).await;
+            return self.respond_error(id, enc, code, &message);
         }
         if let Err(e) = self.shared.state.publish_event(name, body).await {
             tracing::error!(error = %e, "state store unavailable at PUBLISH");
-            return self
-                .respond_error(id, enc, "unavailable", "could not publish; retry")
-                .await;
+            return self.respond_error(id, enc, "unavailable", "could not publish; retry");
         }
-        let flags = if enc { FLAG_ENC } else { 0 };
-        self.send_protected(MessageType::Response as u8, flags, id, "", b"")
-            .await
+        self.respond(id, enc, b"")
     }
 
-    async fn on_logout(&mut self, id: u32, enc: bool) -> Result<(), Ending> {
+    async fn on_logout(&mut self, id: u32, enc: bool) -> Step {
         let Phase::Established(est) = &self.phase else {
             return Ok(());
         };
         let session_id = est.session_id.clone();
         if let Err(e) = self.shared.state.revoke_session(&session_id).await {
             tracing::error!(error = %e, "state store unavailable at LOGOUT");
-            return self
-                .respond_error(
-                    id,
-                    enc,
-                    "unavailable",
-                    "could not revoke the session; retry",
-                )
-                .await;
+            return self.respond_error(
+                id,
+                enc,
+                "unavailable",
+                "could not revoke the session; retry",
+            );
         }
-        let flags = if enc { FLAG_ENC } else { 0 };
-        self.send_protected(MessageType::Response as u8, flags, id, "", b"")
-            .await?;
+        self.respond(id, enc, b"")?;
         Err(Ending::new(close::SESSION_ENDED, "logged out"))
+    }
+}
+
+impl Established {
+    /// The sender for answers of requests handed to tasks, made on first use
+    /// (most connections never need it).
+    fn completion_sender(&mut self, capacity: usize) -> mpsc::Sender<Completion> {
+        let (tx, _) = self
+            .completions
+            .get_or_insert_with(|| mpsc::channel(capacity.max(1)));
+        tx.clone()
+    }
+}
+
+async fn recv_completion(rx: Option<&mut mpsc::Receiver<Completion>>) -> Completion {
+    match rx {
+        Some(rx) => match rx.recv().await {
+            Some(done) => done,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
+    }
+}
+
+async fn recv_hub(mailbox: Option<&mut Mailbox>) -> HubMessage {
+    match mailbox {
+        Some(m) => match m.recv().await {
+            Some(msg) => msg,
+            None => std::future::pending().await,
+        },
+        None => std::future::pending().await,
     }
 }
 
 fn expiry_instant(expires_at: u64) -> Instant {
     let left = expires_at.saturating_sub(crate::store::unix_now());
     Instant::now() + Duration::from_secs(left)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type Check = fn(&ReadResult) -> bool;
+
+    /// A masked client frame.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            n @ 0..=125 => out.push(0x80 | n as u8),
+            n @ 126..=65535 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    fn reader(max: usize) -> (FrameReader, tokio::io::DuplexStream) {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let stream: Box<dyn Stream> = Box::new(ours);
+        let (r, _w) = tokio::io::split(stream);
+        (FrameReader::new(ReadSide::Shared(r), max), theirs)
+    }
+
+    async fn feed(peer: &mut tokio::io::DuplexStream, bytes: &[u8]) {
+        peer.write_all(bytes).await.unwrap();
+    }
+
+    fn binary(r: ReadResult) -> Vec<u8> {
+        match r {
+            ReadResult::Binary(b) => b.to_vec(),
+            _ => panic!("not a binary message"),
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_frames_come_out_one_by_one_unmasked() {
+        let (mut r, mut peer) = reader(1 << 20);
+        let mut bytes = frame(true, 2, b"first");
+        bytes.extend(frame(true, 2, &[7u8; 300]));
+        bytes.extend(frame(true, 2, &vec![9u8; 70_000]));
+        feed(&mut peer, &bytes).await;
+        assert_eq!(binary(r.next().await), b"first");
+        assert!(r.has_buffered());
+        assert_eq!(binary(r.next().await), vec![7u8; 300]);
+        assert_eq!(binary(r.next().await), vec![9u8; 70_000]);
+        assert!(!r.has_buffered());
+        drop(peer);
+        assert!(matches!(r.next().await, ReadResult::Gone));
+    }
+
+    #[tokio::test]
+    async fn a_frame_trickled_byte_by_byte_survives_dropped_waits() {
+        let (mut r, mut peer) = reader(1 << 20);
+        let bytes = frame(true, 2, b"slowly");
+        for b in &bytes {
+            // Each wait is abandoned before the next byte: nothing is lost.
+            assert!(
+                tokio::time::timeout(Duration::from_millis(1), r.next())
+                    .await
+                    .is_err()
+            );
+            feed(&mut peer, &[*b]).await;
+        }
+        assert_eq!(binary(r.next().await), b"slowly");
+        r.shrink();
+        assert_eq!(r.buf.capacity(), 0, "an idle reader gives its buffer back");
+    }
+
+    #[tokio::test]
+    async fn fragments_are_joined_under_the_message_limit() {
+        let (mut r, mut peer) = reader(10);
+        let mut bytes = frame(false, 2, b"abc");
+        bytes.extend(frame(true, 9, b"ping"));
+        bytes.extend(frame(false, 0, b"def"));
+        bytes.extend(frame(true, 0, b"gh"));
+        feed(&mut peer, &bytes).await;
+        assert!(matches!(r.next().await, ReadResult::Ping(p) if &p[..] == b"ping"));
+        assert_eq!(binary(r.next().await), b"abcdefgh");
+        feed(
+            &mut peer,
+            &[frame(false, 2, b"123456"), frame(true, 0, b"78901")].concat(),
+        )
+        .await;
+        assert!(matches!(r.next().await, ReadResult::TooBig));
+    }
+
+    #[tokio::test]
+    async fn each_refusal_of_the_fastwebsockets_reader_is_kept() {
+        let cases: Vec<(Vec<u8>, Check)> = vec![
+            (frame(true, 2, &[0; 11]), |r| {
+                matches!(r, ReadResult::TooBig)
+            }),
+            (frame(true, 2, &[0; 10]), |r| {
+                matches!(r, ReadResult::Binary(_))
+            }),
+            (frame(true, 1, b"text"), |r| matches!(r, ReadResult::Text)),
+            (frame(true, 1, &[0xff]), |r| {
+                matches!(r, ReadResult::ProtocolError)
+            }),
+            (frame(false, 1, &[0xff]), |r| matches!(r, ReadResult::Text)),
+            ([0xC2, 0x80, 1, 2, 3, 4].to_vec(), |r| {
+                matches!(r, ReadResult::ProtocolError)
+            }),
+            (frame(true, 3, b""), |r| {
+                matches!(r, ReadResult::ProtocolError)
+            }),
+            (frame(false, 9, b""), |r| {
+                matches!(r, ReadResult::ProtocolError)
+            }),
+            (frame(true, 0, b"x"), |r| {
+                matches!(r, ReadResult::ProtocolError)
+            }),
+            // Control frames count against the limit too; pongs have no 125.
+            (frame(true, 10, &[0; 11]), |r| {
+                matches!(r, ReadResult::TooBig)
+            }),
+            (frame(true, 10, &[0; 10]), |r| matches!(r, ReadResult::Pong)),
+            (frame(true, 8, &[0x03, 0xe8, b'o', b'k']), |r| {
+                matches!(r, ReadResult::Close(Some(1000)))
+            }),
+            (frame(true, 8, &[0x03, 0xed]), |r| {
+                matches!(r, ReadResult::ProtocolError)
+            }),
+        ];
+        for (i, (bytes, ok)) in cases.into_iter().enumerate() {
+            let (mut r, mut peer) = reader(10);
+            feed(&mut peer, &bytes).await;
+            let got = r.next().await;
+            assert!(ok(&got), "case {i}");
+        }
+        // A ping over 125 bytes (the reader's limit does not matter).
+        let (mut r, mut peer) = reader(1000);
+        feed(&mut peer, &frame(true, 9, &[0; 126])).await;
+        assert!(matches!(r.next().await, ReadResult::ProtocolError));
+    }
+
+    #[tokio::test]
+    async fn after_a_too_big_frame_the_peers_close_is_still_read() {
+        let (mut r, mut peer) = reader(10);
+        feed(&mut peer, &frame(true, 2, &[0; 5000])[..100]).await;
+        assert!(matches!(r.next().await, ReadResult::TooBig));
+        let mut rest = frame(true, 2, &[0; 5000])[100..].to_vec();
+        rest.extend(frame(true, 8, &[0x03, 0xe8]));
+        feed(&mut peer, &rest).await;
+        assert!(matches!(r.next().await, ReadResult::Close(Some(1000))));
+    }
 }

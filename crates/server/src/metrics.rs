@@ -1,0 +1,176 @@
+//! Counters for `/metrics`, in the Prometheus text format.
+//!
+//! A fixed set of atomics: cheap on the hot path (one relaxed add), no
+//! labels chosen by clients (so no unbounded series), nothing secret.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Upper bounds (seconds) of the upstream latency histogram.
+const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+
+/// A counter.
+#[derive(Debug, Default)]
+pub(crate) struct Counter(AtomicU64);
+
+impl Counter {
+    pub(crate) fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn add(&self, n: u64) {
+        self.0.fetch_add(n, Ordering::Relaxed);
+    }
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A gauge that goes up and down.
+#[derive(Debug, Default)]
+pub(crate) struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub(crate) fn inc(&self) {
+        self.0.fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn dec(&self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+    pub(crate) fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug, Default)]
+pub(crate) struct Histogram {
+    buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub(crate) fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+    }
+}
+
+/// Frame counters of one direction.
+#[derive(Debug, Default)]
+pub(crate) struct FrameCounters {
+    pub(crate) plain_frames: Counter,
+    pub(crate) plain_bytes: Counter,
+    pub(crate) enc_frames: Counter,
+    pub(crate) enc_bytes: Counter,
+}
+
+impl FrameCounters {
+    pub(crate) fn record(&self, encrypted: bool, bytes: usize) {
+        let bytes = u64::try_from(bytes).unwrap_or(u64::MAX);
+        if encrypted {
+            self.enc_frames.inc();
+            self.enc_bytes.add(bytes);
+        } else {
+            self.plain_frames.inc();
+            self.plain_bytes.add(bytes);
+        }
+    }
+}
+
+/// Everything a node counts.
+#[derive(Debug, Default)]
+pub(crate) struct Metrics {
+    pub(crate) connections_open: Gauge,
+    pub(crate) connections_total: Counter,
+    pub(crate) logins_ok: Counter,
+    pub(crate) logins_failed: Counter,
+    pub(crate) logins_limited: Counter,
+    pub(crate) key_establishments_ok: Counter,
+    pub(crate) key_establishments_failed: Counter,
+    pub(crate) frames_in: FrameCounters,
+    pub(crate) frames_out: FrameCounters,
+    pub(crate) verification_failures: Counter,
+    pub(crate) upstream_latency: Histogram,
+    pub(crate) upstream_errors: Counter,
+    pub(crate) queue_drops: Counter,
+}
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+}
+
+impl Metrics {
+    /// The Prometheus text exposition.
+    pub(crate) fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        family(&mut o, "wsgate_connections_open", "gauge", "WebSocket connections open now.");
+        let _ = writeln!(o, "wsgate_connections_open {}", self.connections_open.get());
+        family(&mut o, "wsgate_connections_total", "counter", "WebSocket connections accepted.");
+        let _ = writeln!(o, "wsgate_connections_total {}", self.connections_total.get());
+        family(&mut o, "wsgate_logins_total", "counter", "Second login requests by outcome.");
+        for (result, c) in [("ok", &self.logins_ok), ("failed", &self.logins_failed), ("limited", &self.logins_limited)] {
+            let _ = writeln!(o, "wsgate_logins_total{{result=\"{result}\"}} {}", c.get());
+        }
+        family(&mut o, "wsgate_key_establishments_total", "counter", "KEY_INITs by outcome.");
+        for (result, c) in [("ok", &self.key_establishments_ok), ("failed", &self.key_establishments_failed)] {
+            let _ = writeln!(o, "wsgate_key_establishments_total{{result=\"{result}\"}} {}", c.get());
+        }
+        family(&mut o, "wsgate_frames_total", "counter", "Protected frames by direction and ENC.");
+        family(&mut o, "wsgate_frame_bytes_total", "counter", "Bytes of protected frames by direction and ENC.");
+        for (dir, f) in [("in", &self.frames_in), ("out", &self.frames_out)] {
+            for (enc, frames, bytes) in [("false", &f.plain_frames, &f.plain_bytes), ("true", &f.enc_frames, &f.enc_bytes)] {
+                let _ = writeln!(o, "wsgate_frames_total{{direction=\"{dir}\",enc=\"{enc}\"}} {}", frames.get());
+                let _ = writeln!(o, "wsgate_frame_bytes_total{{direction=\"{dir}\",enc=\"{enc}\"}} {}", bytes.get());
+            }
+        }
+        family(&mut o, "wsgate_verification_failures_total", "counter", "Protected frames that failed to verify (closed 4400).");
+        let _ = writeln!(o, "wsgate_verification_failures_total {}", self.verification_failures.get());
+        family(&mut o, "wsgate_upstream_request_duration_seconds", "histogram", "Upstream route latency.");
+        let mut cumulative = 0;
+        for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.upstream_latency.buckets) {
+            cumulative += bucket.load(Ordering::Relaxed);
+            let _ = writeln!(o, "wsgate_upstream_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.upstream_latency.count.load(Ordering::Relaxed);
+        let _ = writeln!(o, "wsgate_upstream_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.upstream_latency.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(o, "wsgate_upstream_request_duration_seconds_sum {sum}");
+        let _ = writeln!(o, "wsgate_upstream_request_duration_seconds_count {count}");
+        family(&mut o, "wsgate_upstream_errors_total", "counter", "Upstream requests that ended in an ERR.");
+        let _ = writeln!(o, "wsgate_upstream_errors_total {}", self.upstream_errors.get());
+        family(&mut o, "wsgate_queue_drops_total", "counter", "Slow consumers disconnected because their event queue was full.");
+        let _ = writeln!(o, "wsgate_queue_drops_total {}", self.queue_drops.get());
+        o
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_family_with_cumulative_buckets() {
+        let m = Metrics::default();
+        m.logins_ok.inc();
+        m.frames_in.record(true, 100);
+        m.upstream_latency.observe(Duration::from_millis(3));
+        m.upstream_latency.observe(Duration::from_secs(20));
+        let text = m.render();
+        assert!(text.contains("wsgate_logins_total{result=\"ok\"} 1"));
+        assert!(text.contains("wsgate_frame_bytes_total{direction=\"in\",enc=\"true\"} 100"));
+        assert!(text.contains("wsgate_upstream_request_duration_seconds_bucket{le=\"0.005\"} 1"));
+        assert!(text.contains("wsgate_upstream_request_duration_seconds_bucket{le=\"10\"} 1"));
+        assert!(text.contains("wsgate_upstream_request_duration_seconds_bucket{le=\"+Inf\"} 2"));
+        assert!(text.contains("wsgate_upstream_request_duration_seconds_count 2"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            assert_eq!(line.split(' ').count(), 2, "{line}");
+        }
+    }
+}
