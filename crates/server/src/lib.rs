@@ -38,6 +38,7 @@ pub mod handler;
 mod http;
 mod hub;
 pub mod keys;
+mod metrics;
 pub mod routes;
 pub mod store;
 mod upstream;
@@ -57,6 +58,7 @@ pub(crate) struct Shared {
     pub(crate) state: Arc<dyn store::StateStore>,
     pub(crate) sessions: ws::registry::SessionRegistry,
     pub(crate) open_connections: Arc<std::sync::atomic::AtomicUsize>,
+    pub(crate) metrics: metrics::Metrics,
     pub(crate) hub: hub::Hub,
     pub(crate) upstreams: upstream::Upstreams,
 }

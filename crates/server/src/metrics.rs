@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the upstream latency histogram.
-const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
+const LATENCY_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
 
 /// A counter.
 #[derive(Debug, Default)]
@@ -57,7 +59,10 @@ impl Histogram {
             self.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
         self.count.fetch_add(1, Ordering::Relaxed);
-        self.sum_micros.fetch_add(u64::try_from(d.as_micros()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -110,42 +115,132 @@ impl Metrics {
     /// The Prometheus text exposition.
     pub(crate) fn render(&self) -> String {
         let mut o = String::with_capacity(4096);
-        family(&mut o, "wsgate_connections_open", "gauge", "WebSocket connections open now.");
+        family(
+            &mut o,
+            "wsgate_connections_open",
+            "gauge",
+            "WebSocket connections open now.",
+        );
         let _ = writeln!(o, "wsgate_connections_open {}", self.connections_open.get());
-        family(&mut o, "wsgate_connections_total", "counter", "WebSocket connections accepted.");
-        let _ = writeln!(o, "wsgate_connections_total {}", self.connections_total.get());
-        family(&mut o, "wsgate_logins_total", "counter", "Second login requests by outcome.");
-        for (result, c) in [("ok", &self.logins_ok), ("failed", &self.logins_failed), ("limited", &self.logins_limited)] {
+        family(
+            &mut o,
+            "wsgate_connections_total",
+            "counter",
+            "WebSocket connections accepted.",
+        );
+        let _ = writeln!(
+            o,
+            "wsgate_connections_total {}",
+            self.connections_total.get()
+        );
+        family(
+            &mut o,
+            "wsgate_logins_total",
+            "counter",
+            "Second login requests by outcome.",
+        );
+        for (result, c) in [
+            ("ok", &self.logins_ok),
+            ("failed", &self.logins_failed),
+            ("limited", &self.logins_limited),
+        ] {
             let _ = writeln!(o, "wsgate_logins_total{{result=\"{result}\"}} {}", c.get());
         }
-        family(&mut o, "wsgate_key_establishments_total", "counter", "KEY_INITs by outcome.");
-        for (result, c) in [("ok", &self.key_establishments_ok), ("failed", &self.key_establishments_failed)] {
-            let _ = writeln!(o, "wsgate_key_establishments_total{{result=\"{result}\"}} {}", c.get());
+        family(
+            &mut o,
+            "wsgate_key_establishments_total",
+            "counter",
+            "KEY_INITs by outcome.",
+        );
+        for (result, c) in [
+            ("ok", &self.key_establishments_ok),
+            ("failed", &self.key_establishments_failed),
+        ] {
+            let _ = writeln!(
+                o,
+                "wsgate_key_establishments_total{{result=\"{result}\"}} {}",
+                c.get()
+            );
         }
-        family(&mut o, "wsgate_frames_total", "counter", "Protected frames by direction and ENC.");
-        family(&mut o, "wsgate_frame_bytes_total", "counter", "Bytes of protected frames by direction and ENC.");
+        family(
+            &mut o,
+            "wsgate_frames_total",
+            "counter",
+            "Protected frames by direction and ENC.",
+        );
+        family(
+            &mut o,
+            "wsgate_frame_bytes_total",
+            "counter",
+            "Bytes of protected frames by direction and ENC.",
+        );
         for (dir, f) in [("in", &self.frames_in), ("out", &self.frames_out)] {
-            for (enc, frames, bytes) in [("false", &f.plain_frames, &f.plain_bytes), ("true", &f.enc_frames, &f.enc_bytes)] {
-                let _ = writeln!(o, "wsgate_frames_total{{direction=\"{dir}\",enc=\"{enc}\"}} {}", frames.get());
-                let _ = writeln!(o, "wsgate_frame_bytes_total{{direction=\"{dir}\",enc=\"{enc}\"}} {}", bytes.get());
+            for (enc, frames, bytes) in [
+                ("false", &f.plain_frames, &f.plain_bytes),
+                ("true", &f.enc_frames, &f.enc_bytes),
+            ] {
+                let _ = writeln!(
+                    o,
+                    "wsgate_frames_total{{direction=\"{dir}\",enc=\"{enc}\"}} {}",
+                    frames.get()
+                );
+                let _ = writeln!(
+                    o,
+                    "wsgate_frame_bytes_total{{direction=\"{dir}\",enc=\"{enc}\"}} {}",
+                    bytes.get()
+                );
             }
         }
-        family(&mut o, "wsgate_verification_failures_total", "counter", "Protected frames that failed to verify (closed 4400).");
-        let _ = writeln!(o, "wsgate_verification_failures_total {}", self.verification_failures.get());
-        family(&mut o, "wsgate_upstream_request_duration_seconds", "histogram", "Upstream route latency.");
+        family(
+            &mut o,
+            "wsgate_verification_failures_total",
+            "counter",
+            "Protected frames that failed to verify (closed 4400).",
+        );
+        let _ = writeln!(
+            o,
+            "wsgate_verification_failures_total {}",
+            self.verification_failures.get()
+        );
+        family(
+            &mut o,
+            "wsgate_upstream_request_duration_seconds",
+            "histogram",
+            "Upstream route latency.",
+        );
         let mut cumulative = 0;
         for (bound, bucket) in LATENCY_BUCKETS.iter().zip(&self.upstream_latency.buckets) {
             cumulative += bucket.load(Ordering::Relaxed);
-            let _ = writeln!(o, "wsgate_upstream_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(
+                o,
+                "wsgate_upstream_request_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
         }
         let count = self.upstream_latency.count.load(Ordering::Relaxed);
-        let _ = writeln!(o, "wsgate_upstream_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            o,
+            "wsgate_upstream_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let sum = self.upstream_latency.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
         let _ = writeln!(o, "wsgate_upstream_request_duration_seconds_sum {sum}");
         let _ = writeln!(o, "wsgate_upstream_request_duration_seconds_count {count}");
-        family(&mut o, "wsgate_upstream_errors_total", "counter", "Upstream requests that ended in an ERR.");
-        let _ = writeln!(o, "wsgate_upstream_errors_total {}", self.upstream_errors.get());
-        family(&mut o, "wsgate_queue_drops_total", "counter", "Slow consumers disconnected because their event queue was full.");
+        family(
+            &mut o,
+            "wsgate_upstream_errors_total",
+            "counter",
+            "Upstream requests that ended in an ERR.",
+        );
+        let _ = writeln!(
+            o,
+            "wsgate_upstream_errors_total {}",
+            self.upstream_errors.get()
+        );
+        family(
+            &mut o,
+            "wsgate_queue_drops_total",
+            "counter",
+            "Slow consumers disconnected because their event queue was full.",
+        );
         let _ = writeln!(o, "wsgate_queue_drops_total {}", self.queue_drops.get());
         o
     }

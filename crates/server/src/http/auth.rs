@@ -232,6 +232,7 @@ async fn second_request(
         return Ok(failed(ScramError::OtherError));
     };
     if let Some(wait) = limited(shared, &exchange.username, ip_text).await? {
+        shared.metrics.logins_limited.inc();
         return Ok(rate_limited(wait));
     }
     let user = shared.credentials.get_user(&exchange.username).await?;
@@ -250,6 +251,7 @@ async fn second_request(
         (Err(e), _) => {
             count_failure(shared, Some(&exchange.username), ip_text).await?;
             tracing::info!(user = %exchange.username, ip = %ip_text, reason = e.code(), "login failed");
+            shared.metrics.logins_failed.inc();
             return Ok(failed(e));
         }
         (Ok(_), None) => return Ok(failed(ScramError::InvalidProof)),
@@ -270,6 +272,7 @@ async fn second_request(
     };
     shared.state.put_session(&session_id, &record).await?;
     tracing::info!(user = %user.name, ip = %ip_text, "login succeeded");
+    shared.metrics.logins_ok.inc();
     Ok(json_response(
         StatusCode::OK,
         &json!({

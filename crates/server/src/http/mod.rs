@@ -22,3 +22,15 @@ pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Res
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     resp
 }
+
+/// `GET /metrics`: Prometheus text format. Counts only; nothing secret.
+pub(crate) async fn metrics(
+    axum::extract::State(shared): axum::extract::State<std::sync::Arc<crate::Shared>>,
+) -> Response {
+    let mut resp = shared.metrics.render().into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    resp
+}

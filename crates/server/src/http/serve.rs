@@ -46,6 +46,7 @@ impl Gateway {
                 sessions,
                 open_connections: Arc::new(AtomicUsize::new(0)),
                 hub: crate::hub::Hub::default(),
+                metrics: crate::metrics::Metrics::default(),
                 upstreams: crate::upstream::Upstreams::new(&config_upstream),
             }),
         }
@@ -74,7 +75,8 @@ impl Gateway {
             .route("/api/publish", post(http::api::publish))
             .route("/auth/introspect", post(http::api::introspect))
             .route("/sm.js", get(http::assets::sm_js))
-            .route("/healthz", get(|| async { "ok" }));
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/metrics", get(http::metrics));
         if self.shared.config.raw_echo {
             tracing::warn!("[testing] raw_echo is on: /raw-echo echoes anything, unauthenticated");
             router = router.route("/raw-echo", get(ws::raw_echo::upgrade));

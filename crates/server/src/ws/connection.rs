@@ -708,9 +708,27 @@ impl Drop for Conn {
     }
 }
 
+/// Counts the connection in `/metrics` while it lives.
+struct OpenConnection(Arc<Shared>);
+
+impl OpenConnection {
+    fn new(shared: Arc<Shared>) -> Self {
+        shared.metrics.connections_total.inc();
+        shared.metrics.connections_open.inc();
+        Self(shared)
+    }
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.metrics.connections_open.dec();
+    }
+}
+
 /// Runs a connection to its end.
 pub(crate) async fn run(shared: Arc<Shared>, ws: WebSocket<Io>, ip: IpAddr) {
     let _guard = ConnGuard::new(shared.open_connections.clone());
+    let _counted = OpenConnection::new(shared.clone());
     let (read, write) = split(ws);
     let limits = &shared.config.limits;
     let mut reader = FrameReader::new(read, limits.max_message_size);
@@ -1016,7 +1034,11 @@ impl Conn {
 
     async fn on_key_init(&mut self, message: &[u8], nonce: &[u8; 32]) -> Step {
         let violation = || Ending::new(close::PROTOCOL_VIOLATION, "expected KEY_INIT");
-        let auth_failed = |reason| Ending::new(close::AUTH_FAILED, reason);
+        let shared = self.shared.clone();
+        let auth_failed = |reason| {
+            shared.metrics.key_establishments_failed.inc();
+            Ending::new(close::AUTH_FAILED, reason)
+        };
         let env = envelope::decode(message).map_err(|_| violation())?;
         if env.msg_type != MessageType::KeyInit as u8 || env.flags != 0 || env.id != 0 {
             return Err(violation());
@@ -1054,6 +1076,7 @@ impl Conn {
         let dp =
             key_exchange::open_key_init(key, &key_init, session_id, &record.session_key, nonce)
                 .map_err(|_| auth_failed("KEY_INIT did not open"))?;
+        self.shared.metrics.key_establishments_ok.inc();
         let keys = TrafficKeys::derive(&dp, nonce);
         let (sealer, opener) = keys.server_pair();
         let registration = self.shared.sessions.register(session_id);
@@ -1093,6 +1116,10 @@ impl Conn {
         let Phase::Established(est) = &mut self.phase else {
             return Err(Ending::new(close::PROTOCOL_VIOLATION, "not established"));
         };
+        self.shared
+            .metrics
+            .frames_out
+            .record(flags & FLAG_ENC != 0, body.len());
         self.out
             .sealed(&mut est.sealer, msg_type, flags, id, name, body)
     }
@@ -1114,11 +1141,13 @@ impl Conn {
             return Err(violation("not established"));
         };
         // Opened in place: `name` and `body` borrow the read buffer.
-        let opened = est
-            .opener
-            .open(message)
-            .map_err(|_| violation("frame failed to verify"))?;
+        let metrics = &self.shared.metrics;
+        let opened = est.opener.open(message).map_err(|_| {
+            metrics.verification_failures.inc();
+            violation("frame failed to verify")
+        })?;
         let enc = opened.is_encrypted();
+        metrics.frames_in.record(enc, opened.body.len());
         if opened.flags & FLAG_ERR != 0 {
             return Err(violation("ERR flag on a client frame"));
         }
@@ -1208,12 +1237,17 @@ impl Conn {
                         client_ip: &ip,
                     };
                     let max = shared.config.limits.max_message_size;
+                    let started = std::time::Instant::now();
                     let result = shared
                         .upstreams
                         .forward(&base, &route_name, &caller, body, max)
                         .await
                         .map(|b| b.to_vec())
                         .map_err(|e| (e.code(), e.message()));
+                    shared.metrics.upstream_latency.observe(started.elapsed());
+                    if result.is_err() {
+                        shared.metrics.upstream_errors.inc();
+                    }
                     let _ = tx.send(Completion { id, enc, result }).await;
                 });
                 Ok(())
@@ -1266,10 +1300,13 @@ impl Conn {
 
     fn on_hub_message(&mut self, message: HubMessage) -> Step {
         match message {
-            HubMessage::Overflow => Err(Ending::new(
-                close::SLOW_CONSUMER,
-                "slow consumer: event queue full",
-            )),
+            HubMessage::Overflow => {
+                self.shared.metrics.queue_drops.inc();
+                Err(Ending::new(
+                    close::SLOW_CONSUMER,
+                    "slow consumer: event queue full",
+                ))
+            }
             HubMessage::Event(event) => {
                 let Phase::Established(est) = &mut self.phase else {
                     return Err(Ending::new(close::PROTOCOL_VIOLATION, "not established"));

@@ -12,6 +12,7 @@ mod embedding;
 mod fleet;
 mod login;
 mod logs;
+mod metrics;
 mod nginx;
 mod roles;
 mod upstream;
