@@ -96,6 +96,29 @@ impl Gw {
         .with_context(|| format!("logging in as {:?} at {}", self.user, self.config.addr))
     }
 
+    /// The same gateway reached through a proxy at `config`, whose process
+    /// `proxy_pid` counts in its CPU time.
+    pub(crate) fn behind(&self, config: ClientConfig, proxy_pid: u32) -> Gw {
+        Gw {
+            config,
+            cpu: self.cpu.map(|m| m.plus(proxy_pid)),
+            api_key: self.api_key.clone(),
+            channels_unavailable: self.channels_unavailable.clone(),
+            user: self.user.clone(),
+            password: self.password.clone(),
+            sessions: tokio::sync::Mutex::new(HashMap::new()),
+            cache: self.cache.clone(),
+            process: std::sync::Mutex::new(None),
+            _dir: None,
+        }
+    }
+
+    /// The data directory of a gateway the bench started (`cert.pem` and
+    /// `key.pem` there for a TLS one).
+    pub(crate) fn dir(&self) -> Option<&Path> {
+        self._dir.as_ref().map(|d| d.path())
+    }
+
     /// The gateway's RSS in KiB, when its process id is known.
     pub(crate) fn rss_kib(&self) -> Option<u64> {
         self.cpu.and_then(|m| procfs::rss_kib(m.pid()).ok())

@@ -11,6 +11,7 @@
 //! | `login` | SCRAM login (GET /auth/key + two PUT /auth/session) → per second, server CPU per login | — |
 //! | `idle` | C authenticated connections held → server RSS per connection | raw WebSocket connections; `wss://` connections |
 //! | `fanout` | S subscribers on one channel, publishes at a rate → deliveries/s, p99 publish-to-delivery | — |
+//! | `proxy` | the `echo` load through nginx → nginx + gateway CPU µs per request | `wss://` terminated at nginx and re-encrypted to the gateway |
 //!
 //! By default the bench starts its own gateways (the `wsgate` binary it runs
 //! from, pinned with `taskset -c 0` while the load generator runs on core 1),
@@ -51,6 +52,9 @@ pub enum Scenario {
     Login,
     /// Key establishments (reconnects with an existing session) per second.
     Keys,
+    /// Echo through nginx: plain `ws://` passed through versus `wss://`
+    /// terminated and re-encrypted; CPU of nginx plus the gateway.
+    Proxy,
     /// Every scenario above, in that order.
     All,
     /// Redraw the SVG plots (and Markdown) from a JSON result file (`--from`).
@@ -66,6 +70,7 @@ impl Scenario {
                 Self::Login,
                 Self::Idle,
                 Self::Fanout,
+                Self::Proxy,
             ],
             other => vec![other],
         }
@@ -196,6 +201,7 @@ async fn run_scenarios(args: BenchArgs) -> Result<ExitCode> {
             Scenario::Login => scenarios::login::run(&env, &args).await,
             Scenario::Idle => scenarios::idle::run(&env, &args).await,
             Scenario::Fanout => scenarios::fanout::run(&env, &args).await,
+            Scenario::Proxy => scenarios::proxy::run(&env, &args).await,
             Scenario::All | Scenario::Plot => continue,
         };
         match result {

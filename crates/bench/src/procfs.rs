@@ -42,21 +42,36 @@ pub(crate) fn rss_kib(pid: u32) -> io::Result<u64> {
         .ok_or_else(|| io::Error::other(format!("no VmRSS in /proc/{pid}/status")))
 }
 
-/// A CPU-time meter for one process.
+/// A CPU-time meter for one process (or two, summed: a gateway and the
+/// proxy in front of it).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CpuMeter {
     pid: u32,
+    also: Option<u32>,
     ticks_per_sec: f64,
 }
 
 impl CpuMeter {
     pub(crate) fn new(pid: u32, ticks_per_sec: f64) -> Self {
-        Self { pid, ticks_per_sec }
+        Self {
+            pid,
+            also: None,
+            ticks_per_sec,
+        }
     }
 
-    /// CPU seconds used so far (0 if the process is gone).
+    /// This meter plus process `pid`'s CPU time.
+    pub(crate) fn plus(self, pid: u32) -> Self {
+        Self {
+            also: Some(pid),
+            ..self
+        }
+    }
+
+    /// CPU seconds used so far (0 for a process that is gone).
     pub(crate) fn seconds(&self) -> f64 {
-        cpu_ticks(self.pid).map_or(0.0, |t| t as f64 / self.ticks_per_sec)
+        let ticks = |pid| cpu_ticks(pid).map_or(0.0, |t| t as f64 / self.ticks_per_sec);
+        ticks(self.pid) + self.also.map_or(0.0, ticks)
     }
 
     /// The process id.

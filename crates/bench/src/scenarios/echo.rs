@@ -26,28 +26,28 @@ const RAW_TLS: &str = "raw wss://";
 const WSS: &str = "wsgate wss:// all tagged (baseline 2)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     Raw,
     Gate,
 }
 
 #[derive(Debug, Clone)]
-struct Variant {
-    name: String,
-    transport: Transport,
-    kind: Kind,
-    share: f64,
+pub(crate) struct Variant {
+    pub(crate) name: String,
+    pub(crate) transport: Transport,
+    pub(crate) kind: Kind,
+    pub(crate) share: f64,
     /// Runs on the `--before-bin` gateway.
-    before: bool,
+    pub(crate) before: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct RunResult {
-    rate: f64,
-    p50: f64,
-    p99: f64,
-    server_us: f64,
-    client_us: f64,
+pub(crate) struct RunResult {
+    pub(crate) rate: f64,
+    pub(crate) p50: f64,
+    pub(crate) p99: f64,
+    pub(crate) server_us: f64,
+    pub(crate) client_us: f64,
 }
 
 enum EchoConn {
@@ -243,7 +243,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
     Ok(result)
 }
 
-fn mixed_name(share: f64) -> String {
+pub(crate) fn mixed_name(share: f64) -> String {
     let pct = share * 100.0;
     if (pct - pct.round()).abs() < 1e-9 {
         format!("wsgate ws:// {pct:.0}% ENC")
@@ -311,7 +311,7 @@ fn add_targets(result: &mut ScenarioResult, mixed: &str, share: f64, smoke: bool
     result.targets.extend(targets);
 }
 
-async fn run_variant(
+pub(crate) async fn run_variant(
     env: &Env,
     gw: &Arc<Gw>,
     v: &Variant,

@@ -6,6 +6,7 @@ pub(crate) mod fanout;
 pub(crate) mod idle;
 pub(crate) mod keys;
 pub(crate) mod login;
+pub(crate) mod proxy;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;

@@ -492,6 +492,11 @@ impl FrameReader {
             return Err(ReadResult::ProtocolError);
         }
         let masked = b1 & 0x80 != 0;
+        // RFC 6455 §5.1: a server MUST close on an unmasked client frame.
+        if !masked {
+            self.broken = true;
+            return Err(ReadResult::ProtocolError);
+        }
         let extra = match b1 & 0x7F {
             126 => 2,
             127 => 8,
@@ -524,7 +529,8 @@ impl FrameReader {
             self.broken = true;
             return Err(ReadResult::ProtocolError);
         }
-        if opcode == client_op::PING && payload_len > 125 {
+        // RFC 6455 §5.5: every control frame carries at most 125 bytes.
+        if control && payload_len > 125 {
             self.broken = true;
             return Err(ReadResult::ProtocolError);
         }

@@ -1444,7 +1444,6 @@ async fn established_raw(gw: &TestGateway) -> (RawWs, wsgate_proto::protect::Sea
 }
 
 #[tokio::test]
-#[ignore = "gateway weakness: /ws accepts unmasked client frames (RFC 6455 §5.1: the server MUST close); ws/connection.rs should adopt raw_echo's MaskCheck"]
 async fn an_unmasked_client_frame_closes_with_1002() {
     let gw = TestGateway::start("").await;
     let (mut ws, mut sealer) = established_raw(&gw).await;
@@ -1463,7 +1462,6 @@ async fn an_unmasked_client_frame_closes_with_1002() {
 }
 
 #[tokio::test]
-#[ignore = "gateway weakness: /ws answers a close frame over 125 bytes (RFC 6455 §5.5: control frames are at most 125) with 1000 instead of failing with 1002"]
 async fn control_frames_over_125_bytes_close_with_1002() {
     let gw = TestGateway::start("").await;
     let (mut ws, _) = established_raw(&gw).await;
