@@ -27,7 +27,8 @@ use crate::BenchArgs;
 use crate::gateway::{Env, Transport};
 use crate::report::{Row, ScenarioResult, Stat, TargetCheck};
 
-const TLS_PATH: &str = "wss:// → nginx (TLS terminated, re-encrypted) → wss:// wsgate, all tagged (baseline)";
+const TLS_PATH: &str =
+    "wss:// → nginx (TLS terminated, re-encrypted) → wss:// wsgate, all tagged (baseline)";
 const CPU: &str = "nginx + gateway CPU µs/req";
 
 /// nginx, started for the scenario and killed when dropped.
@@ -180,8 +181,13 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         .dir()
         .ok_or_else(|| anyhow!("the TLS gateway has no certificate directory"))?;
     let pem = std::fs::read(cert_dir.join("cert.pem"))?;
-    let (nginx, plain_addr, tls_addr) =
-        start_nginx(bin, plain.config.addr, tls.config.addr, cert_dir, env.pinned())?;
+    let (nginx, plain_addr, tls_addr) = start_nginx(
+        bin,
+        plain.config.addr,
+        tls.config.addr,
+        cert_dir,
+        env.pinned(),
+    )?;
     let nginx_pid = nginx.child.id();
     let via_plain = Arc::new(plain.behind(
         ClientConfig::new(&format!("http://{plain_addr}"))?.timeout(Duration::from_secs(30)),
@@ -230,7 +236,10 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
             via_plain.clone(),
         ));
     }
-    variants.push((variant(TLS_PATH.into(), Transport::Tls, 0.0), via_tls.clone()));
+    variants.push((
+        variant(TLS_PATH.into(), Transport::Tls, 0.0),
+        via_tls.clone(),
+    ));
     variants.retain(|(v, _)| args.selected(&v.name));
 
     let payload: Arc<Vec<u8>> = Arc::new((0..args.payload).map(|i| (i % 251) as u8).collect());
@@ -273,7 +282,10 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         .map(|s| s.median);
     result.targets.push(TargetCheck::new(
         "through nginx: total CPU per message ≤ 0.7× the TLS-terminating-and-re-encrypting path",
-        plain_ratio.map_or_else(|| "–".into(), |v| format!("{v:.3}× (at the first row's mix)")),
+        plain_ratio.map_or_else(
+            || "–".into(),
+            |v| format!("{v:.3}× (at the first row's mix)"),
+        ),
         if args.smoke {
             None
         } else {

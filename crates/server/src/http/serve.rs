@@ -168,6 +168,14 @@ impl Gateway {
             });
         }
         drop(listener);
+        // WebSockets: answer what is in flight, then close 1001 (10 s at most).
+        self.shared.sessions.shutdown_all();
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        while self.shared.metrics.connections_open.get() > 0
+            && tokio::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
         drop(draining);
         let _ = stop_tx.send(true);
         tokio::select! {

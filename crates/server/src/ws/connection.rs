@@ -860,6 +860,13 @@ impl Conn {
     /// Handles one wake; `Err` ends the loop.
     async fn on_wake(&mut self, wake: Wake, reader: &mut FrameReader) -> Result<(), End> {
         match wake {
+            Wake::Revoked if self.shared.sessions.is_shutting_down() => {
+                self.finish_in_flight().await;
+                Err((
+                    Some(Ending::new(close::GOING_AWAY, "server shutting down")),
+                    false,
+                ))
+            }
             Wake::Revoked => Err((
                 Some(Ending::new(close::SESSION_ENDED, "session ended")),
                 false,
@@ -1283,6 +1290,24 @@ impl Conn {
                     let _ = tx.send(Completion { id, enc, result }).await;
                 });
                 Ok(())
+            }
+        }
+    }
+
+    /// Answers the requests still in flight (up to 5 s) before a shutdown.
+    async fn finish_in_flight(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while self
+            .established_mut()
+            .is_some_and(|est| !est.in_flight.is_empty())
+        {
+            let (completions, _) = self.sources();
+            let Ok(done) = tokio::time::timeout_at(deadline, recv_completion(completions)).await
+            else {
+                return;
+            };
+            if self.on_completion(done).is_err() {
+                return;
             }
         }
     }

@@ -29,6 +29,7 @@ struct Inner {
     state: Arc<dyn StateStore>,
     sessions: Mutex<HashMap<String, Entry>>,
     started: OnceLock<()>,
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 /// A connection's registration; dropping it unregisters.
@@ -46,6 +47,7 @@ impl SessionRegistry {
                 state,
                 sessions: Mutex::new(HashMap::new()),
                 started: OnceLock::new(),
+                shutting_down: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -72,6 +74,26 @@ impl SessionRegistry {
                 }
             }
         });
+    }
+
+    /// Wakes every registered connection for a graceful shutdown: they
+    /// see [`is_shutting_down`](Self::is_shutting_down) and close with 1001.
+    /// (The revocation wake-up is reused so idle connections cost nothing
+    /// extra per message.)
+    pub(crate) fn shutdown_all(&self) {
+        self.inner
+            .shutting_down
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        for entry in self.inner.lock().values() {
+            entry.revoked.send_replace(true);
+        }
+    }
+
+    /// Whether [`shutdown_all`](Self::shutdown_all) was called.
+    pub(crate) fn is_shutting_down(&self) -> bool {
+        self.inner
+            .shutting_down
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Registers a connection of `session_id`.

@@ -39,7 +39,7 @@ pub(crate) fn run(args: &[&str], stdin: Option<&str>) -> (bool, String, String) 
 
 /// A `wsgate serve` process; killed when dropped.
 pub(crate) struct Served {
-    child: Child,
+    pub(crate) child: Child,
     pub(crate) addr: std::net::SocketAddr,
 }
 
@@ -310,4 +310,56 @@ fn unreachable_stores_at_start_are_named_in_the_error() {
         assert!(err.contains(expect), "{setting}: {err}");
         assert!(!err.contains("hunter2"), "passwords never printed: {err}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_closes_websockets_with_1001_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut served = serve(&[
+        "--demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let config = ClientConfig::from_addr(served.addr);
+    let session = login(&config, "demo", "wsgate-demo").await.unwrap();
+    let mut conn = session.connect(&config).await.unwrap();
+    assert_eq!(
+        conn.request("sys.echo", b"before", true).await.unwrap(),
+        b"before"
+    );
+    let started = std::time::Instant::now();
+    let killed = Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(conn.raw().expect_close().await.unwrap(), Some(1001));
+    let status = loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    // The session outlives the process (journaled): a restarted node accepts it.
+    let again = serve(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let mut conn = session
+        .connect(&ClientConfig::from_addr(again.addr))
+        .await
+        .unwrap();
+    assert_eq!(
+        conn.request("sys.echo", b"after", true).await.unwrap(),
+        b"after"
+    );
 }

@@ -114,13 +114,16 @@ async fn a_three_node_fleet_on_redis_and_postgres_survives_a_redis_restart() {
     let redis = RedisServer::start().unwrap();
     let redis_port = redis.port();
     let pg = PgServer::start().unwrap();
-    let fleet = start_fleet(&redis, &pg).await;
+    let Fleet {
+        auth,
+        b: node_b,
+        c: node_c,
+        _dir,
+    } = start_fleet(&redis, &pg).await;
 
     // Login on the auth node; a node without the module refuses logins.
-    let session = login(&at(&fleet.auth), "alice", "alice password")
-        .await
-        .unwrap();
-    let err = login(&at(&fleet.b), "alice", "alice password")
+    let session = login(&at(&auth), "alice", "alice password").await.unwrap();
+    let err = login(&at(&node_b), "alice", "alice password")
         .await
         .unwrap_err();
     assert!(
@@ -129,11 +132,11 @@ async fn a_three_node_fleet_on_redis_and_postgres_survives_a_redis_restart() {
     );
 
     // WebSocket on B; publish through C's API reaches it.
-    let mut on_b = session.connect(&at(&fleet.b)).await.unwrap();
+    let mut on_b = session.connect(&at(&node_b)).await.unwrap();
     on_b.call(MessageType::Subscribe, "user.alice.inbox", b"", true)
         .await
         .unwrap();
-    let reply = api_publish(fleet.c.addr, "user.alice.inbox", json!({"n": 1})).await;
+    let reply = api_publish(node_c.addr, "user.alice.inbox", json!({"n": 1})).await;
     assert_eq!(reply.status, 200, "{:?}", reply.json);
     let ev = on_b.recv().await.unwrap();
     assert_eq!(
@@ -142,10 +145,8 @@ async fn a_three_node_fleet_on_redis_and_postgres_survives_a_redis_restart() {
     );
 
     // A private channel refuses another user, on any node.
-    let bob = login(&at(&fleet.auth), "bob", "bob password")
-        .await
-        .unwrap();
-    let mut bob_on_c = bob.connect(&at(&fleet.c)).await.unwrap();
+    let bob = login(&at(&auth), "bob", "bob password").await.unwrap();
+    let mut bob_on_c = bob.connect(&at(&node_c)).await.unwrap();
     let e = bob_on_c
         .call(MessageType::Subscribe, "user.alice.inbox", b"", true)
         .await
@@ -153,8 +154,8 @@ async fn a_three_node_fleet_on_redis_and_postgres_survives_a_redis_restart() {
     assert_eq!(e.server_code(), Some("forbidden"));
 
     // Logout on C ends the session everywhere.
-    let mut alice_on_auth = session.connect(&at(&fleet.auth)).await.unwrap();
-    let alice_on_c = session.connect(&at(&fleet.c)).await.unwrap();
+    let mut alice_on_auth = session.connect(&at(&auth)).await.unwrap();
+    let alice_on_c = session.connect(&at(&node_c)).await.unwrap();
     alice_on_c.logout().await.unwrap();
     assert_eq!(on_b.raw().expect_close().await.unwrap(), Some(4001));
     assert_eq!(
@@ -163,7 +164,7 @@ async fn a_three_node_fleet_on_redis_and_postgres_survives_a_redis_restart() {
     );
     assert_eq!(
         session
-            .connect(&at(&fleet.b))
+            .connect(&at(&node_b))
             .await
             .unwrap_err()
             .close_code(),
@@ -173,14 +174,12 @@ async fn a_three_node_fleet_on_redis_and_postgres_survives_a_redis_restart() {
     // Redis goes away: clear, fast errors instead of hangs.
     drop(redis);
     let started = Instant::now();
-    let err = login(&at(&fleet.auth), "bob", "bob password")
-        .await
-        .unwrap_err();
+    let err = login(&at(&auth), "bob", "bob password").await.unwrap_err();
     assert!(
         matches!(err, Error::UnexpectedReply { status: 503, .. }),
         "{err:?}"
     );
-    let reply = api_publish(fleet.c.addr, "user.bob.x", json!(1)).await;
+    let reply = api_publish(node_c.addr, "user.bob.x", json!(1)).await;
     assert_eq!(reply.status, 503);
     assert!(
         started.elapsed() < Duration::from_secs(8),
@@ -199,14 +198,14 @@ async fn a_three_node_fleet_on_redis_and_postgres_survives_a_redis_restart() {
     // Redis comes back (empty): the nodes recover without a restart.
     let _redis = RedisServer::start_on(redis_port).unwrap();
     let bob = eventually(Duration::from_secs(20), || async {
-        login(&at(&fleet.auth), "bob", "bob password")
+        login(&at(&auth), "bob", "bob password")
             .await
             .map_err(|e| e.to_string())
     })
     .await;
     // B may need a moment longer to reconnect (KEY_INIT closes with 1011 meanwhile).
     let mut bob_on_b = eventually(Duration::from_secs(20), || async {
-        bob.connect(&at(&fleet.b)).await.map_err(|e| e.to_string())
+        bob.connect(&at(&node_b)).await.map_err(|e| e.to_string())
     })
     .await;
     // SUBSCRIBE is refused (ERR unavailable) until B's event feed is back.
@@ -226,8 +225,22 @@ async fn a_three_node_fleet_on_redis_and_postgres_survives_a_redis_restart() {
             Err(e) => panic!("subscribe after recovery: {e:?}"),
         }
     }
-    let reply = api_publish(fleet.auth.addr, "user.bob.news", json!("back")).await;
+    let reply = api_publish(auth.addr, "user.bob.news", json!("back")).await;
     assert_eq!(reply.status, 200);
     let ev = bob_on_b.recv().await.unwrap();
     assert_eq!(ev.body, br#""back""#);
+
+    // Node B dies with a client on it: the client reconnects to another node
+    // and keeps its session (no new login).
+    drop(node_b);
+    match bob_on_b.recv().await {
+        Err(Error::Closed { .. }) => {}
+        other => panic!("expected the connection to drop, got {other:?}"),
+    }
+    let mut bob_on_c = bob.connect(&at(&node_c)).await.unwrap();
+    assert_eq!(
+        bob_on_c.request("sys.echo", b"moved", true).await.unwrap(),
+        b"moved"
+    );
+    drop(auth);
 }
