@@ -418,7 +418,7 @@ fn config_text(dir: &Path, api_key: &str, tls: bool, channels: bool) -> String {
     // not be what a benchmark measures.
     text.push_str(
         "\n[limits]\nmax_connections = 2000000\nidle_timeout_secs = 86400\nping_interval_secs = 43200\n\
-         \n[login]\niterations = 4096\nmax_failures_per_user = 1000000\nmax_failures_per_ip = 1000000\n\
+         \n[login]\niterations = 4096\nmax_failures_per_user = 1000000\nmax_failures_per_ip = 1000000\nmax_starts_per_ip = 10000000\n\
          \n[testing]\nraw_echo = true\n",
     );
     if channels {
