@@ -20,7 +20,7 @@ use wsgate_client::RawSocket;
 
 use super::{Timing, quantile_us, timing};
 use crate::BenchArgs;
-use crate::gateway::{Env, Gw, Transport};
+use crate::gateway::{BEFORE, Env, Gw, Transport};
 use crate::load::{self, Shared};
 use crate::report::{Row, ScenarioResult, Stat, TargetCheck, fmt_num};
 
@@ -52,12 +52,22 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         .unwrap_or(if args.smoke { 2 } else { 8 })
         .max(1);
     let t = timing(args, 5.0);
-    let variants = [
-        (UPGRADE, Transport::Plain, Kind::Upgrade),
-        (KEYS, Transport::Plain, Kind::Keys),
-        (TLS_UPGRADE, Transport::Tls, Kind::Upgrade),
-        (KEYS_TLS, Transport::Tls, Kind::Keys),
+    // (name, transport, kind, on the --before-bin build); the first four
+    // are indexed below.
+    let mut variants = vec![
+        (UPGRADE.to_owned(), Transport::Plain, Kind::Upgrade, false),
+        (KEYS.to_owned(), Transport::Plain, Kind::Keys, false),
+        (TLS_UPGRADE.to_owned(), Transport::Tls, Kind::Upgrade, false),
+        (KEYS_TLS.to_owned(), Transport::Tls, Kind::Keys, false),
     ];
+    if env.has_before() {
+        variants.push((
+            format!("{KEYS}{BEFORE}"),
+            Transport::Plain,
+            Kind::Keys,
+            true,
+        ));
+    }
     let mut result = ScenarioResult::new(
         "keys",
         "connection set-up: open, establish, drop; concurrent clients in closed loops",
@@ -69,11 +79,11 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
 
     let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); variants.len()];
     for rep in 0..t.repeat {
-        for (i, (name, transport, kind)) in variants.iter().enumerate() {
+        for (i, (name, transport, kind, before)) in variants.iter().enumerate() {
             if !args.selected(name) {
                 continue;
             }
-            let gw = match env.gateway(*transport).await {
+            let gw = match env.gateway_of(*transport, *before).await {
                 Ok(gw) => gw,
                 Err(e) if *transport == Transport::Tls && !env.owns_gateways() => {
                     if rep == 0 {
@@ -93,17 +103,28 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
     let stat = |i: usize, f: fn(&RunResult) -> f64| {
         Stat::from_samples(runs[i].iter().map(f).collect::<Vec<_>>())
     };
-    for (i, (name, _, _)) in variants.iter().enumerate() {
+    for (i, (name, _, _, _)) in variants.iter().enumerate() {
         if runs[i].is_empty() {
             continue;
         }
         let cpu = stat(i, |r| r.server_us);
-        let mut row = Row::new(*name);
+        let mut row = Row::new(name.clone());
         row.stat("conn/s", stat(i, |r| r.rate), true)
             .stat("p50 µs", stat(i, |r| r.p50), false)
             .stat("p99 µs", stat(i, |r| r.p99), false)
             .stat(CPU, cpu.clone(), true)
             .stat(PER_CORE, per_core(&cpu), false);
+        if let Some(j) = variants
+            .iter()
+            .position(|v| v.0 == format!("{name}{BEFORE}"))
+            .filter(|j| !runs[*j].is_empty())
+        {
+            row.stat(
+                "CPU ÷ before",
+                cpu.ratio_to(&stat(j, |r| r.server_us)),
+                false,
+            );
+        }
         result.rows.push(row);
     }
     // Isolated costs: subtract the floor run by run.
