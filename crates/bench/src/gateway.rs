@@ -406,7 +406,19 @@ fn random_token() -> String {
     out
 }
 
-fn config_text(dir: &Path, api_key: &str, tls: bool, channels: bool) -> String {
+/// What a gateway's configuration may hold: older builds (`--before-bin`)
+/// refuse settings they do not know.
+#[derive(Debug, Clone, Copy)]
+struct Features {
+    channels: bool,
+    start_limit: bool,
+}
+
+fn config_text(dir: &Path, api_key: &str, tls: bool, features: Features) -> String {
+    let Features {
+        channels,
+        start_limit,
+    } = features;
     let mut text = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
         dir.join("data").display()
@@ -418,9 +430,12 @@ fn config_text(dir: &Path, api_key: &str, tls: bool, channels: bool) -> String {
     // not be what a benchmark measures.
     text.push_str(
         "\n[limits]\nmax_connections = 2000000\nidle_timeout_secs = 86400\nping_interval_secs = 43200\n\
-         \n[login]\niterations = 4096\nmax_failures_per_user = 1000000\nmax_failures_per_ip = 1000000\nmax_starts_per_ip = 10000000\n\
-         \n[testing]\nraw_echo = true\n",
+         \n[login]\niterations = 4096\nmax_failures_per_user = 1000000\nmax_failures_per_ip = 1000000\n",
     );
+    if start_limit {
+        text.push_str("max_starts_per_ip = 10000000\n");
+    }
+    text.push_str("\n[testing]\nraw_echo = true\n");
     if channels {
         text.push_str(&format!(
             "\n[[channels]]\npattern = \"{CHANNEL_PATTERN}\"\nsubscribe = \"authenticated\"\npublish = \"api\"\n"
@@ -463,18 +478,35 @@ fn start(bin: &Path, transport: Transport, pin: bool, ticks: f64) -> Result<Gw> 
     }
     let config_path = dir.path().join("wsgate.toml");
     let mut channels_unavailable = None;
-    std::fs::write(&config_path, config_text(dir.path(), &api_key, tls, true))?;
-    if let Err(e) = add_user(bin, &config_path, &password) {
-        // A gateway without channels refuses `api_keys` / `[[channels]]`.
-        if !e.to_string().contains("unknown field") {
+    let mut features = Features {
+        channels: true,
+        start_limit: true,
+    };
+    loop {
+        std::fs::write(
+            &config_path,
+            config_text(dir.path(), &api_key, tls, features),
+        )?;
+        let Err(e) = add_user(bin, &config_path, &password) else {
+            break;
+        };
+        // An older gateway refuses what it does not know: a login start
+        // limit, or channels (`api_keys` / `[[channels]]`).
+        let text = e.to_string();
+        if !text.contains("unknown field") {
             return Err(e);
         }
-        channels_unavailable = Some(format!(
-            "this gateway has no channels yet (its config refuses [[channels]]/api_keys: {})",
-            e.to_string().lines().next().unwrap_or_default()
-        ));
-        std::fs::write(&config_path, config_text(dir.path(), &api_key, tls, false))?;
-        add_user(bin, &config_path, &password)?;
+        if text.contains("max_starts_per_ip") && features.start_limit {
+            features.start_limit = false;
+        } else if features.channels {
+            features.channels = false;
+            channels_unavailable = Some(format!(
+                "this gateway has no channels yet (its config refuses [[channels]]/api_keys: {})",
+                text.lines().next().unwrap_or_default()
+            ));
+        } else {
+            return Err(e);
+        }
     }
 
     let log = std::fs::File::create(dir.path().join("gateway.log"))?;
