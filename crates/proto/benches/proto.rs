@@ -3,7 +3,8 @@
 //! * envelope encode / decode;
 //! * protected frames: seal and open, `ENC` (encrypted) and tag-only, at
 //!   16 B, 1 KiB and 16 KiB;
-//! * KEY_INIT: parse + HPKE open (the server's per-connection crypto), and
+//! * KEY_INIT: parse + HPKE open (the server's per-connection crypto), the
+//!   same open on the `hpke` crate (the code before `hpke_recipient.rs`), and
 //!   the client's seal for comparison;
 //! * SCRAM: the server's second step (verify client-final), and its first;
 //! * `protect_ring`: the same seal/open with `ring`'s AES-256-GCM, as
@@ -139,6 +140,28 @@ fn key_init(c: &mut Criterion) {
         b.iter(|| {
             key_exchange::open_key_init(&server, black_box(&ki), session_id, &session_key, &nonce)
                 .unwrap()
+        });
+    });
+    // The `hpke` crate's open, which `open_key_init` used before it moved to
+    // AWS-LC (`hpke_recipient.rs`): a same-run reference for that change.
+    g.bench_function("server_open_only_hpke_crate", |b| {
+        use hpke::{Deserializable as _, OpModeR, PskBundle};
+        type Kem = hpke::kem::X25519HkdfSha256;
+        let sk = <Kem as hpke::Kem>::PrivateKey::from_bytes(server.secret_bytes()).unwrap();
+        let enc = wsgate_proto::b64::decode_b64u(&ki.enc).unwrap();
+        let ct = wsgate_proto::b64::decode_b64u(&ki.ct).unwrap();
+        let info = key_exchange::hpke_info(&nonce);
+        b.iter(|| {
+            let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(black_box(&enc)).unwrap();
+            hpke::single_shot_open::<hpke::aead::AesGcm256, hpke::kdf::HkdfSha256, Kem>(
+                &OpModeR::Psk(PskBundle::new(&session_key, session_id.as_bytes()).unwrap()),
+                &sk,
+                &enc,
+                &info,
+                &ct,
+                b"",
+            )
+            .unwrap()
         });
     });
     g.bench_function("client_seal", |b| {

@@ -9,7 +9,7 @@
 
 use hpke::aead::AesGcm256;
 use hpke::kdf::HkdfSha256;
-use hpke::{Deserializable as _, OpModeR, OpModeS, PskBundle, Serializable as _};
+use hpke::{Deserializable as _, OpModeS, PskBundle, Serializable as _};
 use ring::hkdf;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -127,23 +127,19 @@ pub fn open_key_init(
     session_key: &[u8; 32],
     hello_nonce: &[u8; HELLO_NONCE_LEN],
 ) -> Result<DynamicPassword> {
-    let enc_bytes = b64::decode_b64u(&key_init.enc)?;
+    let enc: [u8; 32] = b64::decode_b64u_array(&key_init.enc)
+        .map_err(|_| Error::KeyInit("enc is not 32 bytes of b64u"))?;
     let ct = b64::decode_b64u(&key_init.ct)?;
-    let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(&enc_bytes)
-        .map_err(|_| Error::KeyInit("enc is not an X25519 public key"))?;
-    let psk = PskBundle::new(session_key, session_id.as_bytes())
-        .map_err(|_| Error::KeyInit("empty session id"))?;
-    let plain = Zeroizing::new(
-        hpke::single_shot_open::<AesGcm256, HkdfSha256, Kem>(
-            &OpModeR::Psk(psk),
-            &key.hpke_secret()?,
-            &enc,
-            &hpke_info(hello_nonce),
-            &ct,
-            b"",
-        )
-        .map_err(|_| Error::KeyInit("HPKE open failed"))?,
-    );
+    if session_id.is_empty() {
+        return Err(Error::KeyInit("empty session id"));
+    }
+    let plain = key.recipient().open_psk(
+        &enc,
+        &hpke_info(hello_nonce),
+        session_key,
+        session_id.as_bytes(),
+        &ct,
+    )?;
     let mut dp = Zeroizing::new([0u8; 32]);
     if plain.len() != 32 {
         return Err(Error::KeyInit("dynamic password is not 32 bytes"));

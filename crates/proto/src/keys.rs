@@ -1,11 +1,14 @@
 //! The server's static X25519 key pair, and how it is named on the wire:
 //! `kid = b64u(SHA-256(pk)[0..8])`, `fp = b64u(SHA-256(pk))`.
 
+use std::sync::Arc;
+
 use hpke::kem::X25519HkdfSha256;
 use hpke::{Deserializable as _, Kem as _, Serializable as _};
 use ring::digest;
 use zeroize::Zeroizing;
 
+use crate::hpke_recipient::RecipientKey;
 use crate::rand_core::CryptoRng;
 use crate::{Error, Result, b64};
 
@@ -35,6 +38,8 @@ pub struct ServerKeyPair {
     public: [u8; 32],
     kid: String,
     fingerprint: String,
+    /// The private key parsed once for opening KEY_INITs.
+    recipient: Arc<RecipientKey>,
 }
 
 impl core::fmt::Debug for ServerKeyPair {
@@ -64,6 +69,7 @@ impl ServerKeyPair {
         Ok(Self {
             kid: kid_of(&public),
             fingerprint: fingerprint_of(&public),
+            recipient: Arc::new(RecipientKey::new(&secret, public)?),
             secret,
             public,
         })
@@ -89,6 +95,11 @@ impl ServerKeyPair {
         &self.fingerprint
     }
 
+    pub(crate) fn recipient(&self) -> &RecipientKey {
+        &self.recipient
+    }
+
+    #[cfg(test)]
     pub(crate) fn hpke_secret(&self) -> Result<<Kem as hpke::Kem>::PrivateKey> {
         <Kem as hpke::Kem>::PrivateKey::from_bytes(&self.secret[..])
             .map_err(|_| Error::InvalidKey("not an X25519 private key"))

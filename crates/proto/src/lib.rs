@@ -25,6 +25,7 @@
 pub mod b64;
 pub mod envelope;
 pub mod error;
+mod hpke_recipient;
 pub mod ip;
 pub mod key_exchange;
 pub mod keys;
