@@ -59,7 +59,10 @@ impl<S: StateStore> PersistentSessions<S> {
                      id TEXT PRIMARY KEY NOT NULL,
                      record TEXT NOT NULL,
                      expires_at INTEGER NOT NULL
-                 );",
+                 );
+                 -- Every batch deletes the expired rows: without this index
+                 -- that is a scan of all sessions per login batch.
+                 CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at);",
             )
             .map_err(|e| sql(&owned, &e))?;
             let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
@@ -142,18 +145,20 @@ async fn write_behind(
                 match op {
                     Op::Put { id, json, expires_at } => {
                         let exp = i64::try_from(*expires_at).unwrap_or(i64::MAX);
-                        tx.execute(
+                        tx.prepare_cached(
                             "INSERT OR REPLACE INTO sessions (id, record, expires_at) VALUES (?1, ?2, ?3)",
-                            params![id, json.as_str(), exp],
-                        )?;
+                        )?
+                        .execute(params![id, json.as_str(), exp])?;
                     }
                     Op::Delete(id) => {
-                        tx.execute("DELETE FROM sessions WHERE id = ?1", params![id])?;
+                        tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+                            .execute(params![id])?;
                     }
                 }
             }
             let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-            tx.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now])?;
+            tx.prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
+                .execute(params![now])?;
             tx.commit()
         })
         .await;
@@ -309,5 +314,36 @@ mod tests {
                 0o600
             );
         }
+    }
+
+    /// The per-batch expiry delete must not scan every session (it did: a
+    /// login benchmark spent half its CPU there once thousands of sessions
+    /// were journaled), including in a journal an older build created.
+    #[tokio::test]
+    async fn the_expiry_sweep_uses_an_index_even_on_an_old_journal() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.sqlite3");
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch(
+                "CREATE TABLE sessions (id TEXT PRIMARY KEY NOT NULL, record TEXT NOT NULL, expires_at INTEGER NOT NULL);",
+            )
+            .unwrap();
+        let _store = PersistentSessions::open(&path, MemoryStateStore::new())
+            .await
+            .unwrap();
+        let conn = Connection::open(&path).unwrap();
+        let plan: Vec<String> = conn
+            .prepare("EXPLAIN QUERY PLAN DELETE FROM sessions WHERE expires_at <= ?1")
+            .unwrap()
+            .query_map(params![0], |row| row.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("INDEX sessions_by_expiry (")),
+            "plan: {plan:?}"
+        );
     }
 }
