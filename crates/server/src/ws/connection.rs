@@ -10,8 +10,8 @@
 //! The costs per message are kept to what the work needs (measured in
 //! `docs/benchmarks.md`):
 //!
-//! * client frames are parsed here ([`FrameReader`], the checks of the
-//!   fastwebsockets reader it replaced) from a buffer the connection owns:
+//! * client frames are parsed by [`FrameReader`] (`frames.rs`: the checks of
+//!   the fastwebsockets reader it replaced) from a buffer the connection owns:
 //!   reading is a poll on that struct, cancel-safe by construction, so no
 //!   read future is boxed or re-armed per message, and an idle connection
 //!   can give its buffer back;
@@ -33,12 +33,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::{Buf as _, Bytes, BytesMut};
+use bytes::{Buf as _, Bytes};
 use fastwebsockets::WebSocket;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
@@ -47,6 +47,7 @@ use wsgate_proto::key_exchange::{self, Hello, KeyAck, TrafficKeys};
 use wsgate_proto::protect::{Opener, Sealer};
 use wsgate_proto::{b64, ip};
 
+use super::frames::{FrameReader, FrameWriter, ReadResult, opcode};
 use super::registry::Registration;
 use crate::Shared;
 use crate::handler::HandlerRequest;
@@ -62,8 +63,6 @@ type Io = TokioIo<Upgraded>;
 const MAX_BATCH: usize = 64;
 /// Bytes queued in one turn before they are written.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
-/// An outgoing buffer larger than this is given back after it is written.
-const KEEP_OUT_CAPACITY: usize = 64 * 1024;
 
 /// Close codes of DESIGN §5.4.
 pub(crate) mod close {
@@ -83,12 +82,12 @@ pub(crate) mod close {
 // The byte stream under the WebSocket.
 
 /// Any stream the connection can fall back to splitting with a lock.
-trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
+pub(super) trait Stream: AsyncRead + AsyncWrite + Send + Unpin {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin> Stream for T {}
 
 /// A stream with the bytes hyper had read past the upgrade request in
 /// front of it (a client may send frames before it sees the 101).
-struct Prefixed<T> {
+pub(super) struct Prefixed<T> {
     pending: Bytes,
     io: T,
 }
@@ -144,13 +143,13 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Prefixed<T> {
 
 /// The read half: a TCP stream's own half (no lock), or a locked half of
 /// anything else (TLS).
-enum ReadSide {
+pub(super) enum ReadSide {
     Tcp(Prefixed<OwnedReadHalf>),
     Shared(tokio::io::ReadHalf<Box<dyn Stream>>),
 }
 
 /// The write half, as [`ReadSide`].
-enum WriteSide {
+pub(super) enum WriteSide {
     Tcp(OwnedWriteHalf),
     Shared(tokio::io::WriteHalf<Box<dyn Stream>>),
 }
@@ -195,7 +194,7 @@ impl AsyncWrite for WriteSide {
 
 /// Takes the upgraded connection apart: on plain TCP into owned halves; on
 /// anything else (TLS) into the two halves of a lock.
-fn split(ws: WebSocket<Io>) -> (ReadSide, WriteSide) {
+pub(super) fn split(ws: WebSocket<Io>) -> (ReadSide, WriteSide) {
     // Nothing was read through the WebSocket yet, so its own buffer is empty.
     let upgraded = ws.into_inner().into_inner();
     let stream: Box<dyn Stream> = match upgraded.downcast::<TokioIo<MaybeTls>>() {
@@ -214,49 +213,15 @@ fn split(ws: WebSocket<Io>) -> (ReadSide, WriteSide) {
 }
 
 // ---------------------------------------------------------------------------
-// Writing: frames queued in one buffer, written once per turn.
+// Writing: frames queued in one buffer (`frames::FrameWriter`), written
+// once per turn.
 
-/// WebSocket opcodes of the frames the server sends.
-mod opcode {
-    pub(super) const BINARY: u8 = 0x2;
-    pub(super) const CLOSE: u8 = 0x8;
-    pub(super) const PING: u8 = 0x9;
-    pub(super) const PONG: u8 = 0xA;
-}
-
-struct Out {
-    io: WriteSide,
-    buf: Vec<u8>,
-}
+type Out = FrameWriter<WriteSide>;
 
 impl Out {
-    /// A final, unmasked frame header for a payload of `len` bytes.
-    fn header(&mut self, opcode: u8, len: usize) {
-        self.buf.push(0x80 | opcode);
-        if len < 126 {
-            self.buf.push(len as u8);
-        } else if let Ok(len) = u16::try_from(len) {
-            self.buf.push(126);
-            self.buf.extend_from_slice(&len.to_be_bytes());
-        } else {
-            self.buf.push(127);
-            self.buf.extend_from_slice(&(len as u64).to_be_bytes());
-        }
-    }
-
-    fn frame(&mut self, opcode: u8, payload: &[u8]) {
-        self.header(opcode, payload.len());
-        self.buf.extend_from_slice(payload);
-    }
-
-    fn close_frame(&mut self, code: u16, reason: &[u8]) {
-        self.header(opcode::CLOSE, 2 + reason.len());
-        self.buf.extend_from_slice(&code.to_be_bytes());
-        self.buf.extend_from_slice(reason);
-    }
-
     /// Seals a protected frame straight behind its WebSocket header. On
     /// error nothing is queued.
+    #[inline]
     fn sealed(
         &mut self,
         sealer: &mut Sealer,
@@ -277,319 +242,6 @@ impl Out {
             return Err(Ending::new(close::GOING_AWAY, "cannot seal"));
         }
         Ok(())
-    }
-
-    fn queued(&self) -> usize {
-        self.buf.len()
-    }
-
-    /// Writes everything queued.
-    async fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let result = self.io.write_all(&self.buf).await;
-        self.buf.clear();
-        if self.buf.capacity() > KEEP_OUT_CAPACITY {
-            self.buf = Vec::new();
-        }
-        result?;
-        self.io.flush().await
-    }
-
-    /// Gives back the buffer of a connection gone quiet.
-    fn shrink(&mut self) {
-        if self.buf.is_empty() {
-            self.buf = Vec::new();
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------
-// Reading: client frames (RFC 6455 §5), parsed from a buffer this
-// connection owns.
-
-/// Free space to read into when the buffer has none: enough for most
-/// messages in one read, small enough that an idle connection stays cheap.
-const READ_CHUNK: usize = 1024;
-
-/// One whole WebSocket message or the reason there is none.
-enum ReadResult {
-    Binary(BytesMut),
-    Text,
-    Ping(BytesMut),
-    Pong,
-    Close(Option<u16>),
-    TooBig,
-    ProtocolError,
-    Gone,
-}
-
-/// WebSocket opcodes of client frames.
-mod client_op {
-    pub(super) const CONTINUATION: u8 = 0x0;
-    pub(super) const TEXT: u8 = 0x1;
-    pub(super) const BINARY: u8 = 0x2;
-    pub(super) const CLOSE: u8 = 0x8;
-    pub(super) const PING: u8 = 0x9;
-    pub(super) const PONG: u8 = 0xA;
-}
-
-/// One frame taken out of the buffer, unmasked.
-struct Frame {
-    fin: bool,
-    opcode: u8,
-    payload: BytesMut,
-}
-
-/// Reads whole messages. All its progress lives in the struct, so
-/// `poll_message` is cancel-safe: the loop can wait on it next to timers
-/// and queues, and drop that wait, without losing a byte.
-///
-/// The checks are those of the fastwebsockets reader it replaces (same
-/// failures, same close codes): reserved bits, unknown opcodes, fragmented
-/// control frames and pings over 125 bytes are protocol errors; a frame over
-/// the size limit is too big; a final text frame that is not UTF-8 is a
-/// protocol error, any other text frame is refused as text. Masks are
-/// applied when present.
-struct FrameReader {
-    io: ReadSide,
-    buf: BytesMut,
-    /// Largest payload of one frame (the message size limit).
-    max_frame: usize,
-    /// Largest message (the limit on fragments joined).
-    max_message: usize,
-    /// The fragments of a binary message so far.
-    assembling: Option<BytesMut>,
-    /// Bytes of a refused (too big) frame still to be thrown away, so
-    /// frames after it (the peer's close) can still be read.
-    skip: u64,
-    /// A frame header made no sense: what follows is not framed, and is
-    /// only drained (while the close handshake waits for the peer).
-    broken: bool,
-}
-
-impl FrameReader {
-    fn new(io: ReadSide, max_message: usize) -> Self {
-        Self {
-            io,
-            buf: BytesMut::new(),
-            max_frame: max_message,
-            max_message,
-            assembling: None,
-            skip: 0,
-            broken: false,
-        }
-    }
-
-    /// Whether bytes already read wait in the buffer (a frame may be
-    /// complete without another read).
-    fn has_buffered(&self) -> bool {
-        !self.buf.is_empty()
-    }
-
-    /// Gives the buffer back while nothing is pending in it.
-    fn shrink(&mut self) {
-        if self.buf.is_empty() && self.buf.capacity() > 0 {
-            self.buf = BytesMut::new();
-        }
-    }
-
-    /// The next whole message, control frame or failure.
-    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<ReadResult> {
-        loop {
-            if self.skip > 0 || self.broken {
-                let n = self
-                    .buf
-                    .len()
-                    .min(usize::try_from(self.skip).unwrap_or(usize::MAX));
-                self.buf.advance(n);
-                self.skip -= n as u64;
-                if self.broken {
-                    self.buf.clear();
-                }
-                if self.skip > 0 || self.broken {
-                    match self.poll_fill(cx) {
-                        Poll::Ready(Ok(())) => continue,
-                        Poll::Ready(Err(())) => return Poll::Ready(ReadResult::Gone),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                }
-            }
-            let frame = match self.parse() {
-                Ok(Some(frame)) => frame,
-                Ok(None) => match self.poll_fill(cx) {
-                    Poll::Ready(Ok(())) => continue,
-                    Poll::Ready(Err(())) => return Poll::Ready(ReadResult::Gone),
-                    Poll::Pending => return Poll::Pending,
-                },
-                Err(result) => return Poll::Ready(result),
-            };
-            if let Some(result) = self.on_frame(frame) {
-                return Poll::Ready(result);
-            }
-        }
-    }
-
-    /// Joins fragments; returns a result when a message (or failure) is whole.
-    fn on_frame(&mut self, frame: Frame) -> Option<ReadResult> {
-        Some(match frame.opcode {
-            client_op::TEXT => {
-                if frame.fin && std::str::from_utf8(&frame.payload).is_err() {
-                    ReadResult::ProtocolError
-                } else {
-                    ReadResult::Text
-                }
-            }
-            client_op::BINARY if self.assembling.is_some() => ReadResult::ProtocolError,
-            client_op::BINARY if frame.fin => ReadResult::Binary(frame.payload),
-            client_op::BINARY => {
-                self.assembling = Some(frame.payload);
-                return None;
-            }
-            client_op::CONTINUATION => {
-                let Some(buf) = self.assembling.as_mut() else {
-                    return Some(ReadResult::ProtocolError);
-                };
-                if buf.len() + frame.payload.len() > self.max_message {
-                    return Some(ReadResult::TooBig);
-                }
-                buf.extend_from_slice(&frame.payload);
-                if !frame.fin {
-                    return None;
-                }
-                ReadResult::Binary(self.assembling.take().unwrap_or_default())
-            }
-            client_op::PING => ReadResult::Ping(frame.payload),
-            client_op::PONG => ReadResult::Pong,
-            client_op::CLOSE => parse_close(&frame.payload),
-            _ => ReadResult::ProtocolError,
-        })
-    }
-
-    /// Takes one whole frame out of the buffer: `Ok(None)` if more bytes
-    /// are needed.
-    fn parse(&mut self) -> Result<Option<Frame>, ReadResult> {
-        let [b0, b1, ..] = self.buf[..] else {
-            return Ok(None);
-        };
-        let fin = b0 & 0x80 != 0;
-        if b0 & 0x70 != 0 {
-            self.broken = true;
-            return Err(ReadResult::ProtocolError);
-        }
-        let opcode = b0 & 0x0F;
-        if !matches!(
-            opcode,
-            client_op::CONTINUATION
-                | client_op::TEXT
-                | client_op::BINARY
-                | client_op::CLOSE
-                | client_op::PING
-                | client_op::PONG
-        ) {
-            self.broken = true;
-            return Err(ReadResult::ProtocolError);
-        }
-        let masked = b1 & 0x80 != 0;
-        // RFC 6455 §5.1: a server MUST close on an unmasked client frame.
-        if !masked {
-            self.broken = true;
-            return Err(ReadResult::ProtocolError);
-        }
-        let extra = match b1 & 0x7F {
-            126 => 2,
-            127 => 8,
-            _ => 0,
-        };
-        let header_len = 2 + extra + if masked { 4 } else { 0 };
-        if self.buf.len() < header_len {
-            return Ok(None);
-        }
-        let payload_len = match extra {
-            0 => usize::from(b1 & 0x7F),
-            2 => usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
-            _ => {
-                let mut len = [0u8; 8];
-                len.copy_from_slice(&self.buf[2..10]);
-                usize::try_from(u64::from_be_bytes(len)).unwrap_or(usize::MAX)
-            }
-        };
-        let mask = masked.then(|| {
-            let at = 2 + extra;
-            [
-                self.buf[at],
-                self.buf[at + 1],
-                self.buf[at + 2],
-                self.buf[at + 3],
-            ]
-        });
-        let control = opcode & 0x8 != 0;
-        if control && !fin {
-            self.broken = true;
-            return Err(ReadResult::ProtocolError);
-        }
-        // RFC 6455 §5.5: every control frame carries at most 125 bytes.
-        if control && payload_len > 125 {
-            self.broken = true;
-            return Err(ReadResult::ProtocolError);
-        }
-        let needed = header_len.checked_add(payload_len);
-        if payload_len > self.max_frame || needed.is_none() {
-            self.skip = (header_len as u64).saturating_add(payload_len as u64);
-            return Err(ReadResult::TooBig);
-        }
-        let needed = needed.unwrap_or_default();
-        if self.buf.len() < needed {
-            // Room for the rest of this frame (and the next header).
-            self.buf.reserve(needed - self.buf.len() + 14);
-            return Ok(None);
-        }
-        self.buf.advance(header_len);
-        let mut payload = self.buf.split_to(payload_len);
-        if let Some(mask) = mask {
-            fastwebsockets::unmask(&mut payload, mask);
-        }
-        Ok(Some(Frame {
-            fin,
-            opcode,
-            payload,
-        }))
-    }
-
-    /// Reads more into the buffer. `Err`: end of stream or IO error.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
-        if self.buf.capacity() == self.buf.len() {
-            self.buf.reserve(READ_CHUNK);
-        }
-        // A fresh `read_buf` per poll: dropping it while pending loses
-        // nothing (nothing was read).
-        match std::pin::pin!(self.io.read_buf(&mut self.buf)).poll(cx) {
-            Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(Err(())),
-            Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-
-    /// Waits for the next message (cancel-safe).
-    async fn next(&mut self) -> ReadResult {
-        std::future::poll_fn(|cx| self.poll_message(cx)).await
-    }
-}
-
-fn parse_close(payload: &[u8]) -> ReadResult {
-    match payload {
-        [] => ReadResult::Close(None),
-        [_] => ReadResult::ProtocolError,
-        [a, b, reason @ ..] => {
-            let code = u16::from_be_bytes([*a, *b]);
-            let allowed = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
-            if !allowed || std::str::from_utf8(reason).is_err() {
-                ReadResult::ProtocolError
-            } else {
-                ReadResult::Close(Some(code))
-            }
-        }
     }
 }
 
@@ -747,10 +399,7 @@ pub(crate) async fn run(shared: Arc<Shared>, ws: WebSocket<Io>, ip: IpAddr) {
     let mut conn = Conn {
         ip_text: ip::to_text(ip),
         phase: Phase::AwaitKeyInit { nonce },
-        out: Out {
-            io: write,
-            buf: Vec::new(),
-        },
+        out: Out::new(write),
         shared,
         last_activity: start,
         active: false,
@@ -785,7 +434,7 @@ type End = (Option<Ending>, bool);
 
 impl Conn {
     /// The event loop.
-    async fn drive(&mut self, reader: &mut FrameReader) -> End {
+    async fn drive(&mut self, reader: &mut FrameReader<ReadSide>) -> End {
         let timer = tokio::time::sleep_until(self.clock.next());
         let revocation = revoked(None);
         tokio::pin!(timer, revocation);
@@ -858,7 +507,7 @@ impl Conn {
     }
 
     /// Handles one wake; `Err` ends the loop.
-    async fn on_wake(&mut self, wake: Wake, reader: &mut FrameReader) -> Result<(), End> {
+    async fn on_wake(&mut self, wake: Wake, reader: &mut FrameReader<ReadSide>) -> Result<(), End> {
         match wake {
             Wake::Revoked if self.shared.sessions.is_shutting_down() => {
                 self.finish_in_flight().await;
@@ -867,9 +516,11 @@ impl Conn {
                     false,
                 ))
             }
+            // Wait for the peer's close (bounded): a client sending right
+            // now would otherwise get a reset, and may never see the 4001.
             Wake::Revoked => Err((
                 Some(Ending::new(close::SESSION_ENDED, "session ended")),
-                false,
+                true,
             )),
             Wake::Timer => {
                 let quiet = self.on_timer().map_err(|e| (Some(e), false))?;
@@ -957,7 +608,7 @@ impl Conn {
     /// is dropped when this returns, so the caller may act on `self` freely.
     async fn next_wake(
         &mut self,
-        reader: &mut FrameReader,
+        reader: &mut FrameReader<ReadSide>,
         timer: impl Future<Output = ()>,
         revocation: impl Future<Output = ()>,
     ) -> Wake {
@@ -974,7 +625,7 @@ impl Conn {
 
     /// What else is ready without waiting: answers, events, frames already
     /// read (the revocation and the timer wait for the next turn).
-    async fn next_ready(&mut self, reader: &mut FrameReader) -> Option<Wake> {
+    async fn next_ready(&mut self, reader: &mut FrameReader<ReadSide>) -> Option<Wake> {
         let (completions, mailbox) = self.sources();
         if let Some(rx) = completions
             && let Ok(done) = rx.try_recv()
@@ -1011,7 +662,7 @@ impl Conn {
 
     /// Sends a close frame, then waits briefly for the peer's close so the
     /// code reaches it before the TCP connection goes away.
-    async fn close(&mut self, ending: Ending, reader: Option<&mut FrameReader>) {
+    async fn close(&mut self, ending: Ending, reader: Option<&mut FrameReader<ReadSide>>) {
         if ending.code != close::SESSION_ENDED && ending.code != close::GOING_AWAY {
             tracing::debug!(code = ending.code, reason = ending.reason, ip = %self.ip_text, "closing connection");
         }
@@ -1020,7 +671,7 @@ impl Conn {
             return;
         }
         let Some(reader) = reader else { return };
-        reader.max_message = 1 << 16;
+        reader.limit_message(1 << 16);
         let _ = tokio::time::timeout(Duration::from_secs(2), async {
             loop {
                 match reader.next().await {
@@ -1518,162 +1169,4 @@ async fn recv_hub(mailbox: Option<&mut Mailbox>) -> HubMessage {
 fn expiry_instant(expires_at: u64) -> Instant {
     let left = expires_at.saturating_sub(crate::store::unix_now());
     Instant::now() + Duration::from_secs(left)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    type Check = fn(&ReadResult) -> bool;
-
-    /// A masked client frame.
-    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0x11, 0x22, 0x33, 0x44];
-        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
-        match payload.len() {
-            n @ 0..=125 => out.push(0x80 | n as u8),
-            n @ 126..=65535 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        out
-    }
-
-    fn reader(max: usize) -> (FrameReader, tokio::io::DuplexStream) {
-        let (ours, theirs) = tokio::io::duplex(1 << 20);
-        let stream: Box<dyn Stream> = Box::new(ours);
-        let (r, _w) = tokio::io::split(stream);
-        (FrameReader::new(ReadSide::Shared(r), max), theirs)
-    }
-
-    async fn feed(peer: &mut tokio::io::DuplexStream, bytes: &[u8]) {
-        peer.write_all(bytes).await.unwrap();
-    }
-
-    fn binary(r: ReadResult) -> Vec<u8> {
-        match r {
-            ReadResult::Binary(b) => b.to_vec(),
-            _ => panic!("not a binary message"),
-        }
-    }
-
-    #[tokio::test]
-    async fn pipelined_frames_come_out_one_by_one_unmasked() {
-        let (mut r, mut peer) = reader(1 << 20);
-        let mut bytes = frame(true, 2, b"first");
-        bytes.extend(frame(true, 2, &[7u8; 300]));
-        bytes.extend(frame(true, 2, &vec![9u8; 70_000]));
-        feed(&mut peer, &bytes).await;
-        assert_eq!(binary(r.next().await), b"first");
-        assert!(r.has_buffered());
-        assert_eq!(binary(r.next().await), vec![7u8; 300]);
-        assert_eq!(binary(r.next().await), vec![9u8; 70_000]);
-        assert!(!r.has_buffered());
-        drop(peer);
-        assert!(matches!(r.next().await, ReadResult::Gone));
-    }
-
-    #[tokio::test]
-    async fn a_frame_trickled_byte_by_byte_survives_dropped_waits() {
-        let (mut r, mut peer) = reader(1 << 20);
-        let bytes = frame(true, 2, b"slowly");
-        for b in &bytes {
-            // Each wait is abandoned before the next byte: nothing is lost.
-            assert!(
-                tokio::time::timeout(Duration::from_millis(1), r.next())
-                    .await
-                    .is_err()
-            );
-            feed(&mut peer, &[*b]).await;
-        }
-        assert_eq!(binary(r.next().await), b"slowly");
-        r.shrink();
-        assert_eq!(r.buf.capacity(), 0, "an idle reader gives its buffer back");
-    }
-
-    #[tokio::test]
-    async fn fragments_are_joined_under_the_message_limit() {
-        let (mut r, mut peer) = reader(10);
-        let mut bytes = frame(false, 2, b"abc");
-        bytes.extend(frame(true, 9, b"ping"));
-        bytes.extend(frame(false, 0, b"def"));
-        bytes.extend(frame(true, 0, b"gh"));
-        feed(&mut peer, &bytes).await;
-        assert!(matches!(r.next().await, ReadResult::Ping(p) if &p[..] == b"ping"));
-        assert_eq!(binary(r.next().await), b"abcdefgh");
-        feed(
-            &mut peer,
-            &[frame(false, 2, b"123456"), frame(true, 0, b"78901")].concat(),
-        )
-        .await;
-        assert!(matches!(r.next().await, ReadResult::TooBig));
-    }
-
-    #[tokio::test]
-    async fn each_refusal_of_the_fastwebsockets_reader_is_kept() {
-        let cases: Vec<(Vec<u8>, Check)> = vec![
-            (frame(true, 2, &[0; 11]), |r| {
-                matches!(r, ReadResult::TooBig)
-            }),
-            (frame(true, 2, &[0; 10]), |r| {
-                matches!(r, ReadResult::Binary(_))
-            }),
-            (frame(true, 1, b"text"), |r| matches!(r, ReadResult::Text)),
-            (frame(true, 1, &[0xff]), |r| {
-                matches!(r, ReadResult::ProtocolError)
-            }),
-            (frame(false, 1, &[0xff]), |r| matches!(r, ReadResult::Text)),
-            ([0xC2, 0x80, 1, 2, 3, 4].to_vec(), |r| {
-                matches!(r, ReadResult::ProtocolError)
-            }),
-            (frame(true, 3, b""), |r| {
-                matches!(r, ReadResult::ProtocolError)
-            }),
-            (frame(false, 9, b""), |r| {
-                matches!(r, ReadResult::ProtocolError)
-            }),
-            (frame(true, 0, b"x"), |r| {
-                matches!(r, ReadResult::ProtocolError)
-            }),
-            // Control frames count against the limit too; pongs have no 125.
-            (frame(true, 10, &[0; 11]), |r| {
-                matches!(r, ReadResult::TooBig)
-            }),
-            (frame(true, 10, &[0; 10]), |r| matches!(r, ReadResult::Pong)),
-            (frame(true, 8, &[0x03, 0xe8, b'o', b'k']), |r| {
-                matches!(r, ReadResult::Close(Some(1000)))
-            }),
-            (frame(true, 8, &[0x03, 0xed]), |r| {
-                matches!(r, ReadResult::ProtocolError)
-            }),
-        ];
-        for (i, (bytes, ok)) in cases.into_iter().enumerate() {
-            let (mut r, mut peer) = reader(10);
-            feed(&mut peer, &bytes).await;
-            let got = r.next().await;
-            assert!(ok(&got), "case {i}");
-        }
-        // A ping over 125 bytes (the reader's limit does not matter).
-        let (mut r, mut peer) = reader(1000);
-        feed(&mut peer, &frame(true, 9, &[0; 126])).await;
-        assert!(matches!(r.next().await, ReadResult::ProtocolError));
-    }
-
-    #[tokio::test]
-    async fn after_a_too_big_frame_the_peers_close_is_still_read() {
-        let (mut r, mut peer) = reader(10);
-        feed(&mut peer, &frame(true, 2, &[0; 5000])[..100]).await;
-        assert!(matches!(r.next().await, ReadResult::TooBig));
-        let mut rest = frame(true, 2, &[0; 5000])[100..].to_vec();
-        rest.extend(frame(true, 8, &[0x03, 0xe8]));
-        feed(&mut peer, &rest).await;
-        assert!(matches!(r.next().await, ReadResult::Close(Some(1000))));
-    }
 }

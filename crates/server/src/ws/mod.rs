@@ -1,6 +1,7 @@
 //! The WebSocket endpoint `GET /ws` (DESIGN §5).
 
 mod connection;
+mod frames;
 pub(crate) mod raw_echo;
 pub(crate) mod registry;
 

@@ -1,0 +1,560 @@
+//! RFC 6455 framing as the `/ws` connection driver does it: client frames
+//! are parsed by [`FrameReader`] from a buffer the connection owns, and
+//! server frames are queued by [`FrameWriter`] in one buffer that is
+//! written once per turn.
+//!
+//! Both are generic over the byte stream (`AsyncRead` / `AsyncWrite` +
+//! `Unpin`) and monomorphised: the driver's `FrameReader<ReadSide>` and
+//! `FrameWriter<WriteSide>` are the same code, with the same reads and
+//! writes, as when they lived in `connection.rs` — no boxing, no extra copy,
+//! no extra syscall.
+
+use std::future::Future;
+use std::io;
+use std::task::{Context, Poll};
+
+use bytes::{Buf as _, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+
+/// WebSocket opcodes (RFC 6455 §5.2).
+pub(super) mod opcode {
+    pub(in crate::ws) const CONTINUATION: u8 = 0x0;
+    pub(in crate::ws) const TEXT: u8 = 0x1;
+    pub(in crate::ws) const BINARY: u8 = 0x2;
+    pub(in crate::ws) const CLOSE: u8 = 0x8;
+    pub(in crate::ws) const PING: u8 = 0x9;
+    pub(in crate::ws) const PONG: u8 = 0xA;
+}
+
+// ---------------------------------------------------------------------------
+// Writing: frames queued in one buffer, written once per turn.
+
+/// An outgoing buffer larger than this is given back after it is written.
+const KEEP_OUT_CAPACITY: usize = 64 * 1024;
+
+/// Server frames (final, unmasked) queued in one buffer until [`flush`].
+///
+/// [`flush`]: FrameWriter::flush
+pub(super) struct FrameWriter<W> {
+    io: W,
+    /// What is queued; the driver seals protected frames straight into it.
+    pub(super) buf: Vec<u8>,
+}
+
+impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    pub(super) fn new(io: W) -> Self {
+        Self {
+            io,
+            buf: Vec::new(),
+        }
+    }
+
+    /// A final, unmasked frame header for a payload of `len` bytes.
+    #[inline]
+    pub(super) fn header(&mut self, opcode: u8, len: usize) {
+        self.buf.push(0x80 | opcode);
+        if len < 126 {
+            self.buf.push(len as u8);
+        } else if let Ok(len) = u16::try_from(len) {
+            self.buf.push(126);
+            self.buf.extend_from_slice(&len.to_be_bytes());
+        } else {
+            self.buf.push(127);
+            self.buf.extend_from_slice(&(len as u64).to_be_bytes());
+        }
+    }
+
+    #[inline]
+    pub(super) fn frame(&mut self, opcode: u8, payload: &[u8]) {
+        self.header(opcode, payload.len());
+        self.buf.extend_from_slice(payload);
+    }
+
+    #[inline]
+    pub(super) fn close_frame(&mut self, code: u16, reason: &[u8]) {
+        self.header(opcode::CLOSE, 2 + reason.len());
+        self.buf.extend_from_slice(&code.to_be_bytes());
+        self.buf.extend_from_slice(reason);
+    }
+
+    #[inline]
+    pub(super) fn queued(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// Writes everything queued.
+    #[inline]
+    pub(super) async fn flush(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let result = self.io.write_all(&self.buf).await;
+        self.buf.clear();
+        if self.buf.capacity() > KEEP_OUT_CAPACITY {
+            self.buf = Vec::new();
+        }
+        result?;
+        self.io.flush().await
+    }
+
+    /// Gives back the buffer of a connection gone quiet.
+    #[inline]
+    pub(super) fn shrink(&mut self) {
+        if self.buf.is_empty() {
+            self.buf = Vec::new();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Reading: client frames (RFC 6455 §5), parsed from a buffer the
+// connection owns.
+
+/// Free space to read into when the buffer has none: enough for most
+/// messages in one read, small enough that an idle connection stays cheap.
+const READ_CHUNK: usize = 1024;
+
+/// One whole WebSocket message or the reason there is none.
+pub(super) enum ReadResult {
+    Binary(BytesMut),
+    Text,
+    Ping(BytesMut),
+    Pong,
+    Close(Option<u16>),
+    TooBig,
+    ProtocolError,
+    Gone,
+}
+
+/// One frame taken out of the buffer, unmasked.
+struct Frame {
+    fin: bool,
+    opcode: u8,
+    payload: BytesMut,
+}
+
+/// Reads whole messages. All its progress lives in the struct, so
+/// `poll_message` is cancel-safe: the loop can wait on it next to timers
+/// and queues, and drop that wait, without losing a byte.
+///
+/// The checks are those of the fastwebsockets reader it replaces (same
+/// failures, same close codes): reserved bits, unknown opcodes, fragmented
+/// control frames and pings over 125 bytes are protocol errors; a frame over
+/// the size limit is too big; a final text frame that is not UTF-8 is a
+/// protocol error, any other text frame is refused as text. Masks are
+/// applied when present.
+pub(super) struct FrameReader<R> {
+    io: R,
+    buf: BytesMut,
+    /// Largest payload of one frame (the message size limit).
+    max_frame: usize,
+    /// Largest message (the limit on fragments joined).
+    max_message: usize,
+    /// The fragments of a binary message so far.
+    assembling: Option<BytesMut>,
+    /// Bytes of a refused (too big) frame still to be thrown away, so
+    /// frames after it (the peer's close) can still be read.
+    skip: u64,
+    /// A frame header made no sense: what follows is not framed, and is
+    /// only drained (while the close handshake waits for the peer).
+    broken: bool,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    pub(super) fn new(io: R, max_message: usize) -> Self {
+        Self {
+            io,
+            buf: BytesMut::new(),
+            max_frame: max_message,
+            max_message,
+            assembling: None,
+            skip: 0,
+            broken: false,
+        }
+    }
+
+    /// Whether bytes already read wait in the buffer (a frame may be
+    /// complete without another read).
+    #[inline]
+    pub(super) fn has_buffered(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// Lowers the limit on a fragmented message (the limit on one frame
+    /// stays), e.g. while only the peer's close is awaited.
+    pub(super) fn limit_message(&mut self, max_message: usize) {
+        self.max_message = max_message;
+    }
+
+    /// Gives the buffer back while nothing is pending in it.
+    pub(super) fn shrink(&mut self) {
+        if self.buf.is_empty() && self.buf.capacity() > 0 {
+            self.buf = BytesMut::new();
+        }
+    }
+
+    /// The next whole message, control frame or failure.
+    #[inline]
+    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<ReadResult> {
+        loop {
+            if self.skip > 0 || self.broken {
+                let n = self
+                    .buf
+                    .len()
+                    .min(usize::try_from(self.skip).unwrap_or(usize::MAX));
+                self.buf.advance(n);
+                self.skip -= n as u64;
+                if self.broken {
+                    self.buf.clear();
+                }
+                if self.skip > 0 || self.broken {
+                    match self.poll_fill(cx) {
+                        Poll::Ready(Ok(())) => continue,
+                        Poll::Ready(Err(())) => return Poll::Ready(ReadResult::Gone),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+            }
+            let frame = match self.parse() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => match self.poll_fill(cx) {
+                    Poll::Ready(Ok(())) => continue,
+                    Poll::Ready(Err(())) => return Poll::Ready(ReadResult::Gone),
+                    Poll::Pending => return Poll::Pending,
+                },
+                Err(result) => return Poll::Ready(result),
+            };
+            if let Some(result) = self.on_frame(frame) {
+                return Poll::Ready(result);
+            }
+        }
+    }
+
+    /// Joins fragments; returns a result when a message (or failure) is whole.
+    #[inline]
+    fn on_frame(&mut self, frame: Frame) -> Option<ReadResult> {
+        Some(match frame.opcode {
+            opcode::TEXT => {
+                if frame.fin && std::str::from_utf8(&frame.payload).is_err() {
+                    ReadResult::ProtocolError
+                } else {
+                    ReadResult::Text
+                }
+            }
+            opcode::BINARY if self.assembling.is_some() => ReadResult::ProtocolError,
+            opcode::BINARY if frame.fin => ReadResult::Binary(frame.payload),
+            opcode::BINARY => {
+                self.assembling = Some(frame.payload);
+                return None;
+            }
+            opcode::CONTINUATION => {
+                let Some(buf) = self.assembling.as_mut() else {
+                    return Some(ReadResult::ProtocolError);
+                };
+                if buf.len() + frame.payload.len() > self.max_message {
+                    return Some(ReadResult::TooBig);
+                }
+                buf.extend_from_slice(&frame.payload);
+                if !frame.fin {
+                    return None;
+                }
+                ReadResult::Binary(self.assembling.take().unwrap_or_default())
+            }
+            opcode::PING => ReadResult::Ping(frame.payload),
+            opcode::PONG => ReadResult::Pong,
+            opcode::CLOSE => parse_close(&frame.payload),
+            _ => ReadResult::ProtocolError,
+        })
+    }
+
+    /// Takes one whole frame out of the buffer: `Ok(None)` if more bytes
+    /// are needed.
+    #[inline]
+    fn parse(&mut self) -> Result<Option<Frame>, ReadResult> {
+        let [b0, b1, ..] = self.buf[..] else {
+            return Ok(None);
+        };
+        let fin = b0 & 0x80 != 0;
+        if b0 & 0x70 != 0 {
+            self.broken = true;
+            return Err(ReadResult::ProtocolError);
+        }
+        let opcode = b0 & 0x0F;
+        if !matches!(
+            opcode,
+            opcode::CONTINUATION
+                | opcode::TEXT
+                | opcode::BINARY
+                | opcode::CLOSE
+                | opcode::PING
+                | opcode::PONG
+        ) {
+            self.broken = true;
+            return Err(ReadResult::ProtocolError);
+        }
+        let masked = b1 & 0x80 != 0;
+        // RFC 6455 §5.1: a server MUST close on an unmasked client frame.
+        if !masked {
+            self.broken = true;
+            return Err(ReadResult::ProtocolError);
+        }
+        let extra = match b1 & 0x7F {
+            126 => 2,
+            127 => 8,
+            _ => 0,
+        };
+        let header_len = 2 + extra + if masked { 4 } else { 0 };
+        if self.buf.len() < header_len {
+            return Ok(None);
+        }
+        let payload_len = match extra {
+            0 => usize::from(b1 & 0x7F),
+            2 => usize::from(u16::from_be_bytes([self.buf[2], self.buf[3]])),
+            _ => {
+                let mut len = [0u8; 8];
+                len.copy_from_slice(&self.buf[2..10]);
+                usize::try_from(u64::from_be_bytes(len)).unwrap_or(usize::MAX)
+            }
+        };
+        let mask = masked.then(|| {
+            let at = 2 + extra;
+            [
+                self.buf[at],
+                self.buf[at + 1],
+                self.buf[at + 2],
+                self.buf[at + 3],
+            ]
+        });
+        let control = opcode & 0x8 != 0;
+        if control && !fin {
+            self.broken = true;
+            return Err(ReadResult::ProtocolError);
+        }
+        // RFC 6455 §5.5: every control frame carries at most 125 bytes.
+        if control && payload_len > 125 {
+            self.broken = true;
+            return Err(ReadResult::ProtocolError);
+        }
+        let needed = header_len.checked_add(payload_len);
+        if payload_len > self.max_frame || needed.is_none() {
+            self.skip = (header_len as u64).saturating_add(payload_len as u64);
+            return Err(ReadResult::TooBig);
+        }
+        let needed = needed.unwrap_or_default();
+        if self.buf.len() < needed {
+            // Room for the rest of this frame (and the next header).
+            self.buf.reserve(needed - self.buf.len() + 14);
+            return Ok(None);
+        }
+        self.buf.advance(header_len);
+        let mut payload = self.buf.split_to(payload_len);
+        if let Some(mask) = mask {
+            fastwebsockets::unmask(&mut payload, mask);
+        }
+        Ok(Some(Frame {
+            fin,
+            opcode,
+            payload,
+        }))
+    }
+
+    /// Reads more into the buffer. `Err`: end of stream or IO error.
+    #[inline]
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
+        if self.buf.capacity() == self.buf.len() {
+            self.buf.reserve(READ_CHUNK);
+        }
+        // A fresh `read_buf` per poll: dropping it while pending loses
+        // nothing (nothing was read).
+        match std::pin::pin!(self.io.read_buf(&mut self.buf)).poll(cx) {
+            Poll::Ready(Ok(0) | Err(_)) => Poll::Ready(Err(())),
+            Poll::Ready(Ok(_)) => Poll::Ready(Ok(())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    /// Waits for the next message (cancel-safe).
+    #[inline]
+    pub(super) async fn next(&mut self) -> ReadResult {
+        std::future::poll_fn(|cx| self.poll_message(cx)).await
+    }
+}
+
+fn parse_close(payload: &[u8]) -> ReadResult {
+    match payload {
+        [] => ReadResult::Close(None),
+        [_] => ReadResult::ProtocolError,
+        [a, b, reason @ ..] => {
+            let code = u16::from_be_bytes([*a, *b]);
+            let allowed = matches!(code, 1000..=1003 | 1007..=1014 | 3000..=4999);
+            if !allowed || std::str::from_utf8(reason).is_err() {
+                ReadResult::ProtocolError
+            } else {
+                ReadResult::Close(Some(code))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    type Check = fn(&ReadResult) -> bool;
+
+    /// A masked client frame.
+    fn frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+        let mask = [0x11, 0x22, 0x33, 0x44];
+        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
+        match payload.len() {
+            n @ 0..=125 => out.push(0x80 | n as u8),
+            n @ 126..=65535 => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&mask);
+        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        out
+    }
+
+    fn reader(
+        max: usize,
+    ) -> (
+        FrameReader<tokio::io::DuplexStream>,
+        tokio::io::DuplexStream,
+    ) {
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        (FrameReader::new(ours, max), theirs)
+    }
+
+    async fn feed(peer: &mut tokio::io::DuplexStream, bytes: &[u8]) {
+        peer.write_all(bytes).await.unwrap();
+    }
+
+    fn binary(r: ReadResult) -> Vec<u8> {
+        match r {
+            ReadResult::Binary(b) => b.to_vec(),
+            _ => panic!("not a binary message"),
+        }
+    }
+
+    #[tokio::test]
+    async fn pipelined_frames_come_out_one_by_one_unmasked() {
+        let (mut r, mut peer) = reader(1 << 20);
+        let mut bytes = frame(true, 2, b"first");
+        bytes.extend(frame(true, 2, &[7u8; 300]));
+        bytes.extend(frame(true, 2, &vec![9u8; 70_000]));
+        feed(&mut peer, &bytes).await;
+        assert_eq!(binary(r.next().await), b"first");
+        assert!(r.has_buffered());
+        assert_eq!(binary(r.next().await), vec![7u8; 300]);
+        assert_eq!(binary(r.next().await), vec![9u8; 70_000]);
+        assert!(!r.has_buffered());
+        drop(peer);
+        assert!(matches!(r.next().await, ReadResult::Gone));
+    }
+
+    #[tokio::test]
+    async fn a_frame_trickled_byte_by_byte_survives_dropped_waits() {
+        let (mut r, mut peer) = reader(1 << 20);
+        let bytes = frame(true, 2, b"slowly");
+        for b in &bytes {
+            // Each wait is abandoned before the next byte: nothing is lost.
+            assert!(
+                tokio::time::timeout(Duration::from_millis(1), r.next())
+                    .await
+                    .is_err()
+            );
+            feed(&mut peer, &[*b]).await;
+        }
+        assert_eq!(binary(r.next().await), b"slowly");
+        r.shrink();
+        assert_eq!(r.buf.capacity(), 0, "an idle reader gives its buffer back");
+    }
+
+    #[tokio::test]
+    async fn fragments_are_joined_under_the_message_limit() {
+        let (mut r, mut peer) = reader(10);
+        let mut bytes = frame(false, 2, b"abc");
+        bytes.extend(frame(true, 9, b"ping"));
+        bytes.extend(frame(false, 0, b"def"));
+        bytes.extend(frame(true, 0, b"gh"));
+        feed(&mut peer, &bytes).await;
+        assert!(matches!(r.next().await, ReadResult::Ping(p) if &p[..] == b"ping"));
+        assert_eq!(binary(r.next().await), b"abcdefgh");
+        feed(
+            &mut peer,
+            &[frame(false, 2, b"123456"), frame(true, 0, b"78901")].concat(),
+        )
+        .await;
+        assert!(matches!(r.next().await, ReadResult::TooBig));
+    }
+
+    #[tokio::test]
+    async fn each_refusal_of_the_fastwebsockets_reader_is_kept() {
+        let cases: Vec<(Vec<u8>, Check)> = vec![
+            (frame(true, 2, &[0; 11]), |r| {
+                matches!(r, ReadResult::TooBig)
+            }),
+            (frame(true, 2, &[0; 10]), |r| {
+                matches!(r, ReadResult::Binary(_))
+            }),
+            (frame(true, 1, b"text"), |r| matches!(r, ReadResult::Text)),
+            (frame(true, 1, &[0xff]), |r| {
+                matches!(r, ReadResult::ProtocolError)
+            }),
+            (frame(false, 1, &[0xff]), |r| matches!(r, ReadResult::Text)),
+            ([0xC2, 0x80, 1, 2, 3, 4].to_vec(), |r| {
+                matches!(r, ReadResult::ProtocolError)
+            }),
+            (frame(true, 3, b""), |r| {
+                matches!(r, ReadResult::ProtocolError)
+            }),
+            (frame(false, 9, b""), |r| {
+                matches!(r, ReadResult::ProtocolError)
+            }),
+            (frame(true, 0, b"x"), |r| {
+                matches!(r, ReadResult::ProtocolError)
+            }),
+            // Control frames count against the limit too; pongs have no 125.
+            (frame(true, 10, &[0; 11]), |r| {
+                matches!(r, ReadResult::TooBig)
+            }),
+            (frame(true, 10, &[0; 10]), |r| matches!(r, ReadResult::Pong)),
+            (frame(true, 8, &[0x03, 0xe8, b'o', b'k']), |r| {
+                matches!(r, ReadResult::Close(Some(1000)))
+            }),
+            (frame(true, 8, &[0x03, 0xed]), |r| {
+                matches!(r, ReadResult::ProtocolError)
+            }),
+        ];
+        for (i, (bytes, ok)) in cases.into_iter().enumerate() {
+            let (mut r, mut peer) = reader(10);
+            feed(&mut peer, &bytes).await;
+            let got = r.next().await;
+            assert!(ok(&got), "case {i}");
+        }
+        // A ping over 125 bytes (the reader's limit does not matter).
+        let (mut r, mut peer) = reader(1000);
+        feed(&mut peer, &frame(true, 9, &[0; 126])).await;
+        assert!(matches!(r.next().await, ReadResult::ProtocolError));
+    }
+
+    #[tokio::test]
+    async fn after_a_too_big_frame_the_peers_close_is_still_read() {
+        let (mut r, mut peer) = reader(10);
+        feed(&mut peer, &frame(true, 2, &[0; 5000])[..100]).await;
+        assert!(matches!(r.next().await, ReadResult::TooBig));
+        let mut rest = frame(true, 2, &[0; 5000])[100..].to_vec();
+        rest.extend(frame(true, 8, &[0x03, 0xe8]));
+        feed(&mut peer, &rest).await;
+        assert!(matches!(r.next().await, ReadResult::Close(Some(1000))));
+    }
+}
