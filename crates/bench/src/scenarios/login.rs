@@ -13,7 +13,7 @@ use hdrhistogram::Histogram;
 
 use super::{quantile_us, timing};
 use crate::BenchArgs;
-use crate::gateway::{Env, Gw, Transport};
+use crate::gateway::{BEFORE, Env, Gw, Transport};
 use crate::load::{self, Shared};
 use crate::report::{Row, ScenarioResult, Stat, TargetCheck, fmt_num};
 
@@ -36,14 +36,21 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         "PBKDF2 iterations",
         "4096 (client-side, cached after the first login)",
     );
-    let variants = [(LOGIN, Transport::Plain), (LOGIN_TLS, Transport::Tls)];
+    // (name, transport, on the --before-bin build)
+    let mut variants = vec![
+        (LOGIN.to_owned(), Transport::Plain, false),
+        (LOGIN_TLS.to_owned(), Transport::Tls, false),
+    ];
+    if env.has_before() {
+        variants.push((format!("{LOGIN}{BEFORE}"), Transport::Plain, true));
+    }
     let mut runs: Vec<Vec<(f64, f64, f64, f64)>> = vec![Vec::new(); variants.len()];
     for rep in 0..t.repeat {
-        for (i, (name, transport)) in variants.iter().enumerate() {
+        for (i, (name, transport, before)) in variants.iter().enumerate() {
             if !args.selected(name) {
                 continue;
             }
-            let gw = match env.gateway(*transport).await {
+            let gw = match env.gateway_of(*transport, *before).await {
                 Ok(gw) => gw,
                 Err(e) if *transport == Transport::Tls && !env.owns_gateways() => {
                     if rep == 0 {
@@ -87,7 +94,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
             ));
         }
     }
-    for (i, (name, _)) in variants.iter().enumerate() {
+    for (i, (name, _, _)) in variants.iter().enumerate() {
         if runs[i].is_empty() {
             continue;
         }
@@ -101,12 +108,20 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
                 .map(|us| if *us > 0.0 { 1e6 / us } else { f64::NAN })
                 .collect(),
         );
-        let mut row = Row::new(*name);
+        let mut row = Row::new(name.clone());
         row.stat("logins/s", s(|r| r.0), true)
             .stat("p50 µs", s(|r| r.1), false)
             .stat("p99 µs", s(|r| r.2), false)
-            .stat("server CPU µs/login", cpu, true)
+            .stat("server CPU µs/login", cpu.clone(), true)
             .stat(PER_CORE, per_core, false);
+        if let Some(j) = variants
+            .iter()
+            .position(|v| v.0 == format!("{name}{BEFORE}"))
+            .filter(|j| !runs[*j].is_empty())
+        {
+            let before = Stat::from_samples(runs[j].iter().map(|r| r.3).collect::<Vec<_>>());
+            row.stat("CPU ÷ before", cpu.ratio_to(&before), false);
+        }
         result.rows.push(row);
     }
     let capacity = result
