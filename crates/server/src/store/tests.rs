@@ -1587,6 +1587,10 @@ mod sqlite_specific {
         assert_eq!(serve.get_user("alice").await.unwrap(), Some(user("alice")));
         let err = serve.add_user(user("alice")).await.unwrap_err();
         assert!(matches!(err, StoreError::UserExists(_)), "{err:?}");
+        // A removal elsewhere is seen at once: no read is served from a
+        // snapshot or a cache.
+        assert!(cli.remove_user("alice").await.unwrap());
+        assert_eq!(serve.get_user("alice").await.unwrap(), None);
     }
 
     #[tokio::test]
