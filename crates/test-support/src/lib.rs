@@ -232,7 +232,8 @@ fn redis_server_binary() -> Result<PathBuf, String> {
         })
 }
 
-/// A private `redis-server` without persistence.
+/// A private `redis-server`, without persistence unless started with
+/// [`start_persistent_on`](Self::start_persistent_on).
 #[derive(Debug)]
 pub struct RedisServer {
     port: u16,
@@ -249,28 +250,46 @@ impl RedisServer {
 
     /// Starts one on `port` (to restart a stopped one where clients expect it).
     pub fn start_on(port: u16) -> Result<Self, String> {
-        Self::spawn(port, false)
+        Self::spawn(port, false, None)
+    }
+
+    /// Starts one on `port` that keeps its data in `dir` (an append-only
+    /// file, fsynced at every write) and loads what an earlier one left
+    /// there: stopping it and starting another on the same `dir` is a Redis
+    /// restart with persistence. `dir` stays the caller's (it is not removed).
+    pub fn start_persistent_on(port: u16, dir: &Path) -> Result<Self, String> {
+        Self::spawn(port, false, Some(dir))
     }
 
     /// Starts one that speaks only TLS, with a certificate for 127.0.0.1
     /// from a private CA made for it (`openssl`); [`url`](Self::url) names
     /// that CA.
     pub fn start_tls() -> Result<Self, String> {
-        Self::spawn(free_port(), true)
+        Self::spawn(free_port(), true, None)
     }
 
-    fn spawn(port: u16, tls: bool) -> Result<Self, String> {
+    fn spawn(port: u16, tls: bool, data: Option<&Path>) -> Result<Self, String> {
         let binary = redis_server_binary()?;
-        let dir = kept_tempdir("wsgate-redis-");
+        let dir = match data {
+            Some(dir) => dir.to_path_buf(),
+            None => kept_tempdir("wsgate-redis-"),
+        };
         let port_text = port.to_string();
         let dir_text = dir.display().to_string();
+        let (appendonly, appendfsync) = if data.is_some() {
+            ("yes", "always")
+        } else {
+            ("no", "everysec")
+        };
         let mut args = vec![
             "--bind",
             "127.0.0.1",
             "--save",
             "",
             "--appendonly",
-            "no",
+            appendonly,
+            "--appendfsync",
+            appendfsync,
             "--dir",
             &dir_text,
             "--daemonize",
@@ -297,8 +316,8 @@ impl RedisServer {
         } else {
             args.extend(["--port", &port_text]);
         }
-        let mut process =
-            Process::spawn(&binary, &args, "TERM", &dir.join("redis.log"), Some(&dir))?;
+        let remove = data.is_none().then_some(dir.as_path());
+        let mut process = Process::spawn(&binary, &args, "TERM", &dir.join("redis.log"), remove)?;
         let ca = tls.then(|| dir.join("ca.pem"));
         wait_until(
             &format!("redis-server on port {port}"),

@@ -11,11 +11,19 @@ use wsgate_test_support::{PgServer, RedisServer};
 use crate::channels::{API_KEY, api_publish};
 use crate::cli::{Served, run, serve};
 
-struct Fleet {
-    auth: Served,
-    b: Served,
-    c: Served,
-    _dir: tempfile::TempDir,
+pub(crate) struct Fleet {
+    pub(crate) auth: Served,
+    pub(crate) b: Served,
+    pub(crate) c: Served,
+    pub(crate) _dir: tempfile::TempDir,
+}
+
+/// What a test adds to every node's configuration: lines in `[login]`, and
+/// tables after the fleet's own.
+#[derive(Default)]
+pub(crate) struct Extra<'a> {
+    pub(crate) login: &'a str,
+    pub(crate) tables: &'a str,
 }
 
 fn node_config(
@@ -24,6 +32,7 @@ fn node_config(
     redis: &str,
     pg: &str,
     auth_module: bool,
+    extra: &Extra<'_>,
 ) -> String {
     let path = dir.join(format!("{name}.toml"));
     let toml = format!(
@@ -34,25 +43,39 @@ auth_module = {auth_module}
 api_keys = ["{API_KEY}"]
 [login]
 iterations = 4096
+{login}
 [[channels]]
 pattern = "user.{{user}}.*"
 sensitive = true
 subscribe = "owner"
 publish = "api"
+{tables}
 "#,
-        data = dir.join("data").display()
+        data = dir.join("data").display(),
+        login = extra.login,
+        tables = extra.tables,
     );
     std::fs::write(&path, toml).unwrap();
     path.display().to_string()
 }
 
 async fn start_fleet(redis: &RedisServer, pg: &PgServer) -> Fleet {
+    start_fleet_with(redis, pg, &Extra::default()).await
+}
+
+/// Node A (the authentication module), B and C on `redis` and a new
+/// database in `pg`, sharing one data directory; users alice and bob.
+pub(crate) async fn start_fleet_with(
+    redis: &RedisServer,
+    pg: &PgServer,
+    extra: &Extra<'_>,
+) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let database = pg.create_database().await;
     let (redis_url, pg_url) = (redis.url(), pg.url(&database));
     let configs: Vec<String> = [("a", true), ("b", false), ("c", false)]
         .iter()
-        .map(|(n, auth)| node_config(dir.path(), n, &redis_url, &pg_url, *auth))
+        .map(|(n, auth)| node_config(dir.path(), n, &redis_url, &pg_url, *auth, extra))
         .collect();
     // One data directory for the fleet: the first keygen creates key and secret.
     let (ok, _, err) = run(&["keygen", "--config", &configs[0]], None);
@@ -86,7 +109,7 @@ async fn start_fleet(redis: &RedisServer, pg: &PgServer) -> Fleet {
     }
 }
 
-fn at(s: &Served) -> ClientConfig {
+pub(crate) fn at(s: &Served) -> ClientConfig {
     ClientConfig::from_addr(s.addr).timeout(Duration::from_secs(10))
 }
 

@@ -10,6 +10,7 @@ mod channels;
 mod cli;
 mod embedding;
 mod fleet;
+mod fleet_load;
 mod login;
 mod logs;
 mod metrics;

@@ -319,6 +319,28 @@ async fn logout_closes_every_connection_with_4001_and_the_session_is_refused() {
 }
 
 #[tokio::test]
+async fn a_client_busy_sending_when_its_session_ends_still_gets_4001() {
+    // The gateway waits for the client's close: closing the socket with the
+    // client's frames unread would reset the connection, and the client
+    // would see a broken pipe instead of the 4001.
+    let gw = TestGateway::start("").await;
+    let (session, conn) = connected(&gw).await;
+    let mut busy = session.connect(&gw.client()).await.unwrap();
+    let requests = tokio::spawn(async move {
+        loop {
+            if let Err(e) = busy.request("sys.echo", b"busy", true).await {
+                return e;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    conn.logout().await.unwrap();
+    let err = requests.await.unwrap();
+    assert_eq!(err.close_code(), Some(4001), "{err:?}");
+}
+
+#[tokio::test]
 async fn an_expired_session_closes_with_4001() {
     let gw = TestGateway::start("[login]\nsession_ttl_secs = 2").await;
     let (session, mut conn) = connected(&gw).await;
