@@ -167,8 +167,9 @@ pub struct FileChannel {
 #[derive(Debug, Default, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileTesting {
-    /// Serve `/raw-echo`: a plain WebSocket echo on the same stack, with no
-    /// envelope, login or crypto (Autobahn conformance, benchmark baseline).
+    /// Serve `/raw-echo` and `/raw-echo-frames`: plain WebSocket echoes on
+    /// the same stack, with no envelope, login or crypto (Autobahn
+    /// conformance of both frame readers, benchmark baseline).
     pub raw_echo: Option<bool>,
 }
 
@@ -399,7 +400,8 @@ pub struct Config {
     pub routes: RouteTable,
     /// Serve the demo page at `/`.
     pub demo: bool,
-    /// Serve the unauthenticated `/raw-echo` WebSocket endpoint (testing only).
+    /// Serve the unauthenticated `/raw-echo` and `/raw-echo-frames` WebSocket
+    /// endpoints (testing only).
     pub raw_echo: bool,
     /// `[tls]`: serve `https://` / `wss://` instead of plain HTTP. Default off.
     pub tls: Option<TlsFiles>,

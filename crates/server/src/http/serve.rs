@@ -78,8 +78,12 @@ impl Gateway {
             .route("/healthz", get(|| async { "ok" }))
             .route("/metrics", get(http::metrics));
         if self.shared.config.raw_echo {
-            tracing::warn!("[testing] raw_echo is on: /raw-echo echoes anything, unauthenticated");
-            router = router.route("/raw-echo", get(ws::raw_echo::upgrade));
+            tracing::warn!(
+                "[testing] raw_echo is on: /raw-echo and /raw-echo-frames echo anything, unauthenticated"
+            );
+            router = router
+                .route("/raw-echo", get(ws::raw_echo::upgrade))
+                .route("/raw-echo-frames", get(ws::raw_echo_frames::upgrade));
         }
         if self.shared.config.demo {
             router = router.route("/", get(http::assets::demo_page));

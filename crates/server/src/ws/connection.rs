@@ -554,10 +554,11 @@ impl Conn {
                 Ok(())
             }
             ReadResult::Pong => Ok(()),
-            ReadResult::Text => Err(Some(Ending::new(
-                close::UNSUPPORTED_DATA,
-                "text frames are not accepted",
-            ))),
+            // The last two come only from a reader that accepts text, which
+            // this one does not.
+            ReadResult::Text | ReadResult::TextMessage(_) | ReadResult::InvalidUtf8 => Err(Some(
+                Ending::new(close::UNSUPPORTED_DATA, "text frames are not accepted"),
+            )),
             ReadResult::TooBig => Err(Some(Ending::new(close::TOO_BIG, "message too big"))),
             ReadResult::ProtocolError => Err(Some(Ending::new(
                 close::PROTOCOL_ERROR,

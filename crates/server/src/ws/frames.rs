@@ -8,6 +8,12 @@
 //! `FrameWriter<WriteSide>` are the same code, with the same reads and
 //! writes, as when they lived in `connection.rs` — no boxing, no extra copy,
 //! no extra syscall.
+//!
+//! The same two serve `/raw-echo-frames` ([`super::raw_echo_frames`],
+//! `[testing] raw_echo`), where `scripts/autobahn` runs the Autobahn
+//! conformance cases against them. For that endpoint only, the reader
+//! [accepts text](FrameReader::accept_text) (joined, UTF-8 checked fragment
+//! by fragment); `/ws` refuses text at its first frame, as before.
 
 use std::future::Future;
 use std::io;
@@ -117,7 +123,14 @@ const READ_CHUNK: usize = 1024;
 /// One whole WebSocket message or the reason there is none.
 pub(super) enum ReadResult {
     Binary(BytesMut),
+    /// A text frame, refused at its first frame (`/ws`: the reader does not
+    /// [accept text](FrameReader::accept_text)).
     Text,
+    /// A whole text message, valid UTF-8 (only when text is accepted).
+    TextMessage(BytesMut),
+    /// A text message that is not UTF-8, found at the first fragment that
+    /// cannot be the start of valid UTF-8 (only when text is accepted).
+    InvalidUtf8,
     Ping(BytesMut),
     Pong,
     Close(Option<u16>),
@@ -143,6 +156,11 @@ struct Frame {
 /// the size limit is too big; a final text frame that is not UTF-8 is a
 /// protocol error, any other text frame is refused as text. Masks are
 /// applied when present.
+///
+/// With [`accept_text`](Self::accept_text) (the conformance echo, never
+/// `/ws`), text messages are joined and checked like binary ones, and their
+/// UTF-8 is validated fragment by fragment: [`ReadResult::InvalidUtf8`] as
+/// soon as the bytes so far cannot start valid UTF-8.
 pub(super) struct FrameReader<R> {
     io: R,
     buf: BytesMut,
@@ -150,8 +168,12 @@ pub(super) struct FrameReader<R> {
     max_frame: usize,
     /// Largest message (the limit on fragments joined).
     max_message: usize,
-    /// The fragments of a binary message so far.
+    /// The fragments of a binary (or accepted text) message so far.
     assembling: Option<BytesMut>,
+    /// Whether text messages are read rather than refused.
+    text: bool,
+    /// While a text message is joined: how much of it is known to be UTF-8.
+    text_checked: Option<usize>,
     /// Bytes of a refused (too big) frame still to be thrown away, so
     /// frames after it (the peer's close) can still be read.
     skip: u64,
@@ -168,6 +190,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             max_frame: max_message,
             max_message,
             assembling: None,
+            text: false,
+            text_checked: None,
             skip: 0,
             broken: false,
         }
@@ -178,6 +202,14 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     #[inline]
     pub(super) fn has_buffered(&self) -> bool {
         !self.buf.is_empty()
+    }
+
+    /// Reads text messages too ([`ReadResult::TextMessage`]) instead of
+    /// refusing them at their first frame. Only for the conformance echo:
+    /// `/ws` refuses text.
+    pub(super) fn accept_text(mut self) -> Self {
+        self.text = true;
+        self
     }
 
     /// Lowers the limit on a fragmented message (the limit on one frame
@@ -195,7 +227,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The next whole message, control frame or failure.
     #[inline]
-    fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<ReadResult> {
+    pub(super) fn poll_message(&mut self, cx: &mut Context<'_>) -> Poll<ReadResult> {
         loop {
             if self.skip > 0 || self.broken {
                 let n = self
@@ -234,6 +266,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     #[inline]
     fn on_frame(&mut self, frame: Frame) -> Option<ReadResult> {
         Some(match frame.opcode {
+            opcode::TEXT if self.text => return self.on_text(frame),
             opcode::TEXT => {
                 if frame.fin && std::str::from_utf8(&frame.payload).is_err() {
                     ReadResult::ProtocolError
@@ -255,16 +288,44 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                     return Some(ReadResult::TooBig);
                 }
                 buf.extend_from_slice(&frame.payload);
+                if let Some(checked) = self.text_checked.as_mut()
+                    && !utf8_so_far(buf, checked, frame.fin)
+                {
+                    return Some(ReadResult::InvalidUtf8);
+                }
                 if !frame.fin {
                     return None;
                 }
-                ReadResult::Binary(self.assembling.take().unwrap_or_default())
+                let message = self.assembling.take().unwrap_or_default();
+                if self.text_checked.take().is_some() {
+                    ReadResult::TextMessage(message)
+                } else {
+                    ReadResult::Binary(message)
+                }
             }
             opcode::PING => ReadResult::Ping(frame.payload),
             opcode::PONG => ReadResult::Pong,
             opcode::CLOSE => parse_close(&frame.payload),
             _ => ReadResult::ProtocolError,
         })
+    }
+
+    /// A text frame when text is accepted: a whole message, or the first
+    /// fragment of one.
+    fn on_text(&mut self, frame: Frame) -> Option<ReadResult> {
+        if self.assembling.is_some() {
+            return Some(ReadResult::ProtocolError);
+        }
+        let mut checked = 0;
+        if !utf8_so_far(&frame.payload, &mut checked, frame.fin) {
+            return Some(ReadResult::InvalidUtf8);
+        }
+        if frame.fin {
+            return Some(ReadResult::TextMessage(frame.payload));
+        }
+        self.assembling = Some(frame.payload);
+        self.text_checked = Some(checked);
+        None
     }
 
     /// Takes one whole frame out of the buffer: `Ok(None)` if more bytes
@@ -377,6 +438,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     #[inline]
     pub(super) async fn next(&mut self) -> ReadResult {
         std::future::poll_fn(|cx| self.poll_message(cx)).await
+    }
+}
+
+/// Validates the bytes of a text message after the first `checked` (known
+/// to be UTF-8), and advances `checked`. A sequence cut at the end is fine
+/// until the `last` fragment; anything else that is not UTF-8 fails at once.
+fn utf8_so_far(data: &[u8], checked: &mut usize, last: bool) -> bool {
+    match std::str::from_utf8(&data[*checked..]) {
+        Ok(_) => {
+            *checked = data.len();
+            true
+        }
+        Err(e) if e.error_len().is_none() && !last => {
+            *checked += e.valid_up_to();
+            true
+        }
+        Err(_) => false,
     }
 }
 
@@ -523,7 +601,7 @@ mod tests {
             (frame(true, 0, b"x"), |r| {
                 matches!(r, ReadResult::ProtocolError)
             }),
-            // Control frames count against the limit too; pongs have no 125.
+            // Control frames count against the limit too.
             (frame(true, 10, &[0; 11]), |r| {
                 matches!(r, ReadResult::TooBig)
             }),
@@ -556,5 +634,327 @@ mod tests {
         rest.extend(frame(true, 8, &[0x03, 0xe8]));
         feed(&mut peer, &rest).await;
         assert!(matches!(r.next().await, ReadResult::Close(Some(1000))));
+    }
+
+    // -----------------------------------------------------------------------
+    // The reader's outcomes as text, from any stream and any split of it.
+
+    /// One outcome, comparable in assertions.
+    fn outcome(r: &ReadResult) -> String {
+        let text = |b: &BytesMut| String::from_utf8_lossy(b).into_owned();
+        match r {
+            ReadResult::Binary(b) if b.len() > 32 => format!("binary {} bytes", b.len()),
+            ReadResult::Binary(b) => format!("binary {}", text(b)),
+            ReadResult::Text => "text refused".into(),
+            ReadResult::TextMessage(b) => format!("text {}", text(b)),
+            ReadResult::InvalidUtf8 => "invalid utf-8".into(),
+            ReadResult::Ping(b) => format!("ping {}", text(b)),
+            ReadResult::Pong => "pong".into(),
+            ReadResult::Close(code) => format!("close {code:?}"),
+            ReadResult::TooBig => "too big".into(),
+            ReadResult::ProtocolError => "protocol error".into(),
+            ReadResult::Gone => "gone".into(),
+        }
+    }
+
+    /// Everything a reader makes of `stream`, up to the end of it.
+    async fn read_all<R: AsyncRead + Unpin>(mut r: FrameReader<R>) -> Vec<String> {
+        let mut out = Vec::new();
+        loop {
+            let got = outcome(&r.next().await);
+            let gone = got == "gone";
+            out.push(got);
+            if gone || out.len() > 100 {
+                return out;
+            }
+        }
+    }
+
+    /// `/ws`'s reader (text refused) over a byte slice.
+    async fn ws(bytes: &[u8], max: usize) -> Vec<String> {
+        read_all(FrameReader::new(bytes, max)).await
+    }
+
+    /// The conformance echo's reader (text accepted) over a byte slice.
+    async fn echo(bytes: &[u8], max: usize) -> Vec<String> {
+        read_all(FrameReader::new(bytes, max).accept_text()).await
+    }
+
+    /// A stream that hands out `chunk` bytes per read, and is not ready
+    /// every other poll (it wakes itself), so each wait for a frame is
+    /// dropped and taken up again mid-frame.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        chunk: usize,
+        ready: bool,
+    }
+
+    impl AsyncRead for Trickle<'_> {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.ready = !self.ready;
+            if !self.ready {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            let n = self.chunk.min(self.bytes.len()).min(buf.remaining());
+            buf.put_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// A close frame's payload.
+    fn close_payload(code: u16, reason: &[u8]) -> Vec<u8> {
+        [&code.to_be_bytes()[..], reason].concat()
+    }
+
+    #[tokio::test]
+    async fn unknown_opcodes_fail_and_nothing_after_them_is_parsed() {
+        for op in [3, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF] {
+            let bytes = [frame(true, op, b"x"), frame(true, 2, b"after")].concat();
+            let want = ["protocol error", "gone"];
+            assert_eq!(ws(&bytes, 100).await, want, "opcode {op:#x}");
+            assert_eq!(echo(&bytes, 100).await, want, "opcode {op:#x}");
+        }
+    }
+
+    #[tokio::test]
+    async fn reserved_bits_fail_whatever_the_frame() {
+        for rsv in [0x40, 0x20, 0x10, 0x70] {
+            for op in [0, 1, 2, 8, 9, 10] {
+                let mut bytes = frame(true, op, b"");
+                bytes[0] |= rsv;
+                bytes.extend(frame(true, 2, b"after"));
+                let want = ["protocol error", "gone"];
+                assert_eq!(ws(&bytes, 100).await, want, "rsv {rsv:#x} op {op}");
+                assert_eq!(echo(&bytes, 100).await, want, "rsv {rsv:#x} op {op}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_unmasked_frame_fails_before_its_length_is_read() {
+        // A masked frame, then an unmasked one claiming 2^62 bytes.
+        let mut bytes = frame(true, 2, b"masked");
+        bytes.extend_from_slice(&[0x82, 127, 0x40, 0, 0, 0, 0, 0, 0, 0]);
+        bytes.extend(frame(true, 2, b"after"));
+        let want = ["binary masked", "protocol error", "gone"];
+        assert_eq!(ws(&bytes, 100).await, want);
+        assert_eq!(echo(&bytes, 100).await, want);
+        // Unmasked control frames too.
+        assert_eq!(ws(&[0x89, 0x00], 100).await, ["protocol error", "gone"]);
+    }
+
+    #[tokio::test]
+    async fn fragmented_or_oversized_control_frames_fail() {
+        for op in [8, 9, 10] {
+            let bytes = [frame(false, op, b""), frame(true, 0, b"")].concat();
+            assert_eq!(
+                ws(&bytes, 1000).await,
+                ["protocol error", "gone"],
+                "op {op}"
+            );
+            assert_eq!(
+                echo(&bytes, 1000).await,
+                ["protocol error", "gone"],
+                "op {op}"
+            );
+            // 125 bytes is the most a control frame may carry.
+            let payload = if op == 8 {
+                close_payload(1000, &[b'a'; 124])
+            } else {
+                vec![b'a'; 126]
+            };
+            let big = frame(true, op, &payload);
+            assert_eq!(ws(&big, 1000).await, ["protocol error", "gone"], "op {op}");
+        }
+        let max = frame(true, 9, &[b'p'; 125]);
+        assert_eq!(ws(&max, 1000).await[0], format!("ping {}", "p".repeat(125)));
+    }
+
+    #[tokio::test]
+    async fn oversized_frames_and_messages_are_too_big_and_skipped() {
+        // One frame over the limit: refused, skipped, and the next read.
+        let bytes = [
+            frame(true, 2, &[1; 101]),
+            frame(true, 2, &[2; 100]),
+            frame(true, 8, &close_payload(1000, b"")),
+        ]
+        .concat();
+        let want = ["too big", "binary 100 bytes", "close Some(1000)", "gone"];
+        assert_eq!(ws(&bytes, 100).await, want);
+        // A 64-bit length with the top bit set is too big, not a panic.
+        let mut huge = vec![0x82, 0xFF, 0x80, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 4];
+        huge.extend_from_slice(b"rest");
+        assert_eq!(ws(&huge, 100).await, ["too big", "gone"]);
+        // Fragments are limited as a whole, text as binary.
+        for op in [1, 2] {
+            let bytes = [frame(false, op, &[b'a'; 60]), frame(true, 0, &[b'a'; 41])].concat();
+            assert_eq!(echo(&bytes, 100).await[0], "too big", "op {op}");
+        }
+    }
+
+    #[tokio::test]
+    async fn close_frames_are_checked() {
+        let close = |payload: &[u8]| frame(true, 8, payload);
+        // Codes a peer may send (RFC 6455 §7.4, the IANA registry).
+        for code in [1000, 1001, 1002, 1003, 1007, 1010, 1011, 1014, 3000, 4999] {
+            let bytes = close(&close_payload(code, b"bye"));
+            assert_eq!(ws(&bytes, 100).await[0], format!("close Some({code})"));
+        }
+        // Codes it may not: reserved, never sent on the wire, unassigned.
+        for code in [
+            0, 999, 1004, 1005, 1006, 1015, 1016, 1100, 2000, 2999, 5000, 65535,
+        ] {
+            let bytes = close(&close_payload(code, b""));
+            assert_eq!(ws(&bytes, 100).await[0], "protocol error", "code {code}");
+        }
+        assert_eq!(ws(&close(b""), 100).await[0], "close None");
+        assert_eq!(ws(&close(&[0x03]), 100).await[0], "protocol error");
+        // The reason must be UTF-8, in full.
+        let bytes = close(&close_payload(1000, "κόσμε".as_bytes()));
+        assert_eq!(ws(&bytes, 100).await[0], "close Some(1000)");
+        for reason in [
+            &b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80"[..],
+            b"ok\xff",
+            b"\xce",
+        ] {
+            let bytes = close(&close_payload(1000, reason));
+            assert_eq!(ws(&bytes, 100).await[0], "protocol error", "{reason:?}");
+            assert_eq!(echo(&bytes, 100).await[0], "protocol error", "{reason:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn ws_refuses_text_at_its_first_frame() {
+        // Even valid, even fragmented: /ws takes binary only.
+        let bytes = [frame(false, 1, b"hel"), frame(true, 0, b"lo")].concat();
+        assert_eq!(ws(&bytes, 100).await[0], "text refused");
+        assert_eq!(ws(&frame(true, 1, b"hello"), 100).await[0], "text refused");
+    }
+
+    #[tokio::test]
+    async fn accepted_text_is_joined_and_validated_across_fragments() {
+        let word = "κόσμε".as_bytes();
+        // Fragments split inside a character, a ping between them.
+        let bytes = [
+            frame(false, 1, &word[..1]),
+            frame(true, 9, b"hi"),
+            frame(false, 0, &word[1..6]),
+            frame(false, 0, b""),
+            frame(true, 0, &word[6..]),
+            frame(true, 1, b""),
+            frame(true, 2, b"bin"),
+        ]
+        .concat();
+        assert_eq!(
+            echo(&bytes, 100).await,
+            ["ping hi", "text κόσμε", "text ", "binary bin", "gone"]
+        );
+        // Invalid UTF-8 fails at the fragment that shows it, before the
+        // message ends: here an encoded surrogate (ED A0 80).
+        let bytes = [
+            frame(false, 1, b"ok"),
+            frame(false, 0, b"\xed"),
+            frame(false, 0, b"\xa0\x80"),
+        ]
+        .concat();
+        assert_eq!(echo(&bytes, 100).await[0], "invalid utf-8");
+        // A code point over U+10FFFF fails on its first two bytes.
+        let bytes = [frame(false, 1, b"\xf4\x90"), frame(true, 0, b"\x80\x80")].concat();
+        assert_eq!(echo(&bytes, 100).await[0], "invalid utf-8");
+        // A character cut by the end of the message.
+        let bytes = [frame(false, 1, b"a"), frame(true, 0, &word[..1])].concat();
+        assert_eq!(echo(&bytes, 100).await[0], "invalid utf-8");
+        assert_eq!(
+            echo(&frame(true, 1, b"\xce"), 100).await[0],
+            "invalid utf-8"
+        );
+        assert_eq!(
+            echo(&frame(true, 1, b"\xff"), 100).await[0],
+            "invalid utf-8"
+        );
+    }
+
+    #[tokio::test]
+    async fn accepted_text_keeps_the_fragmentation_rules() {
+        let cases: [(&[Vec<u8>], &str); 4] = [
+            // A new message inside a text message, either kind.
+            (
+                &[frame(false, 1, b"a"), frame(true, 1, b"b")],
+                "protocol error",
+            ),
+            (
+                &[frame(false, 1, b"a"), frame(true, 2, b"b")],
+                "protocol error",
+            ),
+            (
+                &[frame(false, 2, b"a"), frame(true, 1, b"b")],
+                "protocol error",
+            ),
+            // A continuation with nothing to continue.
+            (&[frame(true, 0, b"a")], "protocol error"),
+        ];
+        for (frames, want) in cases {
+            assert_eq!(echo(&frames.concat(), 100).await[0], want, "{frames:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn any_split_of_the_stream_reads_the_same() {
+        let word = "κόσμε".as_bytes();
+        let frames = [
+            frame(false, 1, &word[..3]),
+            frame(true, 9, b"ping"),
+            frame(true, 0, &word[3..]),
+            frame(false, 2, &[7; 200]),
+            frame(true, 10, b""),
+            frame(true, 0, &[8; 70_000]),
+            frame(true, 2, b"last"),
+            frame(true, 8, &close_payload(1001, b"going")),
+        ];
+        let bytes = frames.concat();
+        let whole = echo(&bytes, 1 << 20).await;
+        assert_eq!(
+            whole,
+            [
+                "ping ping",
+                "text κόσμε",
+                "pong",
+                "binary 70200 bytes",
+                "binary last",
+                "close Some(1001)",
+                "gone"
+            ]
+        );
+        for chunk in [1, 2, 3, 5, 13, 1000] {
+            let trickle = Trickle {
+                bytes: &bytes,
+                chunk,
+                ready: false,
+            };
+            let got = read_all(FrameReader::new(trickle, 1 << 20).accept_text()).await;
+            assert_eq!(got, whole, "chunks of {chunk}");
+        }
+        // And a refusal found mid-stream is found in any split too.
+        let mut bad = frame(true, 2, b"fine");
+        bad.extend(frame(true, 8, &close_payload(1000, b"\xff")));
+        for chunk in [1, 4, bad.len()] {
+            let trickle = Trickle {
+                bytes: &bad,
+                chunk,
+                ready: false,
+            };
+            let got = read_all(FrameReader::new(trickle, 100)).await;
+            assert_eq!(
+                got[..2],
+                ["binary fine", "protocol error"],
+                "chunks of {chunk}"
+            );
+        }
     }
 }

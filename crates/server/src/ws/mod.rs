@@ -3,6 +3,7 @@
 mod connection;
 mod frames;
 pub(crate) mod raw_echo;
+pub(crate) mod raw_echo_frames;
 pub(crate) mod registry;
 
 use std::net::SocketAddr;

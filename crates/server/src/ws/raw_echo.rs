@@ -2,7 +2,8 @@
 //! echo on the gateway's own WebSocket stack — no subprotocol, envelope,
 //! login or crypto. The Autobahn conformance suite (`scripts/autobahn`) runs
 //! against it, and the benchmarks use it as the baseline ("the limit" of the
-//! stack).
+//! stack). It reads with fastwebsockets; `/ws` has its own reader, which
+//! the suite checks through `/raw-echo-frames` ([`super::raw_echo_frames`]).
 //!
 //! fastwebsockets parses frames, answers pings and echoes close frames, but
 //! leaves several RFC 6455 duties to its caller; this endpoint does them, so
@@ -30,7 +31,7 @@ use fastwebsockets::{Frame, OpCode, Payload, Role, WebSocket, WebSocketError};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Messages up to 64 MiB, as conformance cases need (9.x sends 16 MiB).
-const MAX_MESSAGE: usize = 64 << 20;
+pub(super) const MAX_MESSAGE: usize = 64 << 20;
 /// How long to wait for the peer's close after sending ours.
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
 
