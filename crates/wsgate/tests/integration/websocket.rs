@@ -365,16 +365,24 @@ async fn an_upgrade_without_the_subprotocol_is_refused() {
 
 #[tokio::test]
 async fn raw_echo_exists_only_when_enabled_and_echoes_both_kinds() {
+    // /raw-echo reads with fastwebsockets, /raw-echo-frames with the /ws
+    // driver's own reader (both Autobahn-tested by scripts/autobahn).
+    let paths = ["/raw-echo", "/raw-echo-frames"];
     let gw = TestGateway::start("").await;
     let mut http = RawHttp::connect(gw.addr, None).await;
-    assert_eq!(http.request("GET", "/raw-echo", b"").await.status, 404);
+    for path in paths {
+        assert_eq!(http.request("GET", path, b"").await.status, 404, "{path}");
+    }
 
     let gw = TestGateway::start("[testing]\nraw_echo = true").await;
-    let mut raw = RawSocket::open_raw_path(&gw.client(), "/raw-echo")
-        .await
-        .unwrap();
-    raw.send_binary(vec![1, 2, 3]).await.unwrap();
-    assert_eq!(raw.recv_binary().await.unwrap(), vec![1, 2, 3]);
-    raw.send_text("text comes back as text").await.unwrap();
-    assert!(matches!(raw.recv().await, Err(Error::Protocol(m)) if m.contains("text frame")));
+    for path in paths {
+        let mut raw = RawSocket::open_raw_path(&gw.client(), path).await.unwrap();
+        raw.send_binary(vec![1, 2, 3]).await.unwrap();
+        assert_eq!(raw.recv_binary().await.unwrap(), vec![1, 2, 3], "{path}");
+        raw.send_text("text comes back as text").await.unwrap();
+        assert!(
+            matches!(raw.recv().await, Err(Error::Protocol(m)) if m.contains("text frame")),
+            "{path}"
+        );
+    }
 }
