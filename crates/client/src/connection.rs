@@ -3,6 +3,8 @@
 use std::collections::VecDeque;
 use std::future::Future;
 
+use std::pin::Pin;
+use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -10,6 +12,7 @@ use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload};
 use http_body_util::Empty;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
+use tokio::time::{Instant, Sleep};
 use wsgate_proto::envelope::{self, FLAG_ENC, FLAG_ERR, MessageType};
 use wsgate_proto::key_exchange::{self, Hello, KeyAck, TrafficKeys};
 use wsgate_proto::protect::{Opener, Sealer};
@@ -37,6 +40,10 @@ type Ws = FragmentCollector<TokioIo<Upgraded>>;
 pub struct RawSocket {
     ws: Ws,
     timeout: Duration,
+    /// The receive timer. It stays armed across calls and is moved only when
+    /// it fires before the current call's limit: arming a timer per message
+    /// was a timer-wheel insert and removal per message.
+    recv_timer: Pin<Box<Sleep>>,
 }
 
 impl std::fmt::Debug for RawSocket {
@@ -113,6 +120,7 @@ impl RawSocket {
         Ok(Self {
             ws: FragmentCollector::new(ws),
             timeout: config.timeout,
+            recv_timer: Box::pin(tokio::time::sleep(config.timeout)),
         })
     }
 
@@ -134,15 +142,34 @@ impl RawSocket {
 
     /// Receives the next binary message or the close.
     pub async fn recv(&mut self) -> Result<Incoming> {
-        let timeout = self.timeout;
-        tokio::time::timeout(timeout, self.recv_inner())
-            .await
-            .map_err(|_| Error::Timeout("a message"))?
+        let limit = Instant::now() + self.timeout;
+        let timer = &mut self.recv_timer;
+        if timer.deadline() > limit {
+            timer.as_mut().reset(limit);
+        }
+        // The read is never dropped for a timer that fired early (reading a
+        // frame is not cancel-safe): the timer is moved and the same read
+        // polled again.
+        let read = Self::recv_inner(&mut self.ws);
+        let mut read = std::pin::pin!(read);
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = read.as_mut().poll(cx) {
+                return Poll::Ready(result);
+            }
+            while timer.as_mut().poll(cx).is_ready() {
+                if timer.deadline() >= limit {
+                    return Poll::Ready(Err(Error::Timeout("a message")));
+                }
+                timer.as_mut().reset(limit);
+            }
+            Poll::Pending
+        })
+        .await
     }
 
-    async fn recv_inner(&mut self) -> Result<Incoming> {
+    async fn recv_inner(ws: &mut Ws) -> Result<Incoming> {
         loop {
-            let frame = match self.ws.read_frame().await {
+            let frame = match ws.read_frame().await {
                 Ok(f) => f,
                 Err(
                     fastwebsockets::WebSocketError::ConnectionClosed

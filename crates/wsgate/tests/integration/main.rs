@@ -7,6 +7,7 @@
 
 mod attacks;
 mod channels;
+mod client;
 mod cli;
 mod embedding;
 mod fleet;
