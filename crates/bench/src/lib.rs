@@ -122,6 +122,10 @@ pub struct BenchArgs {
     /// Fanout: publishes per second.
     #[arg(long, value_name = "N")]
     pub rate: Option<f64>,
+    /// Fanout: publisher connections sharing --rate, firing together (N
+    /// upstream apps publishing at the same instants: bursts of N events).
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    pub publishers: usize,
     /// Run only the variants whose name contains one of these
     /// (comma-separated, e.g. `--only raw,tagged`); for profiling.
     #[arg(long, value_name = "TEXT", value_delimiter = ',')]

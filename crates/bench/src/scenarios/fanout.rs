@@ -4,10 +4,15 @@
 //!
 //! Each publish carries its send time (µs since the scenario started) as
 //! its JSON `data`; each subscriber reads it from the EVENT body. At the
-//! end the publisher sends `-1`, on which every subscriber stops.
+//! end the first publisher sends `-1`, on which every subscriber stops.
+//!
+//! `--publishers N` splits the rate over N keep-alive publisher
+//! connections whose ticks coincide: N upstream apps publishing at the same
+//! instants, so events arrive in bursts of N (the default, 1, is a steady
+//! stream of single events).
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, Result, anyhow, bail};
@@ -40,7 +45,9 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         "subscribers on one channel, HTTP publishes at a fixed rate",
     );
     result.setting("subscribers", s);
+    let publishers = args.publishers.max(1);
     result.setting("publishes/s", fmt_num(rate));
+    result.setting("publisher connections (events per burst)", publishers);
     result.setting("measured seconds per run", t.duration.as_secs_f64());
     result.setting("runs", t.repeat);
     result.setting(
@@ -76,7 +83,12 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         for (b, (gw, key)) in gateways.iter().enumerate() {
             let tag = if builds[b] { BEFORE } else { "" };
             let label = format!("fanout {s} subscribers{tag} {}/{}", rep + 1, t.repeat);
-            all_runs[b].push(run_once(env, gw, key, s, rate, t, &label).await?);
+            let load = Offered {
+                subscribers: s,
+                rate,
+                publishers,
+            };
+            all_runs[b].push(run_once(env, gw, key, load, t, &label).await?);
         }
     }
     let stats = |runs: &[RunResult], f: fn(&RunResult) -> f64| {
@@ -138,15 +150,28 @@ struct RunResult {
     publish_p99_us: f64,
 }
 
+/// What one run offers the gateway.
+#[derive(Clone, Copy)]
+struct Offered {
+    subscribers: usize,
+    /// Publishes per second, all publishers together.
+    rate: f64,
+    publishers: usize,
+}
+
 async fn run_once(
     env: &Env,
     gw: &Arc<Gw>,
     key: &str,
-    s: usize,
-    rate: f64,
+    load: Offered,
     t: super::Timing,
     label: &str,
 ) -> Result<RunResult> {
+    let Offered {
+        subscribers: s,
+        rate,
+        publishers,
+    } = load;
     for ip in (0..s)
         .map(|i| source_ip(i, s))
         .collect::<std::collections::BTreeSet<_>>()
@@ -167,19 +192,31 @@ async fn run_once(
     .await?;
     let epoch = Instant::now();
     let shared = Shared::default();
+    // One histogram for all subscribers: one per subscriber is 10k × ~220 KB,
+    // and every record was a cache miss on the load generator's one core.
+    let latencies = Arc::new(Mutex::new(load::histogram()));
     let tasks: Vec<_> = subscribers
         .into_iter()
-        .map(|conn| tokio::spawn(subscriber(conn, shared.clone(), epoch)))
+        .map(|conn| tokio::spawn(subscriber(conn, shared.clone(), epoch, latencies.clone())))
         .collect();
     let published = Arc::new(AtomicU64::new(0));
-    let publisher = tokio::spawn(publish_loop(
-        gw.clone(),
-        key.to_owned(),
-        rate,
-        shared.clone(),
-        epoch,
-        published.clone(),
-    ));
+    let mut connections = Vec::with_capacity(publishers);
+    for _ in 0..publishers {
+        connections.push(Publisher::connect(gw, key).await?);
+    }
+    // One interval per publisher, all created now: their ticks coincide.
+    let publisher_tasks: Vec<_> = connections
+        .into_iter()
+        .map(|http| {
+            tokio::spawn(publish_loop(
+                http,
+                rate / publishers as f64,
+                shared.clone(),
+                epoch,
+                published.clone(),
+            ))
+        })
+        .collect();
     let window = load::measure(
         label,
         "deliveries/s",
@@ -190,18 +227,28 @@ async fn run_once(
         env.self_cpu(),
     )
     .await;
-    let publish_hist = publisher
-        .await
-        .map_err(|e| anyhow!("publisher task failed: {e}"))??;
-    let mut hist = load::histogram();
+    let mut publish_hist = load::histogram();
+    let mut first = None;
+    for task in publisher_tasks {
+        let (h, http) = task
+            .await
+            .map_err(|e| anyhow!("publisher task failed: {e}"))??;
+        publish_hist
+            .add(&h)
+            .map_err(|e| anyhow!("merging histograms: {e:?}"))?;
+        first.get_or_insert(http);
+    }
+    // Let in-flight deliveries land, then tell every subscriber to stop.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    if let Some(mut http) = first {
+        http.publish(-1).await?;
+    }
     let deadline = Instant::now() + Duration::from_secs(15);
     let mut unfinished = 0usize;
     for task in tasks {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, task).await {
-            Ok(Ok(Ok(h))) => hist
-                .add(&h)
-                .map_err(|e| anyhow!("merging histograms: {e:?}"))?,
+            Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => return Err(e.context("a subscriber failed")),
             Ok(Err(e)) => bail!("subscriber task failed: {e}"),
             Err(_) => unfinished += 1,
@@ -210,6 +257,7 @@ async fn run_once(
     if unfinished > 0 {
         eprintln!("  [{label}] {unfinished} subscribers never saw the end marker");
     }
+    let hist = latencies.lock().unwrap_or_else(PoisonError::into_inner);
     let total_published = published.load(Ordering::Relaxed) as f64;
     let total_delivered = shared.ops.load(Ordering::Relaxed) as f64;
     Ok(RunResult {
@@ -232,8 +280,8 @@ async fn subscriber(
     mut conn: Connection,
     shared: Shared,
     epoch: Instant,
-) -> Result<Histogram<u64>> {
-    let mut hist = load::histogram();
+    latencies: Arc<Mutex<Histogram<u64>>>,
+) -> Result<()> {
     loop {
         let msg = conn.recv().await?;
         if msg.msg_type != MessageType::Event as u8 || msg.name != CHANNEL {
@@ -249,26 +297,27 @@ async fn subscriber(
                 )
             })?;
         if sent < 0 {
-            return Ok(hist);
+            return Ok(());
         }
         if shared.is_measuring() {
             let now = epoch.elapsed().as_micros() as i64;
-            hist.saturating_record((now - sent).max(1) as u64);
+            latencies
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .saturating_record((now - sent).max(1) as u64);
         }
         shared.done_one();
     }
 }
 
 async fn publish_loop(
-    gw: Arc<Gw>,
-    key: String,
+    mut http: Publisher,
     rate: f64,
     shared: Shared,
     epoch: Instant,
     published: Arc<AtomicU64>,
-) -> Result<Histogram<u64>> {
+) -> Result<(Histogram<u64>, Publisher)> {
     let mut hist = load::histogram();
-    let mut http = Publisher::connect(&gw, &key).await?;
     let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !shared.stopped() {
@@ -279,10 +328,7 @@ async fn publish_loop(
         load::record(&mut hist, t0.elapsed());
         published.fetch_add(1, Ordering::Relaxed);
     }
-    // Let in-flight deliveries land, then tell every subscriber to stop.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    http.publish(-1).await?;
-    Ok(hist)
+    Ok((hist, http))
 }
 
 /// A keep-alive HTTP/1.1 connection for `POST /api/publish`.
