@@ -311,7 +311,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// A text frame when text is accepted: a whole message, or the first
-    /// fragment of one.
+    /// fragment of one. Out of line: `/ws` never gets here.
+    #[inline(never)]
     fn on_text(&mut self, frame: Frame) -> Option<ReadResult> {
         if self.assembling.is_some() {
             return Some(ReadResult::ProtocolError);
@@ -420,7 +421,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Reads more into the buffer. `Err`: end of stream or IO error.
-    #[inline]
+    #[inline(always)]
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
         if self.buf.capacity() == self.buf.len() {
             self.buf.reserve(READ_CHUNK);
