@@ -14,7 +14,9 @@ async fn recv_times_out_a_full_timeout_after_each_call_and_loses_nothing() {
     const T: Duration = Duration::from_millis(400);
     let gw = TestGateway::start("[testing]\nraw_echo = true").await;
     let config = gw.client().timeout(T);
-    let mut raw = RawSocket::open_raw_path(&config, "/raw-echo").await.unwrap();
+    let mut raw = RawSocket::open_raw_path(&config, "/raw-echo")
+        .await
+        .unwrap();
 
     // The timer was armed at open; these calls start after it would have
     // fired for them, so each one moves it.

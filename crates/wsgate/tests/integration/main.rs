@@ -7,8 +7,8 @@
 
 mod attacks;
 mod channels;
-mod client;
 mod cli;
+mod client;
 mod embedding;
 mod fleet;
 mod fleet_load;
