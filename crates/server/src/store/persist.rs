@@ -3,7 +3,8 @@
 //! [`PersistentSessions`] wraps an in-process [`StateStore`] and keeps a
 //! journal of live sessions in a SQLite file in the data directory (mode
 //! 0600, like the server key beside it). Writes are batched by a background
-//! task so a login never waits on the disk; on start the live sessions are
+//! task so a login never waits on the disk (at most one commit per 10 ms, so
+//! a crash loses at most the sessions of the last batch: they log in again); on start the live sessions are
 //! loaded back. Exchanges, failure counters and events stay in memory: they
 //! are worth seconds, a session is worth hours. A fleet uses Redis instead.
 
@@ -127,14 +128,32 @@ fn create_private(_path: &Path) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Applies journal operations in batches (one transaction per wake-up).
+/// Commits at most this often. A quiet node writes each session at once;
+/// under a login storm sessions share commits instead of paying one each
+/// (a commit was ~15 % of a login's CPU when every login had its own).
+const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(10);
+/// Operations per transaction, at most.
+const MAX_BATCH: usize = 4096;
+
+/// Applies journal operations in batches (one transaction per wake-up, at
+/// most one per [`MIN_COMMIT_INTERVAL`]).
 async fn write_behind(
     conn: Arc<Mutex<Connection>>,
     mut rx: mpsc::UnboundedReceiver<Op>,
     path: std::path::PathBuf,
 ) {
     let mut batch = Vec::new();
-    while rx.recv_many(&mut batch, 1024).await > 0 {
+    let mut next_commit = tokio::time::Instant::now();
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        if tokio::time::Instant::now() < next_commit {
+            tokio::time::sleep_until(next_commit).await;
+            while batch.len() < MAX_BATCH
+                && let Ok(op) = rx.try_recv()
+            {
+                batch.push(op);
+            }
+        }
+        next_commit = tokio::time::Instant::now() + MIN_COMMIT_INTERVAL;
         let ops = std::mem::take(&mut batch);
         let conn = conn.clone();
         let path = path.clone();
