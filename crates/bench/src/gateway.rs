@@ -113,6 +113,24 @@ impl Gw {
         }
     }
 
+    /// A server that is not wsgate (e.g. the Node `ws` echo peer), started
+    /// by the bench as `child`, reached at `config`: only its raw WebSocket
+    /// paths are of use (no user, no login). Stopped like a gateway.
+    pub(crate) fn foreign(config: ClientConfig, child: Child, ticks: f64) -> Gw {
+        Gw {
+            config,
+            cpu: Some(CpuMeter::new(child.id(), ticks)),
+            api_key: None,
+            channels_unavailable: Some("not a wsgate gateway".to_owned()),
+            user: String::new(),
+            password: String::new(),
+            sessions: tokio::sync::Mutex::new(HashMap::new()),
+            cache: SaltedPasswordCache::default(),
+            process: std::sync::Mutex::new(Some(child)),
+            _dir: None,
+        }
+    }
+
     /// The data directory of a gateway the bench started (`cert.pem` and
     /// `key.pem` there for a TLS one).
     pub(crate) fn dir(&self) -> Option<&Path> {
@@ -253,6 +271,11 @@ impl Env {
     /// Whether the bench starts its own gateways.
     pub(crate) fn owns_gateways(&self) -> bool {
         matches!(self.mode, Mode::Own { .. })
+    }
+
+    /// Clock ticks per second of `/proc/<pid>/stat` CPU times.
+    pub(crate) fn ticks(&self) -> f64 {
+        self.ticks
     }
 
     /// The load generator's own CPU meter.

@@ -6,7 +6,7 @@
 //!
 //! | scenario | what | baselines |
 //! |---|---|---|
-//! | `echo` | N connections, closed loop, one request in flight each → req/s, p50/p99, server CPU µs per request | raw WebSocket echo (`/raw-echo`), the gateway over `wss://` with every frame tagged |
+//! | `echo` | N connections, closed loop, one request in flight each → req/s, p50/p99, server CPU µs per request | raw WebSocket echo (`/raw-echo`), the gateway over `wss://` with every frame tagged, a popular peer: a Node.js echo server on the npm `ws` package (`js/bench/ws-echo-peer.mjs`) |
 //! | `keys` | connect + HELLO → KEY_INIT → KEY_ACK with an existing session (a reconnect) → per second, server CPU per connection | a plain WebSocket upgrade; the same upgrade behind a TLS 1.3 handshake |
 //! | `login` | SCRAM login (GET /auth/key + two PUT /auth/session) → per second, server CPU per login | — |
 //! | `idle` | C authenticated connections held → server RSS per connection | raw WebSocket connections; `wss://` connections |
@@ -17,6 +17,9 @@
 //! from, pinned with `taskset -c 0` while the load generator runs on core 1),
 //! so it can read the server's CPU time (`/proc/<pid>/stat`) and RSS
 //! (`/proc/<pid>/status`). With `--addr` it loads a running gateway instead.
+//! The Node.js peer of `echo` is started the same way (`taskset -c 0 node
+//! js/bench/ws-echo-peer.mjs`); it needs `node` and `cd js && npm ci`, and
+//! its row is skipped with a note saying so when they are missing.
 //!
 //! Results are printed as Markdown, and written as JSON (`--json`), Markdown
 //! (`--markdown`) and SVG bar charts (`--svg-dir`); `wsgate bench plot
@@ -26,6 +29,7 @@
 
 mod gateway;
 mod load;
+mod peer;
 mod procfs;
 pub mod report;
 mod scenarios;
@@ -42,7 +46,8 @@ pub use crate::report::Report;
 /// Which scenario to run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
-    /// Closed-loop request/response echo.
+    /// Closed-loop request/response echo; baselines: raw WebSocket, a
+    /// Node.js `ws` echo server (`js/bench/ws-echo-peer.mjs`), `wss://`.
     Echo,
     /// Channel fan-out: subscribers and HTTP publishes.
     Fanout,
@@ -151,6 +156,12 @@ pub struct BenchArgs {
     /// Do not pin the gateway (core 0) and the load generator (core 1).
     #[arg(long)]
     pub no_pin: bool,
+    /// Echo: the repository's `js/` directory, holding the Node.js peer
+    /// (`bench/ws-echo-peer.mjs`) and its `ws` module (`npm ci` there)
+    /// [default: the first `js/` above the current directory or this
+    /// executable]. Without node or the module the row is skipped.
+    #[arg(long, value_name = "DIR")]
+    pub node_peer: Option<PathBuf>,
     /// The `wsgate` binary to start gateways with [default: this executable].
     #[arg(long, value_name = "FILE")]
     pub wsgate_bin: Option<PathBuf>,

@@ -1,10 +1,19 @@
 //! `echo`: N connections in a closed loop, one request in flight each.
 //!
 //! Variants, interleaved run by run so machine noise hits all alike:
-//! the raw WebSocket echo (baseline 1, "the limit"), wsgate with every
-//! frame tagged, with a share encrypted, with every frame encrypted, the
-//! raw echo over TLS, and wsgate over `wss://` with every frame tagged
-//! (baseline 2, "TLS on everything").
+//! the raw WebSocket echo (baseline 1, "the limit"), a popular peer (a
+//! Node.js echo server on the npm `ws` package), wsgate with every frame
+//! tagged, with a share encrypted, with every frame encrypted, the raw echo
+//! over TLS, and wsgate over `wss://` with every frame tagged (baseline 2,
+//! "TLS on everything").
+//!
+//! The peer (`js/bench/ws-echo-peer.mjs`, see [`crate::peer`]) is started
+//! for the scenario like a gateway: `taskset -c 0 node …`, its CPU read
+//! from `/proc/<pid>/stat`, loaded by the same client (a [`RawSocket`] with
+//! no subprotocol) in the same closed loop, stopped when the scenario ends.
+//! Its row carries the ratios to the raw echo. Without `node` or the `ws`
+//! module (`cd js && npm ci`), or with `--addr`, the row is skipped with a
+//! note starting "skipped:".
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,9 +26,11 @@ use super::{Timing, quantile_us, timing};
 use crate::BenchArgs;
 use crate::gateway::{BEFORE, Env, Gw, Transport};
 use crate::load::{self, Shared};
+use crate::peer;
 use crate::report::{Row, ScenarioResult, Stat, TargetCheck, fmt_num};
 
 const RAW: &str = "raw ws:// (baseline 1)";
+const NODE: &str = "node ws:// (peer)";
 const TAGGED: &str = "wsgate ws:// all tagged";
 const ALL_ENC: &str = "wsgate ws:// all ENC";
 const RAW_TLS: &str = "raw wss://";
@@ -27,8 +38,12 @@ const WSS: &str = "wsgate wss:// all tagged (baseline 2)";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Kind {
+    /// The gateway's `/raw-echo`.
     Raw,
+    /// wsgate's protected `sys.echo`.
     Gate,
+    /// The Node.js `ws` echo peer.
+    Peer,
 }
 
 #[derive(Debug, Clone)]
@@ -60,6 +75,7 @@ impl EchoConn {
         let config = gw.client_config(None);
         Ok(match kind {
             Kind::Raw => Self::Raw(RawSocket::open_raw_path(&config, "/raw-echo").await?),
+            Kind::Peer => Self::Raw(RawSocket::open_raw_path(&config, peer::PATH).await?),
             Kind::Gate => Self::Gate(Box::new(gw.session(None).await?.connect(&config).await?)),
         })
     }
@@ -97,6 +113,13 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
             name: RAW.into(),
             transport: Transport::Plain,
             kind: Kind::Raw,
+            share: 0.0,
+            before: false,
+        },
+        Variant {
+            name: NODE.into(),
+            transport: Transport::Plain,
+            kind: Kind::Peer,
             share: 0.0,
             before: false,
         },
@@ -169,22 +192,42 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
     let payload: Arc<Vec<u8>> = Arc::new((0..args.payload).map(|i| (i % 251) as u8).collect());
     let mut runs: Vec<Vec<RunResult>> = vec![Vec::new(); variants.len()];
     let mut skipped: Vec<Option<String>> = vec![None; variants.len()];
+    let mut node_peer = None;
+    if let Some(i) = variants.iter().position(|v| v.kind == Kind::Peer) {
+        match start_peer(env, args).await? {
+            Ok((gw, described)) => {
+                result.setting("node peer", described);
+                node_peer = Some(Arc::new(gw));
+            }
+            Err(why) => skipped[i] = Some(format!("skipped: {NODE}: {why}")),
+        }
+    }
     for rep in 0..t.repeat {
         for (i, v) in variants.iter().enumerate() {
             if skipped[i].is_some() {
                 continue;
             }
-            let gw = match env.gateway_of(v.transport, v.before).await {
-                Ok(gw) => gw,
-                Err(e) if v.transport == Transport::Tls && !env.owns_gateways() => {
-                    skipped[i] = Some(format!("{}: skipped ({e:#})", v.name));
-                    continue;
+            let gw = if v.kind == Kind::Peer {
+                let Some(gw) = &node_peer else { continue };
+                gw.clone()
+            } else {
+                match env.gateway_of(v.transport, v.before).await {
+                    Ok(gw) => gw,
+                    Err(e) if v.transport == Transport::Tls && !env.owns_gateways() => {
+                        skipped[i] = Some(format!("{}: skipped ({e:#})", v.name));
+                        continue;
+                    }
+                    Err(e) => return Err(e),
                 }
-                Err(e) => return Err(e),
             };
             let label = format!("echo {} {}/{}", v.name, rep + 1, t.repeat);
             runs[i].push(run_variant(env, &gw, v, n, &payload, t, &label).await?);
         }
+    }
+    if let Some(gw) = node_peer.take() {
+        // Stopping waits for the process: not on the runtime's thread. (On
+        // an early return the drop stops it.)
+        let _ = tokio::task::spawn_blocking(move || gw.stop()).await;
     }
     result.notes.extend(skipped.into_iter().flatten());
 
@@ -238,9 +281,30 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
     }
     add_targets(&mut result, &mixed, share, args.smoke);
     result.notes.push(
-        "server CPU is utime+stime of the gateway process (/proc/<pid>/stat) over the measured window, divided by the requests completed in it; load-gen CPU is the same for the bench process".into(),
+        "server CPU is utime+stime of the gateway process (for the node peer: the node process, all its threads) (/proc/<pid>/stat) over the measured window, divided by the requests completed in it; load-gen CPU is the same for the bench process".into(),
     );
     Ok(result)
+}
+
+/// Starts the Node.js `ws` echo peer: the peer and its description for
+/// the settings, or why it is skipped (what to install). Errors only when
+/// everything is there and it still fails to start.
+async fn start_peer(env: &Env, args: &BenchArgs) -> Result<Result<(Gw, String), String>> {
+    if !env.owns_gateways() {
+        return Ok(Err(
+            "needs the bench to start its servers (not with --addr)".into(),
+        ));
+    }
+    let found = match peer::locate(args.node_peer.as_deref()) {
+        Ok(found) => found,
+        Err(why) => return Ok(Err(why)),
+    };
+    let described = format!("{} ({})", found.versions, found.script());
+    let (pinned, ticks) = (env.pinned(), env.ticks());
+    let gw = tokio::task::spawn_blocking(move || found.start(pinned, ticks))
+        .await
+        .map_err(|e| anyhow::anyhow!("node peer start-up task failed: {e}"))??;
+    Ok(Ok((gw, described)))
 }
 
 pub(crate) fn mixed_name(share: f64) -> String {
