@@ -17,10 +17,11 @@
 
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::{Buf as _, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite};
 
 /// WebSocket opcodes (RFC 6455 §5.2).
 pub(super) mod opcode {
@@ -45,6 +46,12 @@ pub(super) struct FrameWriter<W> {
     io: W,
     /// What is queued; the driver seals protected frames straight into it.
     pub(super) buf: Vec<u8>,
+    /// How much of `buf` is already written: a write the socket did not
+    /// take at once goes on from here (so [`poll_flush`] is cancel-safe,
+    /// and frames may be queued behind a stalled write).
+    ///
+    /// [`poll_flush`]: FrameWriter::poll_flush
+    written: usize,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -52,6 +59,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Self {
             io,
             buf: Vec::new(),
+            written: 0,
         }
     }
 
@@ -88,19 +96,53 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         self.buf.len()
     }
 
+    /// Bytes written so far of what is queued (they grow while a stalled
+    /// write makes progress).
+    #[inline]
+    pub(super) fn written(&self) -> usize {
+        self.written
+    }
+
+    /// Writes what is queued, as far as the stream takes it now; `Ready`
+    /// once everything is written (or the stream failed). Cancel-safe: what
+    /// was written is remembered, and more may be queued in between.
+    #[inline]
+    pub(super) fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.buf.is_empty() {
+            return Poll::Ready(Ok(()));
+        }
+        while self.written < self.buf.len() {
+            match Pin::new(&mut self.io).poll_write(cx, &self.buf[self.written..]) {
+                Poll::Ready(Ok(0)) => {
+                    self.clear();
+                    return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+                }
+                Poll::Ready(Ok(n)) => self.written += n,
+                Poll::Ready(Err(e)) => {
+                    self.clear();
+                    return Poll::Ready(Err(e));
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let flushed = std::task::ready!(Pin::new(&mut self.io).poll_flush(cx));
+        self.clear();
+        Poll::Ready(flushed)
+    }
+
     /// Writes everything queued.
     #[inline]
     pub(super) async fn flush(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
-            return Ok(());
-        }
-        let result = self.io.write_all(&self.buf).await;
+        std::future::poll_fn(|cx| self.poll_flush(cx)).await
+    }
+
+    #[inline]
+    fn clear(&mut self) {
         self.buf.clear();
+        self.written = 0;
         if self.buf.capacity() > KEEP_OUT_CAPACITY {
             self.buf = Vec::new();
         }
-        result?;
-        self.io.flush().await
     }
 
     /// Gives back the buffer of a connection gone quiet.
@@ -479,6 +521,8 @@ fn parse_close(payload: &[u8]) -> ReadResult {
 mod tests {
     use std::time::Duration;
 
+    use tokio::io::AsyncWriteExt as _;
+
     use super::*;
 
     type Check = fn(&ReadResult) -> bool;
@@ -538,6 +582,38 @@ mod tests {
         assert!(!r.has_buffered());
         drop(peer);
         assert!(matches!(r.next().await, ReadResult::Gone));
+    }
+
+    #[tokio::test]
+    async fn a_stalled_write_goes_on_where_it_stopped_with_frames_queued_behind() {
+        let (ours, mut peer) = tokio::io::duplex(1000);
+        let mut out = FrameWriter::new(ours);
+        let first: Vec<u8> = (0..3000u32).map(|i| i as u8).collect();
+        out.frame(opcode::BINARY, &first);
+        // The peer reads nothing: the write stops part way, and each wait
+        // for it can be dropped.
+        for _ in 0..3 {
+            assert!(
+                tokio::time::timeout(Duration::from_millis(5), out.flush())
+                    .await
+                    .is_err()
+            );
+            assert_eq!(out.written(), 1000);
+        }
+        out.close_frame(4001, b"bye");
+        let reading = tokio::spawn(async move {
+            let mut got = Vec::new();
+            peer.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        out.flush().await.unwrap();
+        assert_eq!((out.queued(), out.written()), (0, 0));
+        drop(out);
+        let got = reading.await.unwrap();
+        let mut expected = vec![0x82, 126, 0x0b, 0xb8];
+        expected.extend_from_slice(&first);
+        expected.extend_from_slice(&[0x88, 5, 0x0f, 0xa1, b'b', b'y', b'e']);
+        assert_eq!(got, expected);
     }
 
     #[tokio::test]
