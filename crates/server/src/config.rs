@@ -189,6 +189,7 @@ pub struct FileLimits {
     pub http_body_timeout_secs: Option<u64>,
     pub max_connections: Option<usize>,
     pub send_queue: Option<usize>,
+    pub send_timeout_secs: Option<u64>,
     pub max_subscriptions: Option<usize>,
 }
 
@@ -268,6 +269,10 @@ pub struct Limits {
     /// Events queued per connection before a slow consumer is disconnected
     /// (close 4429). Default 1024.
     pub send_queue: usize,
+    /// How long a write to a WebSocket client may make no progress (the
+    /// client stopped reading) before the connection is dropped; also
+    /// bounds writing the close frame. Default 10 s.
+    pub send_timeout: Duration,
     /// Channels one connection may be subscribed to. Default 256.
     pub max_subscriptions: usize,
 }
@@ -286,6 +291,7 @@ impl Default for Limits {
             http_body_timeout: Duration::from_secs(10),
             max_connections: 200_000,
             send_queue: 1024,
+            send_timeout: Duration::from_secs(10),
             max_subscriptions: 256,
         }
     }
@@ -594,6 +600,13 @@ impl Config {
                 dl.send_queue,
                 1,
                 1_000_000,
+            )?,
+            send_timeout: secs(
+                "limits.send_timeout_secs",
+                l.send_timeout_secs,
+                dl.send_timeout,
+                1,
+                300,
             )?,
             max_subscriptions: ranged(
                 "limits.max_subscriptions",

@@ -104,6 +104,7 @@ pub(crate) struct Metrics {
     pub(crate) upstream_latency: Histogram,
     pub(crate) upstream_errors: Counter,
     pub(crate) queue_drops: Counter,
+    pub(crate) send_timeouts: Counter,
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -242,6 +243,13 @@ impl Metrics {
             "Slow consumers disconnected because their event queue was full.",
         );
         let _ = writeln!(o, "wsgate_queue_drops_total {}", self.queue_drops.get());
+        family(
+            &mut o,
+            "wsgate_send_timeouts_total",
+            "counter",
+            "Connections dropped because writing to them stalled for limits.send_timeout_secs.",
+        );
+        let _ = writeln!(o, "wsgate_send_timeouts_total {}", self.send_timeouts.get());
         o
     }
 }
