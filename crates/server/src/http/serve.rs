@@ -19,6 +19,11 @@ use crate::store::{CredentialStore, StateStore};
 use crate::ws::registry::SessionRegistry;
 use crate::{Shared, http, ws};
 
+/// How long a graceful stop waits for WebSocket connections to answer what
+/// is in flight and close (1001) before it stops anyway: each connection
+/// fits its close handshake inside this (`ws::connection`).
+pub(crate) const WEBSOCKET_DRAIN: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// One gateway node, ready to serve.
 #[derive(Debug, Clone)]
 pub struct Gateway {
@@ -174,7 +179,7 @@ impl Gateway {
         drop(listener);
         // WebSockets: answer what is in flight, then close 1001 (10 s at most).
         self.shared.sessions.shutdown_all();
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+        let deadline = tokio::time::Instant::now() + WEBSOCKET_DRAIN;
         while self.shared.metrics.connections_open.get() > 0
             && tokio::time::Instant::now() < deadline
         {

@@ -24,6 +24,13 @@
 //!   neither is polled on turns where a cheap check says nothing happened;
 //! * on `ws://` the TCP stream is taken back from hyper (`Upgraded::downcast`)
 //!   and split into owned halves, so reading and writing take no lock.
+//!
+//! Every close the server starts (a revocation, expiry, the idle timeout, a
+//! slow consumer, a graceful stop, a protocol violation) sends the close
+//! frame and then waits briefly for the client's, reading what the client
+//! still sends: closing a socket with the client's frames unread, or still
+//! arriving, resets it, and a client busy sending would see a broken pipe
+//! instead of the close code.
 
 use std::future::Future;
 use std::io;
@@ -51,7 +58,7 @@ use super::frames::{FrameReader, FrameWriter, ReadResult, opcode};
 use super::registry::Registration;
 use crate::Shared;
 use crate::handler::HandlerRequest;
-use crate::http::serve::ConnGuard;
+use crate::http::serve::{ConnGuard, WEBSOCKET_DRAIN};
 use crate::http::tls::MaybeTls;
 use crate::hub::{HubMessage, Mailbox};
 use crate::routes::{Builtin, Target};
@@ -63,6 +70,14 @@ type Io = TokioIo<Upgraded>;
 const MAX_BATCH: usize = 64;
 /// Bytes queued in one turn before they are written.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
+/// How long to wait for the peer's close after sending ours.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+/// How long answering the requests in flight may take at a graceful stop.
+const FINISH_IN_FLIGHT: Duration = Duration::from_secs(5);
+/// What a connection has, from the moment it learns of a graceful stop, to
+/// answer what is in flight and finish its close handshake: the server's
+/// drain, with a second to spare.
+const SHUTDOWN_BUDGET: Duration = WEBSOCKET_DRAIN.saturating_sub(Duration::from_secs(1));
 
 /// Close codes of DESIGN §5.4.
 pub(crate) mod close {
@@ -352,6 +367,8 @@ struct Conn {
     /// The registration's revocation feed, once established, for the loop to
     /// build its (one) revocation future from.
     revocation: Option<watch::Receiver<bool>>,
+    /// Set at a graceful stop: the close handshake ends by then.
+    shutdown_by: Option<Instant>,
 }
 
 impl Drop for Conn {
@@ -406,6 +423,7 @@ pub(crate) async fn run(shared: Arc<Shared>, ws: WebSocket<Io>, ip: IpAddr) {
         clock,
         clock_changed: false,
         revocation: None,
+        shutdown_by: None,
     };
     let hello = Hello {
         v: 1,
@@ -415,22 +433,29 @@ pub(crate) async fn run(shared: Arc<Shared>, ws: WebSocket<Io>, ip: IpAddr) {
     };
     let hello_body = serde_json::to_vec(&hello).unwrap_or_default();
     match envelope::encode(MessageType::Hello as u8, 0, 0, "", &hello_body) {
+        // Written by the loop's first turn, bounded like every write.
         Ok(bytes) => conn.out.frame(opcode::BINARY, &bytes),
         Err(_) => return,
     }
-    if conn.out.flush().await.is_err() {
-        return;
-    }
-    let (ending, wait_for_peer) = conn.drive(&mut reader).await;
-    if let Some(ending) = ending {
-        conn.close(ending, wait_for_peer.then_some(&mut reader))
-            .await;
+    match conn.drive(&mut reader).await {
+        End::Close(ending) => conn.close(ending, &mut reader).await,
+        End::Answered => {
+            conn.flush_within().await;
+        }
+        End::Drop => {}
     }
 }
 
-/// How the loop ends: the close to send (if any), and whether the reader is
-/// still usable to wait for the peer's close.
-type End = (Option<Ending>, bool);
+/// How the loop ends.
+enum End {
+    /// Send this close, then wait briefly for the peer's.
+    Close(Ending),
+    /// The peer closed: write what is queued (the answering close), then
+    /// drop the connection.
+    Answered,
+    /// The connection is gone, or writing to it stalled: drop it.
+    Drop,
+}
 
 impl Conn {
     /// The event loop.
@@ -447,19 +472,19 @@ impl Conn {
         let (mut arm_timer, mut arm_revocation) = (true, false);
         let mut news: Option<watch::Receiver<bool>> = None;
         loop {
+            if let Some(rx) = self.revocation.take() {
+                news = Some(rx.clone());
+                revocation.set(revoked(Some(rx)));
+                arm_revocation = true;
+            }
             // Everything the last turn produced leaves in one write.
             if self.out.flush().await.is_err() {
-                return (None, false);
+                return End::Drop;
             }
             if self.clock_changed {
                 self.clock_changed = false;
                 timer.as_mut().reset(self.clock.next());
                 arm_timer = true;
-            }
-            if let Some(rx) = self.revocation.take() {
-                news = Some(rx.clone());
-                revocation.set(revoked(Some(rx)));
-                arm_revocation = true;
             }
             let timer_due = |t: &Sleep| arm_timer || t.is_elapsed();
             let revocation_due = || {
@@ -509,21 +534,9 @@ impl Conn {
     /// Handles one wake; `Err` ends the loop.
     async fn on_wake(&mut self, wake: Wake, reader: &mut FrameReader<ReadSide>) -> Result<(), End> {
         match wake {
-            Wake::Revoked if self.shared.sessions.is_shutting_down() => {
-                self.finish_in_flight().await;
-                Err((
-                    Some(Ending::new(close::GOING_AWAY, "server shutting down")),
-                    false,
-                ))
-            }
-            // Wait for the peer's close (bounded): a client sending right
-            // now would otherwise get a reset, and may never see the 4001.
-            Wake::Revoked => Err((
-                Some(Ending::new(close::SESSION_ENDED, "session ended")),
-                true,
-            )),
+            Wake::Revoked => Err(self.on_revoked().await),
             Wake::Timer => {
-                let quiet = self.on_timer().map_err(|e| (Some(e), false))?;
+                let quiet = self.on_timer().map_err(End::Close)?;
                 if quiet {
                     // Quiet for a whole interval: give the buffers back.
                     self.out.shrink();
@@ -531,24 +544,32 @@ impl Conn {
                 }
                 Ok(())
             }
-            Wake::Completed(done) => self.on_completion(done).map_err(|e| (Some(e), false)),
-            Wake::Hub(message) => self.on_hub_message(message).map_err(|e| (Some(e), false)),
+            Wake::Completed(done) => self.on_completion(done).map_err(End::Close),
+            Wake::Hub(message) => self.on_hub_message(message).map_err(End::Close),
             Wake::Read(result) => {
                 self.last_activity = Instant::now();
                 self.active = true;
-                match self.on_read(result).await {
-                    Ok(()) => Ok(()),
-                    Err(Some(ending)) => Err((Some(ending), true)),
-                    Err(None) => Err((None, false)),
-                }
+                self.on_read(result).await
             }
         }
     }
 
-    /// `Err(None)`: the connection is gone (or closed by the peer, answered).
-    async fn on_read(&mut self, result: ReadResult) -> Result<(), Option<Ending>> {
+    /// The session was revoked (4001), or the server is stopping (1001,
+    /// once the requests in flight are answered).
+    async fn on_revoked(&mut self) -> End {
+        if !self.shared.sessions.is_shutting_down() {
+            return End::Close(Ending::new(close::SESSION_ENDED, "session ended"));
+        }
+        self.shutdown_by = Some(Instant::now() + SHUTDOWN_BUDGET);
+        self.finish_in_flight().await;
+        End::Close(Ending::new(close::GOING_AWAY, "server shutting down"))
+    }
+
+    async fn on_read(&mut self, result: ReadResult) -> Result<(), End> {
         match result {
-            ReadResult::Binary(mut message) => self.on_message(&mut message).await.map_err(Some),
+            ReadResult::Binary(mut message) => {
+                self.on_message(&mut message).await.map_err(End::Close)
+            }
             ReadResult::Ping(payload) => {
                 self.out.frame(opcode::PONG, &payload);
                 Ok(())
@@ -556,20 +577,32 @@ impl Conn {
             ReadResult::Pong => Ok(()),
             // The last two come only from a reader that accepts text, which
             // this one does not.
-            ReadResult::Text | ReadResult::TextMessage(_) | ReadResult::InvalidUtf8 => Err(Some(
-                Ending::new(close::UNSUPPORTED_DATA, "text frames are not accepted"),
-            )),
-            ReadResult::TooBig => Err(Some(Ending::new(close::TOO_BIG, "message too big"))),
-            ReadResult::ProtocolError => Err(Some(Ending::new(
+            ReadResult::Text | ReadResult::TextMessage(_) | ReadResult::InvalidUtf8 => {
+                Err(End::Close(Ending::new(
+                    close::UNSUPPORTED_DATA,
+                    "text frames are not accepted",
+                )))
+            }
+            ReadResult::TooBig => Err(End::Close(Ending::new(close::TOO_BIG, "message too big"))),
+            ReadResult::ProtocolError => Err(End::Close(Ending::new(
                 close::PROTOCOL_ERROR,
                 "WebSocket protocol error",
             ))),
             ReadResult::Close(code) => {
                 self.out.close_frame(code.unwrap_or(1000), b"");
-                let _ = self.out.flush().await;
-                Err(None)
+                Err(End::Answered)
             }
-            ReadResult::Gone => Err(None),
+            ReadResult::Gone => Err(End::Drop),
+        }
+    }
+
+    /// Why the connection ends when `clock.deadline` passes.
+    fn deadline_ending(&self) -> Ending {
+        match self.phase {
+            Phase::AwaitKeyInit { .. } => {
+                Ending::new(close::KEY_INIT_TIMEOUT, "no KEY_INIT in time")
+            }
+            Phase::Established(_) => Ending::new(close::SESSION_ENDED, "session expired"),
         }
     }
 
@@ -578,12 +611,7 @@ impl Conn {
     fn on_timer(&mut self) -> Result<bool, Ending> {
         let now = Instant::now();
         if now >= self.clock.deadline {
-            return Err(match self.phase {
-                Phase::AwaitKeyInit { .. } => {
-                    Ending::new(close::KEY_INIT_TIMEOUT, "no KEY_INIT in time")
-                }
-                Phase::Established(_) => Ending::new(close::SESSION_ENDED, "session expired"),
-            });
+            return Err(self.deadline_ending());
         }
         if now < self.clock.tick {
             // Woken early (the timer was due for the other one).
@@ -661,25 +689,50 @@ impl Conn {
         }
     }
 
-    /// Sends a close frame, then waits briefly for the peer's close so the
-    /// code reaches it before the TCP connection goes away.
-    async fn close(&mut self, ending: Ending, reader: Option<&mut FrameReader<ReadSide>>) {
+    /// `at`, or a graceful stop's deadline if that comes first.
+    fn bounded(&self, at: Instant) -> Instant {
+        self.shutdown_by.map_or(at, |by| at.min(by))
+    }
+
+    /// Writes what is queued as the connection ends, within `send_timeout`
+    /// (and a graceful stop's deadline). `false`: it was not all written.
+    async fn flush_within(&mut self) -> bool {
+        let timeout = Instant::now() + self.shared.config.limits.send_timeout;
+        let until = self.bounded(timeout);
+        match tokio::time::timeout_at(until, self.out.flush()).await {
+            Ok(result) => result.is_ok(),
+            Err(_) => {
+                if until == timeout {
+                    self.shared.metrics.send_timeouts.inc();
+                }
+                false
+            }
+        }
+    }
+
+    /// Sends a close frame (behind anything still queued), then waits
+    /// briefly for the peer's close, reading and throwing away what the
+    /// peer sent before it saw ours. Every server-initiated close goes this
+    /// way: a socket closed with the client's frames unread, or still
+    /// arriving, is reset, and a client busy sending would see a broken pipe
+    /// instead of the code. Bounded: the write by `send_timeout`, the wait
+    /// by [`CLOSE_WAIT`], and both by a graceful stop's deadline.
+    async fn close(&mut self, ending: Ending, reader: &mut FrameReader<ReadSide>) {
         if ending.code != close::SESSION_ENDED && ending.code != close::GOING_AWAY {
             tracing::debug!(code = ending.code, reason = ending.reason, ip = %self.ip_text, "closing connection");
         }
         self.out.close_frame(ending.code, ending.reason.as_bytes());
-        if self.out.flush().await.is_err() {
+        if !self.flush_within().await {
             return;
         }
-        let Some(reader) = reader else { return };
         reader.limit_message(1 << 16);
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        let until = self.bounded(Instant::now() + CLOSE_WAIT);
+        let _ = tokio::time::timeout_at(until, async {
             loop {
                 match reader.next().await {
-                    ReadResult::Close(_)
-                    | ReadResult::Gone
-                    | ReadResult::ProtocolError
-                    | ReadResult::TooBig => break,
+                    ReadResult::Close(_) | ReadResult::Gone | ReadResult::ProtocolError => break,
+                    // Messages (a too big one is skipped), pings and pongs
+                    // sent before the peer saw the close.
                     _ => {}
                 }
             }
@@ -948,7 +1001,7 @@ impl Conn {
 
     /// Answers the requests still in flight (up to 5 s) before a shutdown.
     async fn finish_in_flight(&mut self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
+        let deadline = self.bounded(Instant::now() + FINISH_IN_FLIGHT);
         while self
             .established_mut()
             .is_some_and(|est| !est.in_flight.is_empty())

@@ -1008,22 +1008,9 @@ impl RawWs {
 
     /// Sends one masked frame, as a client must.
     async fn send(&mut self, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
-        let mask = [0x37, 0xfa, 0x21, 0x3d];
-        let mut f = vec![0x80 | opcode];
-        match payload.len() {
-            n if n < 126 => f.push(0x80 | n as u8),
-            n if n < 65536 => {
-                f.push(0x80 | 126);
-                f.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                f.push(0x80 | 127);
-                f.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        f.extend_from_slice(&mask);
-        f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        self.tcp.write_all(&f).await
+        self.tcp
+            .write_all(&masked_frame(true, opcode, payload))
+            .await
     }
 
     /// Reads until the server's close frame and returns its code.
@@ -1035,6 +1022,26 @@ impl RawWs {
             }
         }
     }
+}
+
+/// One masked client frame.
+fn masked_frame(fin: bool, opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mask = [0x37, 0xfa, 0x21, 0x3d];
+    let mut f = vec![if fin { 0x80 } else { 0 } | opcode];
+    match payload.len() {
+        n if n < 126 => f.push(0x80 | n as u8),
+        n if n < 65536 => {
+            f.push(0x80 | 126);
+            f.extend_from_slice(&(n as u16).to_be_bytes());
+        }
+        n => {
+            f.push(0x80 | 127);
+            f.extend_from_slice(&(n as u64).to_be_bytes());
+        }
+    }
+    f.extend_from_slice(&mask);
+    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
 }
 
 /// Writes `bytes` one at a time every `every` while watching for the server
@@ -1171,7 +1178,9 @@ async fn a_key_init_trickled_byte_by_byte_is_cut_off_at_the_key_init_deadline() 
     )
     .await
     .expect("a trickled KEY_INIT kept the connection open");
-    assert!(took < Duration::from_secs(3), "{took:?}");
+    // The deadline, then at most 2 s waiting for the client's close (which
+    // this client, in the middle of a frame, never sends).
+    assert!(took < Duration::from_secs(5), "{took:?}");
     assert!(started.elapsed() >= Duration::from_millis(800));
 
     // After key establishment, a message that never completes is ended by
@@ -1190,11 +1199,81 @@ async fn a_key_init_trickled_byte_by_byte_is_cut_off_at_the_key_init_deadline() 
         &mut ws.tcp,
         &ws_bytes,
         Duration::from_millis(100),
-        Duration::from_secs(8),
+        Duration::from_secs(10),
     )
     .await
     .expect("a message trickled forever kept the connection open");
-    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Idle after 2 s, closed at the next 1 s tick, then at most 2 s waiting
+    // for the client's close.
+    assert!(took < Duration::from_secs(7), "{took:?}");
+}
+
+/// Uploads one message that never ends, a 256-byte fragment every
+/// millisecond (so the gateway never has a whole message, and its idle timer
+/// runs), looking at what came back after each fragment as a busy client
+/// does: the fragment sent just after the gateway's close is sent before
+/// the close is seen. Once it is seen, answers it between two fragments, as
+/// RFC 6455 allows, and reads to the end. Returns the close code, or how the
+/// connection failed (a reset shows as a failed write or read).
+async fn upload_until_closed(ws: &mut RawWs, give_up: Duration) -> Result<u16, String> {
+    let started = Instant::now();
+    let mut opcode = 0x2;
+    let code = 'upload: loop {
+        if started.elapsed() > give_up {
+            return Err(format!("no close after {give_up:?}"));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        ws.tcp
+            .write_all(&masked_frame(false, opcode, &[0x42; 256]))
+            .await
+            .map_err(|e| format!("sending a fragment: {e}"))?;
+        opcode = 0x0;
+        let mut chunk = [0u8; 4096];
+        loop {
+            match ws.tcp.try_read(&mut chunk) {
+                Ok(0) => return Err("the connection ended without a close frame".into()),
+                Ok(n) => ws.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) => return Err(format!("reading: {e}")),
+            }
+        }
+        while let Some(total) = frame_len(&ws.buf)
+            && ws.buf.len() >= total
+        {
+            let frame: Vec<u8> = ws.buf.drain(..total).collect();
+            if frame[0] & 0x0f == 0x8 {
+                break 'upload u16::from_be_bytes([frame[2], frame[3]]);
+            }
+        }
+    };
+    ws.tcp
+        .write_all(&masked_frame(true, 0x8, &1000u16.to_be_bytes()))
+        .await
+        .map_err(|e| format!("answering the close {code}: {e}"))?;
+    let mut rest = Vec::new();
+    match tokio::time::timeout(Duration::from_secs(5), ws.tcp.read_to_end(&mut rest)).await {
+        Ok(Ok(_)) => Ok(code),
+        Ok(Err(e)) => Err(format!("after the close {code}: {e}")),
+        Err(_) => Err(format!("still open 5 s after the close {code}")),
+    }
+}
+
+#[tokio::test]
+async fn a_client_busy_uploading_when_the_idle_timeout_closes_it_still_gets_1001() {
+    // Fragments of a message are not activity: the idle timeout closes the
+    // connection in the middle of the upload. The gateway then waits for the
+    // client's close, reading what still comes: closing at once would reset
+    // the connection under the client's next fragment, and its answer to the
+    // close would fail with a broken pipe.
+    let gw = TestGateway::start(
+        "[limits]\nidle_timeout_secs = 2\nping_interval_secs = 1\nmax_message_size = 8388608",
+    )
+    .await;
+    let (mut ws, _) = established_raw(&gw).await;
+    let started = Instant::now();
+    let closed = upload_until_closed(&mut ws, Duration::from_secs(15)).await;
+    assert_eq!(closed, Ok(1001), "after {:?}", started.elapsed());
+    assert!(started.elapsed() >= Duration::from_millis(1800));
 }
 
 /// How many sockets the idle test may hold: each is two descriptors in

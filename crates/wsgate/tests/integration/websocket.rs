@@ -318,26 +318,95 @@ async fn logout_closes_every_connection_with_4001_and_the_session_is_refused() {
     assert_eq!(err.close_code(), Some(4401), "{err:?}");
 }
 
-#[tokio::test]
-async fn a_client_busy_sending_when_its_session_ends_still_gets_4001() {
-    // The gateway waits for the client's close: closing the socket with the
-    // client's frames unread would reset the connection, and the client
-    // would see a broken pipe instead of the 4001.
-    let gw = TestGateway::start("").await;
-    let (session, conn) = connected(&gw).await;
-    let mut busy = session.connect(&gw.client()).await.unwrap();
-    let requests = tokio::spawn(async move {
+/// Sends echo requests every 5 ms until the connection ends, and returns
+/// the error that ended it. Such a client is nearly always about to send
+/// when the gateway's close comes, and sends before it reads the close: a
+/// gateway that dropped the socket right after its close frame would answer
+/// that request with a reset, and the client would see a broken pipe (its
+/// reply to the close fails) instead of the close code. The gateway waits
+/// for the client's close instead.
+fn busy(mut conn: Connection) -> tokio::task::JoinHandle<Error> {
+    tokio::spawn(async move {
         loop {
-            if let Err(e) = busy.request("sys.echo", b"busy", true).await {
+            if let Err(e) = conn.request("sys.echo", b"busy", true).await {
                 return e;
             }
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
-    });
+    })
+}
+
+#[tokio::test]
+async fn a_client_busy_sending_when_its_session_ends_still_gets_4001() {
+    let gw = TestGateway::start("").await;
+    let (session, conn) = connected(&gw).await;
+    let requests = busy(session.connect(&gw.client()).await.unwrap());
     tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     conn.logout().await.unwrap();
     let err = requests.await.unwrap();
     assert_eq!(err.close_code(), Some(4001), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_client_busy_sending_when_its_session_expires_still_gets_4001() {
+    let gw = TestGateway::start("[login]\nsession_ttl_secs = 2").await;
+    let (_, conn) = connected(&gw).await;
+    let err = busy(conn).await.unwrap();
+    assert_eq!(err.close_code(), Some(4001), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_slow_consumer_busy_sending_still_gets_4429() {
+    let gw = TestGateway::start(
+        "[limits]\nsend_queue = 1\n[[channels]]\npattern = \"chat.*\"\npublish = \"authenticated\"\n",
+    )
+    .await;
+    let (_, mut conn) = connected(&gw).await;
+    conn.call(MessageType::Subscribe, "chat.room", b"", false)
+        .await
+        .unwrap();
+    let requests = busy(conn);
+    // Bursts of PUBLISH, each handled in one turn: more events at once than
+    // the subscriber's queue (one event) holds.
+    let bob = login(&gw.client(), BOB, BOB_PASSWORD).await.unwrap();
+    let mut publisher = bob.connect(&gw.client()).await.unwrap();
+    let started = std::time::Instant::now();
+    while !requests.is_finished() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(20),
+            "the subscriber was never disconnected"
+        );
+        let ids: Vec<u32> = (0..20).map(|_| publisher.next_request_id()).collect();
+        for &id in &ids {
+            publisher
+                .send(MessageType::Publish as u8, 0, id, "chat.room", b"\"hi\"")
+                .await
+                .unwrap();
+        }
+        for _ in &ids {
+            publisher.recv().await.unwrap();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let err = requests.await.unwrap();
+    assert_eq!(err.close_code(), Some(4429), "{err:?}");
+}
+
+#[tokio::test]
+async fn a_client_busy_sending_when_the_gateway_stops_still_gets_1001() {
+    let gw = TestGateway::start("").await;
+    let (_, conn) = connected(&gw).await;
+    let requests = busy(conn);
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let stopping = std::time::Instant::now();
+    drop(gw);
+    let err = requests.await.unwrap();
+    assert_eq!(err.close_code(), Some(1001), "{err:?}");
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
 }
 
 #[tokio::test]
