@@ -25,6 +25,13 @@
 //! * on `ws://` the TCP stream is taken back from hyper (`Upgraded::downcast`)
 //!   and split into owned halves, so reading and writing take no lock.
 //!
+//! Every wait is bounded, writes included, at no cost per message: a turn's
+//! write is tried at once, and only a write the socket does not take (the
+//! client reads slower than it is sent to, or not at all) arms the same one
+//! timer, for `send_timeout_secs` without progress; then the connection is
+//! dropped (counted in `wsgate_send_timeouts_total`). While it waits, a
+//! revocation, a graceful stop or the deadline still closes the connection.
+//!
 //! Every close the server starts (a revocation, expiry, the idle timeout, a
 //! slow consumer, a graceful stop, a protocol violation) sends the close
 //! frame and then waits briefly for the client's, reading what the client
@@ -457,6 +464,14 @@ enum End {
     Drop,
 }
 
+/// What ended a stalled write's wait.
+enum Stalled {
+    /// Everything was written (`true`), or the stream failed.
+    Flushed(bool),
+    Revoked,
+    Timer,
+}
+
 impl Conn {
     /// The event loop.
     async fn drive(&mut self, reader: &mut FrameReader<ReadSide>) -> End {
@@ -477,9 +492,21 @@ impl Conn {
                 revocation.set(revoked(Some(rx)));
                 arm_revocation = true;
             }
-            // Everything the last turn produced leaves in one write.
-            if self.out.flush().await.is_err() {
-                return End::Drop;
+            // Everything the last turn produced leaves in one write, which
+            // the socket nearly always takes at once. When it does not (the
+            // client reads slower than it is sent to, or not at all), the
+            // wait is bounded: no timer is armed for a write that is done.
+            match std::future::poll_fn(|cx| Poll::Ready(self.out.poll_flush(cx))).await {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(_)) => return End::Drop,
+                Poll::Pending => {
+                    if let Err(end) = self
+                        .write_stalled(timer.as_mut(), revocation.as_mut())
+                        .await
+                    {
+                        return end;
+                    }
+                }
             }
             if self.clock_changed {
                 self.clock_changed = false;
@@ -686,6 +713,74 @@ impl Conn {
                 est.mailbox.as_mut(),
             ),
             Phase::AwaitKeyInit { .. } => (None, None),
+        }
+    }
+
+    /// The turn's write did not fit in the socket: the client reads slower
+    /// than it is sent to, or not at all. Waits for the write on the loop's
+    /// one timer, re-armed here only, and meanwhile still ends the
+    /// connection on revocation, a graceful stop or the deadline (the close
+    /// is queued behind the data). A write that makes no progress for
+    /// `send_timeout` drops the connection: a client that does not read
+    /// would not read a close frame either. Nothing is read meanwhile.
+    #[cold]
+    #[inline(never)]
+    async fn write_stalled(
+        &mut self,
+        mut timer: Pin<&mut Sleep>,
+        mut revocation: Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), End> {
+        let send_timeout = self.shared.config.limits.send_timeout;
+        let mut written = self.out.written();
+        let mut progress_at = Instant::now();
+        timer
+            .as_mut()
+            .reset(self.clock.deadline.min(progress_at + send_timeout));
+        // The loop puts the timer back on its schedule afterwards.
+        self.clock_changed = true;
+        loop {
+            let out = &mut self.out;
+            let stalled = std::future::poll_fn(|cx| {
+                if revocation.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Stalled::Revoked);
+                }
+                if let Poll::Ready(result) = out.poll_flush(cx) {
+                    return Poll::Ready(Stalled::Flushed(result.is_ok()));
+                }
+                if out.written() != written {
+                    written = out.written();
+                    progress_at = Instant::now();
+                }
+                match timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Stalled::Timer),
+                    Poll::Pending => Poll::Pending,
+                }
+            })
+            .await;
+            match stalled {
+                Stalled::Flushed(true) => {
+                    // The client took the data, so it is there: the idle
+                    // clock (whose ticks waited meanwhile) starts again.
+                    self.last_activity = Instant::now();
+                    return Ok(());
+                }
+                Stalled::Flushed(false) => return Err(End::Drop),
+                Stalled::Revoked => return Err(self.on_revoked().await),
+                Stalled::Timer => {
+                    let now = Instant::now();
+                    if now >= self.clock.deadline {
+                        return Err(End::Close(self.deadline_ending()));
+                    }
+                    if now >= progress_at + send_timeout {
+                        self.shared.metrics.send_timeouts.inc();
+                        tracing::debug!(ip = %self.ip_text, "dropping a connection whose writes stalled");
+                        return Err(End::Drop);
+                    }
+                    timer
+                        .as_mut()
+                        .reset(self.clock.deadline.min(progress_at + send_timeout));
+                }
+            }
         }
     }
 

@@ -1276,6 +1276,74 @@ async fn a_client_busy_uploading_when_the_idle_timeout_closes_it_still_gets_1001
     assert!(started.elapsed() >= Duration::from_millis(1800));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_dropped_at_the_send_timeout_while_others_are_served() {
+    let _heavy = HEAVY.lock().await;
+    let gw = TestGateway::start("[limits]\nsend_timeout_secs = 1").await;
+    let (_, conn) = connected(&gw).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let worker = tokio::spawn(keep_working(conn, stop.clone()));
+
+    // 60 KiB echo requests as fast as the gateway takes them, and not one
+    // response read: once the socket buffers are full, the gateway's writes
+    // stall (and it stops reading requests, so this client's writes stall
+    // too).
+    let (mut ws, mut sealer) = established_raw(&gw).await;
+    let started = Instant::now();
+    let flooding = tokio::spawn(async move {
+        let body = vec![0x5a; 60 << 10];
+        let mut id = 0u32;
+        loop {
+            id += 1;
+            let frame = sealer
+                .seal(MessageType::Request as u8, 0, id, "sys.echo", &body)
+                .unwrap();
+            if let Err(e) = ws.send(0x2, &frame).await {
+                return (id, e);
+            }
+        }
+    });
+    let dropped_in = loop {
+        let text = crate::metrics::scrape(&gw).await;
+        if crate::metrics::value(&text, "wsgate_send_timeouts_total") == 1 {
+            break started.elapsed();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "a client that reads nothing is still connected after 15 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Dropped: the client's blocked write fails.
+    let (requests_sent, error) = tokio::time::timeout(Duration::from_secs(10), flooding)
+        .await
+        .expect("the client's writes still block")
+        .unwrap();
+    let text = crate::metrics::scrape(&gw).await;
+    assert_eq!(
+        crate::metrics::value(&text, "wsgate_connections_open"),
+        1,
+        "{text}"
+    );
+    stop.store(true, Ordering::SeqCst);
+    let (requests, slowest) = worker.await.unwrap();
+    eprintln!(
+        "a client sent {requests_sent} requests, read nothing and was dropped after \
+         {dropped_in:?} ({error}); meanwhile {requests} requests, slowest {slowest:?}"
+    );
+    // One second without progress; the stall starts after the first few
+    // megabytes, which take a moment on a loaded machine.
+    assert!(
+        (Duration::from_millis(900)..Duration::from_secs(10)).contains(&dropped_in),
+        "{dropped_in:?}"
+    );
+    assert!(requests >= 20, "the real client barely ran: {requests}");
+    assert!(
+        slowest < Duration::from_secs(2),
+        "slowest request {slowest:?}"
+    );
+}
+
 /// How many sockets the idle test may hold: each is two descriptors in
 /// this process (client and gateway side). `WSGATE_ATTACK_SOCKETS` overrides.
 fn idle_socket_count() -> usize {

@@ -4,7 +4,7 @@ use wsgate_client::login;
 
 use crate::util::*;
 
-fn value(text: &str, series: &str) -> u64 {
+pub(crate) fn value(text: &str, series: &str) -> u64 {
     text.lines()
         .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
         .unwrap_or_else(|| panic!("no series {series} in:\n{text}"))
@@ -12,7 +12,7 @@ fn value(text: &str, series: &str) -> u64 {
         .unwrap()
 }
 
-async fn scrape(gw: &TestGateway) -> String {
+pub(crate) async fn scrape(gw: &TestGateway) -> String {
     let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
