@@ -1570,7 +1570,8 @@ async fn a_flood_of_garbage_key_inits_is_refused_while_a_real_client_works() {
 }
 
 // ---------------------------------------------------------------------------
-// RFC 6455 framing on /ws (what /raw-echo does and the /ws driver does not yet)
+// RFC 6455 framing on /ws (the driver's own frame reader, which the Autobahn
+// cases test through /raw-echo-frames)
 // ---------------------------------------------------------------------------
 
 /// A raw `/ws` connection after a hand-made KEY_INIT, with the client's
