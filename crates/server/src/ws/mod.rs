@@ -27,6 +27,27 @@ fn offers_subprotocol(req: &Request) -> bool {
         .any(|p| p.trim() == SUBPROTOCOL)
 }
 
+/// The 101 response fastwebsockets builds for an upgrade.
+type UpgradeResponse = axum::http::Response<http_body_util::Empty<bytes::Bytes>>;
+
+/// Answers a WebSocket upgrade request: the 101 response and the socket to
+/// come, or a 400 that says what was wrong with the request.
+#[allow(
+    clippy::result_large_err,
+    reason = "both sides are HTTP responses, made once per upgrade"
+)]
+pub(crate) fn accept(
+    req: &mut Request,
+) -> Result<(UpgradeResponse, fastwebsockets::upgrade::UpgradeFut), Response> {
+    fastwebsockets::upgrade::upgrade(req).map_err(|e| {
+        (
+            StatusCode::BAD_REQUEST,
+            format!("invalid WebSocket upgrade: {e}\n"),
+        )
+            .into_response()
+    })
+}
+
 /// `GET /ws`: checks the upgrade, answers 101 with `wsgate.v1`, and hands the
 /// socket to a connection task.
 pub(crate) async fn upgrade(
@@ -49,15 +70,9 @@ pub(crate) async fn upgrade(
             .into_response();
     }
     let ip = crate::http::auth::observed_ip(&shared, peer, req.headers());
-    let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut req) {
+    let (response, upgraded) = match accept(&mut req) {
         Ok(parts) => parts,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("invalid WebSocket upgrade: {e}\n"),
-            )
-                .into_response();
-        }
+        Err(refused) => return refused,
     };
     tokio::spawn(async move {
         match upgraded.await {

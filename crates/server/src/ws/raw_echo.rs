@@ -43,15 +43,9 @@ pub(crate) async fn upgrade(mut req: Request) -> Response {
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return (StatusCode::BAD_REQUEST, "WebSocket upgrades only\n").into_response();
     }
-    let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut req) {
+    let (response, upgraded) = match super::accept(&mut req) {
         Ok(parts) => parts,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("invalid WebSocket upgrade: {e}\n"),
-            )
-                .into_response();
-        }
+        Err(refused) => return refused,
     };
     tokio::spawn(async move {
         let Ok(ws) = upgraded.await else { return };

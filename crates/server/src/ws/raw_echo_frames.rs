@@ -59,15 +59,9 @@ pub(crate) async fn upgrade(State(shared): State<Arc<Shared>>, mut req: Request)
     if !fastwebsockets::upgrade::is_upgrade_request(&req) {
         return (StatusCode::BAD_REQUEST, "WebSocket upgrades only\n").into_response();
     }
-    let (response, upgraded) = match fastwebsockets::upgrade::upgrade(&mut req) {
+    let (response, upgraded) = match super::accept(&mut req) {
         Ok(parts) => parts,
-        Err(e) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("invalid WebSocket upgrade: {e}\n"),
-            )
-                .into_response();
-        }
+        Err(refused) => return refused,
     };
     tokio::spawn(async move {
         // Counted against max_connections, as /ws connections are.
@@ -196,25 +190,7 @@ mod tests {
 
     use super::*;
 
-    /// A masked client frame.
-    fn frame(fin: bool, op: u8, payload: &[u8]) -> Vec<u8> {
-        let mask = [0xA1, 0xB2, 0xC3, 0xD4];
-        let mut out = vec![if fin { 0x80 } else { 0 } | op];
-        match payload.len() {
-            n @ 0..=125 => out.push(0x80 | n as u8),
-            n @ 126..=65535 => {
-                out.push(0x80 | 126);
-                out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                out.push(0x80 | 127);
-                out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        out.extend_from_slice(&mask);
-        out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-        out
-    }
+    use crate::ws::frames::masked_frame as frame;
 
     fn close(code: u16, reason: &[u8]) -> Vec<u8> {
         frame(
