@@ -1344,26 +1344,25 @@ async fn a_client_that_stops_reading_is_dropped_at_the_send_timeout_while_others
     );
 }
 
-/// How many sockets the idle test may hold: each is two descriptors in
-/// this process (client and gateway side). `WSGATE_ATTACK_SOCKETS` overrides.
+/// How many sockets the idle test holds: 10 000, as the issue asks, unless
+/// the descriptor limit cannot be raised that far. The gateway runs as its
+/// own process (it inherits the raised limit), so each socket is one
+/// descriptor here and one there. `WSGATE_ATTACK_SOCKETS` overrides.
 fn idle_socket_count() -> usize {
+    let soft = rlimit::increase_nofile_limit(u64::MAX).unwrap_or(1024);
     if let Some(n) = std::env::var("WSGATE_ATTACK_SOCKETS")
         .ok()
         .and_then(|v| v.parse().ok())
     {
         return n;
     }
-    let soft_limit = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|limits| {
-            limits
-                .lines()
-                .find(|l| l.starts_with("Max open files"))
-                .and_then(|l| l.split_whitespace().nth(3))
-                .and_then(|v| v.parse::<usize>().ok())
-        })
-        .unwrap_or(1024);
-    (soft_limit.saturating_sub(2000) / 2).clamp(200, 5000)
+    let count = usize::try_from(soft.saturating_sub(1000)).unwrap_or(usize::MAX);
+    if count < 10_000 {
+        eprintln!(
+            "RLIMIT_NOFILE allows {soft} descriptors: holding {count} idle sockets, not 10 000"
+        );
+    }
+    count.clamp(200, 10_000)
 }
 
 /// Requests `sys.echo` every 10 ms until `stop`; returns how many and the
@@ -1389,11 +1388,25 @@ async fn keep_working(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn thousands_of_idle_unauthenticated_sockets_time_out_while_a_real_client_works() {
+async fn ten_thousand_idle_unauthenticated_sockets_time_out_while_a_real_client_works() {
     let _heavy = HEAVY.lock().await;
     let count = idle_socket_count();
-    let gw = TestGateway::start("[limits]\nkey_init_timeout_secs = 4").await;
-    let (_, conn) = connected(&gw).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("wsgate.toml");
+    std::fs::write(&config, "[limits]\nkey_init_timeout_secs = 4\n").unwrap();
+    let data = dir.path().join("data");
+    let gw = crate::cli::serve(&[
+        "--demo",
+        "--listen",
+        "127.0.0.1:0",
+        "--config",
+        config.to_str().unwrap(),
+        "--data-dir",
+        data.to_str().unwrap(),
+    ]);
+    let client = ClientConfig::from_addr(gw.addr).timeout(Duration::from_secs(10));
+    let session = login(&client, "demo", "wsgate-demo").await.unwrap();
+    let conn = session.connect(&client).await.unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let worker = tokio::spawn(keep_working(conn, stop.clone()));
 
@@ -1443,7 +1456,7 @@ async fn thousands_of_idle_unauthenticated_sockets_time_out_while_a_real_client_
         "slowest request {slowest:?}"
     );
     // The gateway serves new clients afterwards.
-    let (_, mut conn) = connected(&gw).await;
+    let mut conn = session.connect(&client).await.unwrap();
     assert_eq!(
         conn.request("sys.echo", b"after", true).await.unwrap(),
         b"after"
