@@ -267,7 +267,9 @@ impl Out {
     }
 }
 
-/// Resolves when the session is revoked; never without a registration.
+/// Resolves when `rx` turns true: the session was revoked, or (before
+/// KEY_INIT, when there is no session yet) the server began to stop. Never
+/// without a receiver.
 async fn revoked(rx: Option<watch::Receiver<bool>>) {
     if let Some(mut rx) = rx
         && rx.wait_for(|r| *r).await.is_ok()
@@ -420,6 +422,7 @@ pub(crate) async fn run(shared: Arc<Shared>, ws: WebSocket<Io>, ip: IpAddr) {
         deadline: start + limits.key_init_timeout,
         tick: start + limits.ping_interval,
     };
+    let shutdown = shared.sessions.shutdown_watch();
     let mut conn = Conn {
         ip_text: ip::to_text(ip),
         phase: Phase::AwaitKeyInit { nonce },
@@ -429,7 +432,9 @@ pub(crate) async fn run(shared: Arc<Shared>, ws: WebSocket<Io>, ip: IpAddr) {
         active: false,
         clock,
         clock_changed: false,
-        revocation: None,
+        // Until KEY_INIT there is no session to revoke, but a graceful stop
+        // must not wait for the KEY_INIT deadline.
+        revocation: Some(shutdown),
         shutdown_by: None,
     };
     let hello = Hello {

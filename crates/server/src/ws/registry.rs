@@ -29,7 +29,9 @@ struct Inner {
     state: Arc<dyn StateStore>,
     sessions: Mutex<HashMap<String, Entry>>,
     started: OnceLock<()>,
-    shutting_down: std::sync::atomic::AtomicBool,
+    /// True once a graceful stop began; connections that have no session
+    /// yet (waiting for KEY_INIT) watch this instead of a revocation.
+    shutting_down: watch::Sender<bool>,
 }
 
 /// A connection's registration; dropping it unregisters.
@@ -47,7 +49,7 @@ impl SessionRegistry {
                 state,
                 sessions: Mutex::new(HashMap::new()),
                 started: OnceLock::new(),
-                shutting_down: std::sync::atomic::AtomicBool::new(false),
+                shutting_down: watch::channel(false).0,
             }),
         }
     }
@@ -81,9 +83,7 @@ impl SessionRegistry {
     /// (The revocation wake-up is reused so idle connections cost nothing
     /// extra per message.)
     pub(crate) fn shutdown_all(&self) {
-        self.inner
-            .shutting_down
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.inner.shutting_down.send_replace(true);
         for entry in self.inner.lock().values() {
             entry.revoked.send_replace(true);
         }
@@ -91,9 +91,13 @@ impl SessionRegistry {
 
     /// Whether [`shutdown_all`](Self::shutdown_all) was called.
     pub(crate) fn is_shutting_down(&self) -> bool {
-        self.inner
-            .shutting_down
-            .load(std::sync::atomic::Ordering::SeqCst)
+        *self.inner.shutting_down.borrow()
+    }
+
+    /// Fires (turns true) when a graceful stop begins: what a connection
+    /// without a session yet waits on instead of a revocation.
+    pub(crate) fn shutdown_watch(&self) -> watch::Receiver<bool> {
+        self.inner.shutting_down.subscribe()
     }
 
     /// Registers a connection of `session_id`.

@@ -409,6 +409,24 @@ async fn a_client_busy_sending_when_the_gateway_stops_still_gets_1001() {
     );
 }
 
+/// A socket still waiting for KEY_INIT has no session to be woken through;
+/// a graceful stop must still close it at once, not at its KEY_INIT
+/// deadline (which would hold the whole stop that long).
+#[tokio::test]
+async fn a_socket_without_key_init_is_closed_1001_at_once_when_the_gateway_stops() {
+    let gw = TestGateway::start("[limits]\nkey_init_timeout_secs = 30").await;
+    let mut raw = RawSocket::open(&gw.client()).await.unwrap();
+    raw.recv_hello().await.unwrap();
+    let stopping = std::time::Instant::now();
+    drop(gw);
+    assert_eq!(raw.expect_close().await.unwrap(), Some(1001));
+    assert!(
+        stopping.elapsed() < std::time::Duration::from_secs(5),
+        "{:?}",
+        stopping.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn an_expired_session_closes_with_4001() {
     let gw = TestGateway::start("[login]\nsession_ttl_secs = 2").await;
