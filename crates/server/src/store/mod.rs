@@ -62,6 +62,34 @@ pub struct UserRecord {
 }
 
 impl UserRecord {
+    /// A record read back from a store's columns, refusing keys that are not
+    /// 32 bytes; `corrupt` turns what is wrong (`user "name": …`) into the
+    /// store's error.
+    pub(crate) fn from_stored(
+        name: String,
+        salt: Vec<u8>,
+        iterations: u32,
+        stored_key: &[u8],
+        server_key: &[u8],
+        corrupt: impl Fn(String) -> StoreError,
+    ) -> Result<Self, StoreError> {
+        let key = |column: &str, bytes: &[u8]| {
+            <[u8; 32]>::try_from(bytes).map_err(|_| {
+                corrupt(format!(
+                    "user {name:?}: {column} is {} bytes, expected 32",
+                    bytes.len()
+                ))
+            })
+        };
+        Ok(Self {
+            stored_key: key("stored_key", stored_key)?,
+            server_key: key("server_key", server_key)?,
+            name,
+            salt,
+            iterations,
+        })
+    }
+
     /// A record from a verifier computed with
     /// [`wsgate_proto::scram::derive_verifier`].
     pub fn from_verifier(
@@ -338,6 +366,22 @@ pub async fn open_credentials(
 /// The scheme of `url` (the part before `://`), if it has one.
 fn scheme_of(url: &str) -> Option<&str> {
     url.split_once("://").map(|(scheme, _)| scheme)
+}
+
+/// Creates `path` as an empty file only its owner may read or write (0600 on
+/// Unix), unless it exists: SQLite then opens it and keeps its mode.
+pub(crate) fn create_private_file(path: &Path) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt as _;
+        options.mode(0o600);
+    }
+    match options.open(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
+        _ => Ok(()),
+    }
 }
 
 /// `url` with any password, user name and query removed, for error messages

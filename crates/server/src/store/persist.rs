@@ -51,7 +51,9 @@ impl<S: StateStore> PersistentSessions<S> {
     pub async fn open(path: &Path, inner: S) -> Result<Self, StoreError> {
         let owned = path.to_owned();
         let (conn, records) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            create_private(&owned)?;
+            super::create_private_file(&owned).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", owned.display()))
+            })?;
             let conn = Connection::open(&owned).map_err(|e| sql(&owned, &e))?;
             conn.execute_batch(
                 "PRAGMA journal_mode = WAL;
@@ -103,29 +105,6 @@ impl<S: StateStore> PersistentSessions<S> {
         tokio::spawn(write_behind(conn, rx, path.to_owned()));
         Ok(Self { inner, journal })
     }
-}
-
-#[cfg(unix)]
-fn create_private(path: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(StoreError::Unavailable(format!(
-            "cannot create {}: {e}",
-            path.display()
-        ))),
-    }
-}
-
-#[cfg(not(unix))]
-fn create_private(_path: &Path) -> Result<(), StoreError> {
-    Ok(())
 }
 
 /// Commits at most this often. A quiet node writes each session at once;

@@ -270,25 +270,7 @@ impl PostgresCredentialStore {
             .ok()
             .filter(|&n| n > 0)
             .ok_or_else(|| corrupt_user(format!("iterations {iterations} is out of range")))?;
-        let stored_key: [u8; 32] = stored_key.as_slice().try_into().map_err(|_| {
-            corrupt_user(format!(
-                "stored_key is {} bytes, expected 32",
-                stored_key.len()
-            ))
-        })?;
-        let server_key: [u8; 32] = server_key.as_slice().try_into().map_err(|_| {
-            corrupt_user(format!(
-                "server_key is {} bytes, expected 32",
-                server_key.len()
-            ))
-        })?;
-        Ok(UserRecord {
-            name,
-            salt,
-            iterations,
-            stored_key,
-            server_key,
-        })
+        UserRecord::from_stored(name, salt, iterations, &stored_key, &server_key, corrupt)
     }
 }
 

@@ -66,7 +66,7 @@ impl SqliteCredentialStore {
     /// schema if missing. The directory must exist.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let location = path.display().to_string();
-        create_private_file(path)?;
+        super::create_private_file(path).map_err(|e| create_error(path, &e))?;
         let conn = Connection::open(path).map_err(|e| sql_error(&location, e))?;
         let journal: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
@@ -172,34 +172,6 @@ impl SqliteCredentialStore {
     }
 }
 
-#[cfg(unix)]
-fn create_private_file(path: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::OpenOptionsExt as _;
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(create_error(path, &e)),
-    }
-}
-
-#[cfg(not(unix))]
-fn create_private_file(path: &Path) -> Result<(), StoreError> {
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(create_error(path, &e)),
-    }
-}
-
 fn create_error(path: &Path, e: &std::io::Error) -> StoreError {
     let dir = path.parent().map_or_else(PathBuf::new, Path::to_path_buf);
     StoreError::Unavailable(format!(
@@ -257,28 +229,13 @@ fn raw_row(row: &rusqlite::Row<'_>) -> rusqlite::Result<RawRow> {
 
 fn decode_row(location: &str, raw: RawRow) -> Result<UserRecord, StoreError> {
     let (name, salt, iterations, stored_key, server_key) = raw;
-    let corrupt = |what: String| StoreError::Corrupt(format!("{location}: user {name:?}: {what}"));
-    let iterations = u32::try_from(iterations)
-        .map_err(|_| corrupt(format!("iterations {iterations} is out of range")))?;
-    let stored_key: [u8; 32] = stored_key.as_slice().try_into().map_err(|_| {
+    let corrupt = |what: String| StoreError::Corrupt(format!("{location}: {what}"));
+    let iterations = u32::try_from(iterations).map_err(|_| {
         corrupt(format!(
-            "stored_key is {} bytes, expected 32",
-            stored_key.len()
+            "user {name:?}: iterations {iterations} is out of range"
         ))
     })?;
-    let server_key: [u8; 32] = server_key.as_slice().try_into().map_err(|_| {
-        corrupt(format!(
-            "server_key is {} bytes, expected 32",
-            server_key.len()
-        ))
-    })?;
-    Ok(UserRecord {
-        name,
-        salt,
-        iterations,
-        stored_key,
-        server_key,
-    })
+    UserRecord::from_stored(name, salt, iterations, &stored_key, &server_key, corrupt)
 }
 
 #[async_trait::async_trait]
