@@ -299,6 +299,23 @@ impl Env {
         self.gateway_of(transport, false).await
     }
 
+    /// [`gateway_of`](Self::gateway_of) for one run of a variant: `Ok(Err(why))`
+    /// when the variant cannot run here and is skipped (the `wss://` one
+    /// against a gateway given with `--addr` but no usable `--tls-addr`).
+    pub(crate) async fn gateway_for_run(
+        &self,
+        transport: Transport,
+        before: bool,
+    ) -> Result<std::result::Result<Arc<Gw>, String>> {
+        match self.gateway_of(transport, before).await {
+            Ok(gw) => Ok(Ok(gw)),
+            Err(e) if transport == Transport::Tls && !self.owns_gateways() => {
+                Ok(Err(format!("{e:#}")))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     /// The shared gateway for `transport` of this build, or (`before`) of
     /// the `--before-bin` build.
     pub(crate) async fn gateway_of(&self, transport: Transport, before: bool) -> Result<Arc<Gw>> {

@@ -37,6 +37,26 @@ impl Shared {
 }
 
 /// A latency histogram in microseconds (1 µs .. 100 s, 3 significant digits).
+/// Waits for the closed-loop tasks of a run, each of which returns its
+/// latency histogram and how it ended: the first failure is the run's, and
+/// the histograms are merged.
+pub(crate) async fn join_loops(
+    what: &str,
+    tasks: Vec<tokio::task::JoinHandle<(Histogram<u64>, anyhow::Result<()>)>>,
+) -> anyhow::Result<Histogram<u64>> {
+    let mut merged = histogram();
+    for task in tasks {
+        let (h, outcome) = task
+            .await
+            .map_err(|e| anyhow::anyhow!("{what} task failed: {e}"))?;
+        outcome?;
+        merged
+            .add(&h)
+            .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
+    }
+    Ok(merged)
+}
+
 pub(crate) fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 100_000_000, 3)
         .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable_histogram()))

@@ -211,13 +211,12 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
                 let Some(gw) = &node_peer else { continue };
                 gw.clone()
             } else {
-                match env.gateway_of(v.transport, v.before).await {
+                match env.gateway_for_run(v.transport, v.before).await? {
                     Ok(gw) => gw,
-                    Err(e) if v.transport == Transport::Tls && !env.owns_gateways() => {
-                        skipped[i] = Some(format!("{}: skipped ({e:#})", v.name));
+                    Err(why) => {
+                        skipped[i] = Some(format!("{}: skipped ({why})", v.name));
                         continue;
                     }
-                    Err(e) => return Err(e),
                 }
             };
             let label = format!("echo {} {}/{}", v.name, rep + 1, t.repeat);
@@ -411,15 +410,7 @@ pub(crate) async fn run_variant(
         env.self_cpu(),
     )
     .await;
-    let mut hist = load::histogram();
-    for task in tasks {
-        let (h, outcome) = task
-            .await
-            .map_err(|e| anyhow::anyhow!("echo task failed: {e}"))?;
-        outcome?;
-        hist.add(&h)
-            .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
-    }
+    let hist = load::join_loops("echo", tasks).await?;
     Ok(RunResult {
         rate: window.rate(),
         p50: quantile_us(&hist, 0.5),

@@ -18,7 +18,7 @@ use anyhow::Result;
 use hdrhistogram::Histogram;
 use wsgate_client::RawSocket;
 
-use super::{Timing, quantile_us, timing};
+use super::{Timing, per_core, quantile_us, timing};
 use crate::BenchArgs;
 use crate::gateway::{BEFORE, Env, Gw, Transport};
 use crate::load::{self, Shared};
@@ -83,15 +83,14 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
             if !args.selected(name) {
                 continue;
             }
-            let gw = match env.gateway_of(*transport, *before).await {
+            let gw = match env.gateway_for_run(*transport, *before).await? {
                 Ok(gw) => gw,
-                Err(e) if *transport == Transport::Tls && !env.owns_gateways() => {
+                Err(why) => {
                     if rep == 0 {
-                        result.notes.push(format!("{name}: skipped ({e:#})"));
+                        result.notes.push(format!("{name}: skipped ({why})"));
                     }
                     continue;
                 }
-                Err(e) => return Err(e),
             };
             // The session exists before the clock starts: this is a reconnect.
             gw.session(None).await?;
@@ -213,16 +212,6 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
     Ok(result)
 }
 
-fn per_core(cpu_us: &Stat) -> Stat {
-    Stat::from_samples(
-        cpu_us
-            .samples
-            .iter()
-            .map(|us| if *us > 0.0 { 1e6 / us } else { f64::NAN })
-            .collect(),
-    )
-}
-
 async fn run_variant(
     env: &Env,
     gw: &Arc<Gw>,
@@ -245,15 +234,7 @@ async fn run_variant(
         env.self_cpu(),
     )
     .await;
-    let mut hist = load::histogram();
-    for task in tasks {
-        let (h, outcome) = task
-            .await
-            .map_err(|e| anyhow::anyhow!("connect task failed: {e}"))?;
-        outcome?;
-        hist.add(&h)
-            .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
-    }
+    let hist = load::join_loops("connect", tasks).await?;
     Ok(RunResult {
         rate: window.rate(),
         p50: quantile_us(&hist, 0.5),

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::Result;
 use hdrhistogram::Histogram;
 
-use super::{quantile_us, timing};
+use super::{per_core, quantile_us, timing};
 use crate::BenchArgs;
 use crate::gateway::{BEFORE, Env, Gw, Transport};
 use crate::load::{self, Shared};
@@ -50,15 +50,14 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
             if !args.selected(name) {
                 continue;
             }
-            let gw = match env.gateway_of(*transport, *before).await {
+            let gw = match env.gateway_for_run(*transport, *before).await? {
                 Ok(gw) => gw,
-                Err(e) if *transport == Transport::Tls && !env.owns_gateways() => {
+                Err(why) => {
                     if rep == 0 {
-                        result.notes.push(format!("{name}: skipped ({e:#})"));
+                        result.notes.push(format!("{name}: skipped ({why})"));
                     }
                     continue;
                 }
-                Err(e) => return Err(e),
             };
             // The first login pays PBKDF2 once; the measured ones hit the cache.
             gw.login(None).await?;
@@ -77,15 +76,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
                 env.self_cpu(),
             )
             .await;
-            let mut hist = load::histogram();
-            for task in tasks {
-                let (h, outcome) = task
-                    .await
-                    .map_err(|e| anyhow::anyhow!("login task failed: {e}"))?;
-                outcome?;
-                hist.add(&h)
-                    .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
-            }
+            let hist = load::join_loops("login", tasks).await?;
             runs[i].push((
                 window.rate(),
                 quantile_us(&hist, 0.5),
@@ -102,12 +93,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
             Stat::from_samples(runs[i].iter().map(f).collect::<Vec<_>>())
         };
         let cpu = s(|r| r.3);
-        let per_core = Stat::from_samples(
-            cpu.samples
-                .iter()
-                .map(|us| if *us > 0.0 { 1e6 / us } else { f64::NAN })
-                .collect(),
-        );
+        let per_core = per_core(&cpu);
         let mut row = Row::new(name.clone());
         row.stat("logins/s", s(|r| r.0), true)
             .stat("p50 µs", s(|r| r.1), false)

@@ -62,6 +62,18 @@ pub(crate) fn quantile_us(h: &hdrhistogram::Histogram<u64>, q: f64) -> f64 {
     }
 }
 
+/// What one server core could sustain, run by run: `1 / server CPU per
+/// operation` (µs → operations per second).
+pub(crate) fn per_core(cpu_us: &crate::report::Stat) -> crate::report::Stat {
+    crate::report::Stat::from_samples(
+        cpu_us
+            .samples
+            .iter()
+            .map(|us| if *us > 0.0 { 1e6 / us } else { f64::NAN })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
