@@ -984,6 +984,25 @@ impl RawWs {
         }
     }
 
+    /// Reads HELLO.
+    async fn hello(&mut self) -> key_exchange::Hello {
+        let (opcode, hello) = self.frame().await.expect("HELLO");
+        assert_eq!((opcode, hello[0]), (0x2, MessageType::Hello as u8));
+        serde_json::from_slice(&hello[8..]).unwrap()
+    }
+
+    /// Reads HELLO, sends a KEY_INIT for `session` (dynamic password
+    /// `[3; 32]`) and reads KEY_ACK; returns the HELLO.
+    async fn establish(&mut self, session: &wsgate_client::Session) -> key_exchange::Hello {
+        let hello = self.hello().await;
+        self.send(0x2, &key_init_message(session, &hello, &session.id))
+            .await
+            .unwrap();
+        let (opcode, ack) = self.frame().await.expect("KEY_ACK");
+        assert_eq!((opcode, ack[0]), (0x2, MessageType::KeyAck as u8));
+        hello
+    }
+
     /// The next frame's opcode and payload; `None` at EOF.
     async fn frame(&mut self) -> Option<(u8, Vec<u8>)> {
         loop {
@@ -1159,9 +1178,7 @@ async fn a_key_init_trickled_byte_by_byte_is_cut_off_at_the_key_init_deadline() 
     .await;
     let session = login(&gw.client(), ALICE, ALICE_PASSWORD).await.unwrap();
     let mut ws = RawWs::open(gw.addr, None).await.unwrap();
-    let (opcode, hello) = ws.frame().await.unwrap();
-    assert_eq!((opcode, hello[0]), (0x2, MessageType::Hello as u8));
-    let hello: key_exchange::Hello = serde_json::from_slice(&hello[8..]).unwrap();
+    let hello = ws.hello().await;
     let body = key_init_message(&session, &hello, &session.id);
     // A masked binary frame header announcing the whole KEY_INIT, then its
     // bytes one by one, far slower than the deadline allows.
@@ -1186,13 +1203,7 @@ async fn a_key_init_trickled_byte_by_byte_is_cut_off_at_the_key_init_deadline() 
     // After key establishment, a message that never completes is ended by
     // the idle timeout (the timer counts whole messages, not bytes).
     let mut ws = RawWs::open(gw.addr, None).await.unwrap();
-    let (_, hello) = ws.frame().await.unwrap();
-    let hello: key_exchange::Hello = serde_json::from_slice(&hello[8..]).unwrap();
-    ws.send(0x2, &key_init_message(&session, &hello, &session.id))
-        .await
-        .unwrap();
-    let (opcode, ack) = ws.frame().await.unwrap();
-    assert_eq!((opcode, ack[0]), (0x2, MessageType::KeyAck as u8));
+    ws.establish(&session).await;
     let mut ws_bytes = vec![0x82, 0x80 | 126, 0x01, 0x00, 0, 0, 0, 0];
     ws_bytes.extend_from_slice(&[0u8; 256]);
     let took = trickle(
@@ -1592,13 +1603,7 @@ async fn a_flood_of_garbage_key_inits_is_refused_while_a_real_client_works() {
 async fn established_raw(gw: &TestGateway) -> (RawWs, wsgate_proto::protect::Sealer) {
     let session = login(&gw.client(), ALICE, ALICE_PASSWORD).await.unwrap();
     let mut ws = RawWs::open(gw.addr, None).await.unwrap();
-    let (_, hello) = ws.frame().await.unwrap();
-    let hello: key_exchange::Hello = serde_json::from_slice(&hello[8..]).unwrap();
-    ws.send(0x2, &key_init_message(&session, &hello, &session.id))
-        .await
-        .unwrap();
-    let (_, ack) = ws.frame().await.unwrap();
-    assert_eq!(ack[0], MessageType::KeyAck as u8);
+    let hello = ws.establish(&session).await;
     let nonce = hello.raw_nonce().unwrap();
     let (sealer, _) = key_exchange::TrafficKeys::derive(&[3; 32], &nonce).client_pair();
     (ws, sealer)
