@@ -492,31 +492,6 @@ async fn every_non_request_type_and_every_reserved_flag_bit_closes_with_4400() {
     assert_eq!(raw.expect_close().await.unwrap(), Some(4400));
 }
 
-fn key_init_message(
-    session: &wsgate_client::Session,
-    hello: &key_exchange::Hello,
-    name: &str,
-) -> Vec<u8> {
-    let nonce = hello.raw_nonce().unwrap();
-    let ki = key_exchange::seal_key_init(
-        &mut rand::rng(),
-        &session.server_key.pk,
-        &session.id,
-        session.session_key(),
-        &nonce,
-        &[3; 32],
-    )
-    .unwrap();
-    envelope::encode(
-        MessageType::KeyInit as u8,
-        0,
-        0,
-        name,
-        &serde_json::to_vec(&ki).unwrap(),
-    )
-    .unwrap()
-}
-
 #[tokio::test]
 async fn malformed_utf8_in_names_closes_with_4400() {
     let gw = TestGateway::start("[limits]\nmax_name_len = 32").await;

@@ -231,3 +231,31 @@ pub(crate) fn skip_services() -> bool {
     }
     skip
 }
+
+/// A KEY_INIT message (envelope name `name`) sealing the dynamic password
+/// `[3; 32]` for `session` to the HELLO's connection.
+pub(crate) fn key_init_message(
+    session: &wsgate_client::Session,
+    hello: &wsgate_proto::key_exchange::Hello,
+    name: &str,
+) -> Vec<u8> {
+    use wsgate_proto::envelope::{self, MessageType};
+    let nonce = hello.raw_nonce().unwrap();
+    let ki = wsgate_proto::key_exchange::seal_key_init(
+        &mut rand::rng(),
+        &session.server_key.pk,
+        &session.id,
+        session.session_key(),
+        &nonce,
+        &[3; 32],
+    )
+    .unwrap();
+    envelope::encode(
+        MessageType::KeyInit as u8,
+        0,
+        0,
+        name,
+        &serde_json::to_vec(&ki).unwrap(),
+    )
+    .unwrap()
+}

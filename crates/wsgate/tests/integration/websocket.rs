@@ -2,7 +2,6 @@
 
 use wsgate_client::{Connection, Error, RawSocket, login};
 use wsgate_proto::envelope::{self, FLAG_ENC, FLAG_ERR, MessageType};
-use wsgate_proto::key_exchange;
 
 use crate::util::*;
 
@@ -127,31 +126,10 @@ async fn a_session_used_from_another_address_is_refused_with_4401() {
     let mut raw = RawSocket::open(&other).await.unwrap();
     let hello = raw.recv_hello().await.unwrap();
     assert_eq!(hello.ip, "127.0.0.2");
-    raw.send_binary(key_init_for(&session, &hello))
+    raw.send_binary(key_init_message(&session, &hello, &session.id))
         .await
         .unwrap();
     assert_eq!(raw.expect_close().await.unwrap(), Some(4401));
-}
-
-fn key_init_for(session: &wsgate_client::Session, hello: &key_exchange::Hello) -> Vec<u8> {
-    let nonce = hello.raw_nonce().unwrap();
-    let ki = key_exchange::seal_key_init(
-        &mut rand::rng(),
-        &session.server_key.pk,
-        &session.id,
-        session.session_key(),
-        &nonce,
-        &[3; 32],
-    )
-    .unwrap();
-    envelope::encode(
-        MessageType::KeyInit as u8,
-        0,
-        0,
-        &session.id,
-        &serde_json::to_vec(&ki).unwrap(),
-    )
-    .unwrap()
 }
 
 #[tokio::test]
@@ -178,7 +156,7 @@ async fn key_init_problems_close_with_the_specified_codes() {
     // KEY_INIT with a flag set: 4400.
     let mut raw = RawSocket::open(&gw.client()).await.unwrap();
     let hello = raw.recv_hello().await.unwrap();
-    let mut msg = key_init_for(&session, &hello);
+    let mut msg = key_init_message(&session, &hello, &session.id);
     msg[1] = FLAG_ENC;
     raw.send_binary(msg).await.unwrap();
     assert_eq!(raw.expect_close().await.unwrap(), Some(4400));
@@ -188,7 +166,7 @@ async fn key_init_problems_close_with_the_specified_codes() {
     let hello = raw.recv_hello().await.unwrap();
     let mut forged = session.clone();
     forged.id = "AAAAAAAAAAAAAAAAAAAAAA".into();
-    raw.send_binary(key_init_for(&forged, &hello))
+    raw.send_binary(key_init_message(&forged, &hello, &forged.id))
         .await
         .unwrap();
     assert_eq!(raw.expect_close().await.unwrap(), Some(4401));
