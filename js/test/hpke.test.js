@@ -94,3 +94,90 @@ test("AES-256-GCM mode_psk: every backend opens what every backend sealed", asyn
     }
   }
 });
+
+// RFC 9180 Appendix A.1.1: the same suite in mode_base, with the exported
+// values of A.1.1.2 (the sealed login uses a mode_base sender context's
+// Export, docs/protocol.md §4).
+const B = {
+  info: "4f6465206f6e2061204772656369616e2055726e",
+  skEm: "52c4a758a802cd8b936eceea314432798d5baf2d7e9235dc084ab1b9cfa2f736",
+  pkEm: "37fda3567bdbd628e88668c3c8d7e97d1d1253b6d4ea6d44c150f741f1bf4431",
+  skRm: "4612c550263fc8ad58375df3f557aac531d26850903e55a9f23f21d8534e8ac8",
+  pkRm: "3948cfe0ad1ddb695d780e59077195da6c56506b027329794ab02bca80815c4d",
+  enc: "37fda3567bdbd628e88668c3c8d7e97d1d1253b6d4ea6d44c150f741f1bf4431",
+  shared_secret: "fe0e18c9f024ce43799ae393c7e8fe8fce9d218875e8227b0187c04e7d2ea1fc",
+  key: "4531685d41d65f03dc48f6b8302c05b0",
+  base_nonce: "56d890e5accaaf011cff4b7d",
+  exporter_secret: "45ff1c2e220db587171952c0592d5f5ebe103f1561a2614e38f2ffd47e99e3f8",
+  pt: "4265617574792069732074727574682c20747275746820626561757479",
+  aad0: "436f756e742d30",
+  ct0: "f938558b5d72f1a23810b4be2ab4f84331acc02fc97babc53a52ae8218a355a96d8770ac83d07bea87e13c512a",
+  aad1: "436f756e742d31",
+  ct1: "af2d7e9ac9ae7e270f46ba1f975be53c09f8d875bdc8535458c2494e8a6eab251c03d0c22a56b8ca42c2063b84",
+  exports: [
+    ["", "3853fe2b4035195a573ffc53856e77058e15d9ea064de3e59f4961d0095250ee"],
+    ["00", "2e8f0b54673c7029649d4eb9d5e33bf1872cf76d623ff164ac185da9e88c21a5"],
+    ["54657374436f6e74657874", "e9e43065102c3836401bed8c3c3c75ae46be1639869391d62c61f1ec7af54931"],
+  ],
+};
+
+test("RFC 9180 A.1.1 (mode_base): key schedule, sequence 0 and 1, exported values (noble implementation)", () => {
+  assert.equal(toHex(x25519.getPublicKey(hex(B.skEm))), B.pkEm);
+  assert.equal(toHex(x25519.getPublicKey(hex(B.skRm))), B.pkRm);
+  const { sharedSecret, enc } = hpke.encap(hex(B.pkRm), hex(B.skEm));
+  assert.equal(toHex(enc), B.enc);
+  assert.equal(toHex(sharedSecret), B.shared_secret);
+  const ks = hpke.keySchedule({ mode: hpke.MODE_BASE, sharedSecret, info: hex(B.info), aeadId: 1, nk: 16 });
+  assert.equal(toHex(ks.key), B.key);
+  assert.equal(toHex(ks.baseNonce), B.base_nonce);
+  assert.equal(toHex(ks.exporterSecret), B.exporter_secret);
+
+  const s = hpke.setupS({ pkR: hex(B.pkRm), info: hex(B.info), aeadId: 1, skE: hex(B.skEm) });
+  assert.equal(toHex(s.enc), B.enc);
+  assert.equal(toHex(s.ctx.seal(hex(B.aad0), hex(B.pt))), B.ct0);
+  assert.equal(toHex(s.ctx.seal(hex(B.aad1), hex(B.pt))), B.ct1);
+  const r = hpke.setupR({ skR: hex(B.skRm), enc: hex(B.enc), info: hex(B.info), aeadId: 1 });
+  assert.throws(() => r.open(hex(B.aad0), hex(B.ct1)), "sequence 1 does not open as sequence 0");
+  assert.equal(toHex(r.open(hex(B.aad0), hex(B.ct0))), B.pt);
+  assert.equal(toHex(r.open(hex(B.aad1), hex(B.ct1))), B.pt);
+  for (const [ctx, want] of B.exports) {
+    assert.equal(toHex(s.ctx.export(hex(ctx), 32)), want, `sender export(${ctx})`);
+    assert.equal(toHex(r.export(hex(ctx), 32)), want, `recipient export(${ctx})`);
+  }
+  assert.throws(() => s.ctx.export(new Uint8Array(0), 0), /export length/);
+});
+
+for (const be of BACKENDS) {
+  test(`${be.name}: hpkeSealBaseExport reproduces RFC 9180 A.1.1 (enc, sequence-0 ciphertext, exported values)`, async () => {
+    for (const [ctx, want] of B.exports) {
+      const out = await be.hpkeSealBaseExport({ pkR: hex(B.pkRm), info: hex(B.info), aad: hex(B.aad0), pt: hex(B.pt), exporterContext: hex(ctx), L: 32, aeadId: 1, skE: hex(B.skEm) });
+      assert.equal(toHex(out.enc), B.enc);
+      assert.equal(toHex(out.ct), B.ct0);
+      assert.equal(toHex(out.exported), want, `export(${ctx})`);
+    }
+  });
+}
+
+test("AES-256-GCM mode_base with export: every backend's seal opens, and the export agrees, on the recipient side", async () => {
+  const skR = x25519.utils.randomSecretKey();
+  const pkR = x25519.getPublicKey(skR);
+  const info = new TextEncoder().encode("wsgate-v1 login");
+  const exporterContext = new TextEncoder().encode("wsgate-v1 login key");
+  const pt = new TextEncoder().encode('{"scram":"p=wsgate-v1,,n=demo,r=abc","pad":"  "}');
+  const seen = new Set();
+  for (const sealer of BACKENDS) {
+    const out = await sealer.hpkeSealBaseExport({ pkR, info, pt, exporterContext, L: 32 });
+    assert.equal(out.enc.length, 32);
+    assert.equal(out.ct.length, pt.length + 16);
+    assert.equal(out.exported.length, 32);
+    seen.add(toHex(out.enc));
+    const r = hpke.setupR({ skR, enc: out.enc, info });
+    assert.deepEqual(r.open(new Uint8Array(0), out.ct), pt, sealer.name);
+    assert.equal(toHex(r.export(exporterContext, 32)), toHex(out.exported), sealer.name);
+    // A fresh ephemeral key each time.
+    const again = await sealer.hpkeSealBaseExport({ pkR, info, pt, exporterContext, L: 32 });
+    assert.notEqual(toHex(again.exported), toHex(out.exported));
+    seen.add(toHex(again.enc));
+  }
+  assert.equal(seen.size, 4);
+});

@@ -1,6 +1,8 @@
 // @ts-check
-// RFC 9180 (HPKE) single-shot seal/open, on the audited noble primitives, for
-// pages without crypto.subtle. Only what wsgate needs:
+// RFC 9180 (HPKE) on the audited noble primitives, for pages without
+// crypto.subtle: sender and recipient contexts (seal/open with the sequence
+// number, Export of §5.3) and single-shot seal/open over them. Only what
+// wsgate needs:
 //   KEM  DHKEM(X25519, HKDF-SHA256)  0x0020
 //   KDF  HKDF-SHA256                 0x0001
 //   AEAD AES-128-GCM 0x0001 / AES-256-GCM 0x0002 (parametrized so the RFC's
@@ -86,7 +88,7 @@ export function keySchedule({ mode, sharedSecret, info, psk = EMPTY, pskId = EMP
   if (gotPsk !== gotPskId) throw new Error("HPKE: inconsistent PSK inputs");
   if (gotPsk && mode === MODE_BASE) throw new Error("HPKE: PSK input provided when not needed");
   if (!gotPsk && mode === MODE_PSK) throw new Error("HPKE: missing required PSK input");
-  const suite = concat(utf8("HPKE"), i2osp(KEM_ID, 2), i2osp(KDF_ID, 2), i2osp(aeadId, 2));
+  const suite = hpkeSuiteId(aeadId);
   const pskIdHash = labeledExtract(suite, EMPTY, "psk_id_hash", pskId);
   const infoHash = labeledExtract(suite, EMPTY, "info_hash", info);
   const keyScheduleContext = concat(Uint8Array.of(mode), pskIdHash, infoHash);
@@ -105,24 +107,97 @@ function nkOf(aeadId) {
 }
 
 /**
- * Single-shot seal (sequence number 0, so the nonce is base_nonce).
- * @param {{ pkR: Uint8Array, info: Uint8Array, aad: Uint8Array, pt: Uint8Array, psk?: Uint8Array, pskId?: Uint8Array, aeadId?: number, skE?: Uint8Array }} p
+ * nonce = base_nonce XOR I2OSP(seq, Nn) (RFC 9180 §5.2).
+ * @param {Uint8Array} baseNonce @param {number} seq
  */
-export function seal({ pkR, info, aad, pt, psk, pskId, aeadId = 0x0002, skE }) {
+function seqNonce(baseNonce, seq) {
+  const n = baseNonce.slice();
+  const s = i2osp(seq, NN);
+  for (let i = 0; i < NN; i++) n[i] ^= s[i];
+  return n;
+}
+
+/**
+ * An encryption context of RFC 9180 §5.2/§5.3 over a key schedule's output.
+ * @param {{ key: Uint8Array, baseNonce: Uint8Array, exporterSecret: Uint8Array }} ks @param {Uint8Array} suite
+ */
+function context(ks, suite) {
+  let seq = 0;
+  const next = () => {
+    if (seq >= Number.MAX_SAFE_INTEGER) throw new Error("HPKE: message limit reached");
+    return seqNonce(ks.baseNonce, seq++);
+  };
+  return {
+    /** @param {Uint8Array} aad @param {Uint8Array} pt */
+    seal(aad, pt) {
+      return gcm(ks.key, next(), aad).encrypt(pt);
+    },
+    /** Throws when the ciphertext does not verify (the sequence number then stays). @param {Uint8Array} aad @param {Uint8Array} ct */
+    open(aad, ct) {
+      const pt = gcm(ks.key, seqNonce(ks.baseNonce, seq), aad).decrypt(ct);
+      seq++;
+      return pt;
+    },
+    /** Export(exporter_context, L) = LabeledExpand(exporter_secret, "sec", exporter_context, L). @param {Uint8Array} exporterContext @param {number} L */
+    export(exporterContext, L) {
+      if (!Number.isInteger(L) || L < 1 || L > 255 * NH) throw new Error("HPKE: invalid export length");
+      return labeledExpand(suite, ks.exporterSecret, "sec", exporterContext, L);
+    },
+  };
+}
+
+/** @param {number} aeadId */
+function hpkeSuiteId(aeadId) {
+  return concat(utf8("HPKE"), i2osp(KEM_ID, 2), i2osp(KDF_ID, 2), i2osp(aeadId, 2));
+}
+
+/**
+ * SetupBaseS / SetupPSKS (mode_psk when psk is non-empty): the sender
+ * context and enc.
+ * @param {{ pkR: Uint8Array, info: Uint8Array, psk?: Uint8Array, pskId?: Uint8Array, aeadId?: number, skE?: Uint8Array }} p
+ */
+export function setupS({ pkR, info, psk, pskId, aeadId = 0x0002, skE }) {
   const mode = psk && psk.length > 0 ? MODE_PSK : MODE_BASE;
   const { sharedSecret, enc } = encap(pkR, skE);
   const ks = keySchedule({ mode, sharedSecret, info, psk, pskId, aeadId, nk: nkOf(aeadId) });
-  const ct = gcm(ks.key, ks.baseNonce, aad).encrypt(pt);
-  return { enc, ct };
+  return { enc, ctx: context(ks, hpkeSuiteId(aeadId)) };
+}
+
+/**
+ * SetupBaseR / SetupPSKR: the recipient context.
+ * @param {{ skR: Uint8Array, enc: Uint8Array, info: Uint8Array, psk?: Uint8Array, pskId?: Uint8Array, aeadId?: number }} p
+ */
+export function setupR({ skR, enc, info, psk, pskId, aeadId = 0x0002 }) {
+  const mode = psk && psk.length > 0 ? MODE_PSK : MODE_BASE;
+  const sharedSecret = decap(enc, skR);
+  const ks = keySchedule({ mode, sharedSecret, info, psk, pskId, aeadId, nk: nkOf(aeadId) });
+  return context(ks, hpkeSuiteId(aeadId));
+}
+
+/**
+ * Single-shot seal (sequence number 0, so the nonce is base_nonce).
+ * @param {{ pkR: Uint8Array, info: Uint8Array, aad: Uint8Array, pt: Uint8Array, psk?: Uint8Array, pskId?: Uint8Array, aeadId?: number, skE?: Uint8Array }} p
+ */
+export function seal(p) {
+  const { enc, ctx } = setupS(p);
+  return { enc, ct: ctx.seal(p.aad, p.pt) };
 }
 
 /**
  * Single-shot open; throws when the ciphertext does not verify.
  * @param {{ skR: Uint8Array, enc: Uint8Array, info: Uint8Array, aad: Uint8Array, ct: Uint8Array, psk?: Uint8Array, pskId?: Uint8Array, aeadId?: number }} p
  */
-export function open({ skR, enc, info, aad, ct, psk, pskId, aeadId = 0x0002 }) {
-  const mode = psk && psk.length > 0 ? MODE_PSK : MODE_BASE;
-  const sharedSecret = decap(enc, skR);
-  const ks = keySchedule({ mode, sharedSecret, info, psk, pskId, aeadId, nk: nkOf(aeadId) });
-  return gcm(ks.key, ks.baseNonce, aad).decrypt(ct);
+export function open(p) {
+  return setupR(p).open(p.aad, p.ct);
+}
+
+/**
+ * mode_base seal of one message and one export from the same sender
+ * context (the sealed login, docs/protocol.md §4).
+ * @param {{ pkR: Uint8Array, info: Uint8Array, aad?: Uint8Array, pt: Uint8Array, exporterContext: Uint8Array, L: number, aeadId?: number, skE?: Uint8Array }} p
+ */
+export function sealBaseExport({ pkR, info, aad = EMPTY, pt, exporterContext, L, aeadId = 0x0002, skE }) {
+  const { enc, ctx } = setupS({ pkR, info, aeadId, skE });
+  const ct = ctx.seal(aad, pt);
+  return { enc, ct, exported: ctx.export(exporterContext, L) };
 }

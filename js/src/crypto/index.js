@@ -36,6 +36,18 @@ import { webCryptoBackend } from "./webcrypto.js";
  */
 
 /**
+ * @typedef {object} HpkeSealBaseExportParams mode_base sender context: one seal, then one export
+ * @property {Uint8Array} pkR raw X25519 public key of the recipient
+ * @property {Uint8Array} info
+ * @property {Uint8Array} pt
+ * @property {Uint8Array} [aad] empty when absent
+ * @property {Uint8Array} exporterContext
+ * @property {number} L length of the exported secret
+ * @property {number} [aeadId] 0x0002 AES-256-GCM (default), 0x0001 AES-128-GCM (RFC test vectors)
+ * @property {Uint8Array} [skE] fixed ephemeral secret key, for test vectors only
+ */
+
+/**
  * @typedef {object} Backend
  * @property {"webcrypto" | "noble"} name
  * @property {(data: Uint8Array) => Promise<Uint8Array>} sha256
@@ -45,6 +57,7 @@ import { webCryptoBackend } from "./webcrypto.js";
  * @property {(key: Uint8Array) => Promise<Aead>} aesGcm
  * @property {(p: HpkeSealParams) => Promise<{ enc: Uint8Array, ct: Uint8Array }>} hpkeSeal
  * @property {(p: HpkeOpenParams) => Promise<Uint8Array>} hpkeOpen
+ * @property {(p: HpkeSealBaseExportParams) => Promise<{ enc: Uint8Array, ct: Uint8Array, exported: Uint8Array }>} hpkeSealBaseExport
  */
 
 /** Whether this context has Web Crypto's subtle API (secure contexts only). */

@@ -46,4 +46,7 @@ export const nobleBackend = {
   async hpkeOpen(p) {
     return hpke.open(p);
   },
+  async hpkeSealBaseExport(p) {
+    return hpke.sealBaseExport(p);
+  },
 };

@@ -4,6 +4,7 @@
 // Crypto lacks X25519, HPKE falls back to the noble implementation.
 
 import { Aes128Gcm, Aes256Gcm, CipherSuite, DhkemX25519HkdfSha256, HkdfSha256 } from "@hpke/core";
+import { x25519 } from "@noble/curves/ed25519.js";
 import * as hpkeNoble from "./hpke-noble.js";
 
 /** @typedef {import("./index.js").Backend} Backend */
@@ -106,5 +107,23 @@ export const webCryptoBackend = {
     const recipientKey = await s.kem.importKey("raw", buf(p.skR).buffer, false);
     const pt = await s.open({ recipientKey, enc: buf(p.enc), info: buf(p.info), ...pskParam(p) }, buf(p.ct), buf(p.aad));
     return new Uint8Array(pt);
+  },
+  async hpkeSealBaseExport(p) {
+    if (!(await webCryptoHasX25519())) return hpkeNoble.sealBaseExport(p);
+    const s = hpkeSuite(p.aeadId ?? 0x0002);
+    const recipientPublicKey = await s.kem.importKey("raw", buf(p.pkR).buffer, true);
+    /** @type {{ recipientPublicKey: CryptoKey, info: ArrayBuffer, ekm?: CryptoKeyPair }} */
+    const params = { recipientPublicKey, info: buf(p.info).buffer };
+    if (p.skE) {
+      // Test vectors only: @hpke/core takes a fixed ephemeral key pair as
+      // its (testing-only) `ekm`.
+      const privateKey = await s.kem.importKey("raw", buf(p.skE).buffer, false);
+      const publicKey = await s.kem.importKey("raw", x25519.getPublicKey(p.skE).buffer, true);
+      params.ekm = { privateKey, publicKey };
+    }
+    const ctx = await s.createSenderContext(params);
+    const ct = await ctx.seal(buf(p.pt).buffer, buf(p.aad ?? new Uint8Array(0)).buffer);
+    const exported = await ctx.export(buf(p.exporterContext).buffer, p.L);
+    return { enc: new Uint8Array(ctx.enc), ct: new Uint8Array(ct), exported: new Uint8Array(exported) };
   },
 };
