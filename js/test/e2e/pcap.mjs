@@ -1,6 +1,8 @@
 // Minimal pcap reader, TCP reassembly and WebSocket (RFC 6455) frame parser
 // for the wire test. Reports anything that would make the capture
 // incomplete (missing handshake, gaps, missing FIN/RST) instead of guessing.
+// startCapture runs tcpdump for the tests that make captures.
+import { spawn } from "node:child_process";
 
 const LINKTYPE_NULL = 0;
 const LINKTYPE_ETHERNET = 1;
@@ -264,4 +266,53 @@ export function encodings(secret) {
     }
   }
   return out;
+}
+
+/**
+ * Starts tcpdump on lo for one TCP port (root needed) and resolves once it
+ * is listening. kill() is for cleanup after a failure; stop() ends the
+ * capture cleanly and returns tcpdump's counters.
+ * @param {number} port @param {string} file
+ */
+export async function startCapture(port, file) {
+  const proc = spawn("tcpdump", ["-i", "lo", "--immediate-mode", "-U", "-B", "16384", "-s", "0", "-n", "-w", file, "tcp", "port", String(port)], { stdio: ["ignore", "ignore", "pipe"] });
+  let err = "";
+  proc.stderr.on("data", (d) => (err += d.toString()));
+  const exited = new Promise((r) => proc.on("exit", (code, sig) => r({ code, sig })));
+  await new Promise((resolve, reject) => {
+    const t = setInterval(() => {
+      if (err.includes("listening on lo")) {
+        clearInterval(t);
+        resolve();
+      }
+    }, 20);
+    exited.then(() => {
+      clearInterval(t);
+      reject(new Error(`tcpdump exited before listening: ${err}`));
+    });
+    setTimeout(() => {
+      clearInterval(t);
+      reject(new Error(`tcpdump did not start: ${err}`));
+    }, 10_000);
+  });
+  return {
+    kill: () => proc.kill("SIGKILL"),
+    /** SIGINT makes tcpdump flush, print its counters and exit. */
+    async stop() {
+      proc.kill("SIGINT");
+      const { code, sig } = await exited;
+      const num = (re) => {
+        const m = re.exec(err);
+        return m ? Number(m[1]) : NaN;
+      };
+      return {
+        code,
+        sig,
+        stderr: err,
+        captured: num(/(\d+) packets? captured/),
+        received: num(/(\d+) packets? received by filter/),
+        dropped: num(/(\d+) packets? dropped by kernel/),
+      };
+    },
+  };
 }

@@ -6,12 +6,12 @@
 // while a plain payload does.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
-import { spawn, spawnSync } from "node:child_process";
+import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
 import { WSGATE_BIN, checkPrerequisites, checkServedBundle, freePort, launchBrowser, openPage, sleep, startGateway, tempDir } from "./harness.mjs";
-import { afterHttpHeader, encodings, parsePcap, tcpConnections, webSocketMessages } from "./pcap.mjs";
+import { afterHttpHeader, encodings, parsePcap, startCapture, tcpConnections, webSocketMessages } from "./pcap.mjs";
 
 // A user made for this test with a random password that exists nowhere
 // else (the demo password is printed in the demo page itself). Full-width
@@ -43,51 +43,6 @@ after(async () => {
   await gw?.stop();
   for (const d of [dataDir, work]) if (d) rmSync(d, { recursive: true, force: true });
 });
-
-/** Starts tcpdump and resolves once it is listening. */
-async function startCapture(port, file) {
-  const proc = spawn("tcpdump", ["-i", "lo", "--immediate-mode", "-U", "-B", "16384", "-s", "0", "-n", "-w", file, "tcp", "port", String(port)], { stdio: ["ignore", "ignore", "pipe"] });
-  let err = "";
-  proc.stderr.on("data", (d) => (err += d.toString()));
-  const exited = new Promise((r) => proc.on("exit", (code, sig) => r({ code, sig })));
-  await new Promise((resolve, reject) => {
-    const t = setInterval(() => {
-      if (err.includes("listening on lo")) {
-        clearInterval(t);
-        resolve();
-      }
-    }, 20);
-    exited.then(() => {
-      clearInterval(t);
-      reject(new Error(`tcpdump exited before listening: ${err}`));
-    });
-    setTimeout(() => {
-      clearInterval(t);
-      reject(new Error(`tcpdump did not start: ${err}`));
-    }, 10_000);
-  });
-  runningCapture = { kill: () => proc.kill("SIGKILL") };
-  return {
-    /** SIGINT makes tcpdump flush, print its counters and exit. */
-    async stop() {
-      proc.kill("SIGINT");
-      runningCapture = null;
-      const { code, sig } = await exited;
-      const num = (re) => {
-        const m = re.exec(err);
-        return m ? Number(m[1]) : NaN;
-      };
-      return {
-        code,
-        sig,
-        stderr: err,
-        captured: num(/(\d+) packets? captured/),
-        received: num(/(\d+) packets? received by filter/),
-        dropped: num(/(\d+) packets? dropped by kernel/),
-      };
-    },
-  };
-}
 
 /** One session in a page, exercising plain and sensitive traffic; returns what the page knows. */
 async function runSession(page, markers) {
@@ -124,6 +79,7 @@ async function runSession(page, markers) {
 test("wire: the capture is complete, a plain payload is visible, no secret is", async (t) => {
   const pcapFile = join(work, "wire.pcap");
   const capture = await startCapture(gw.port, pcapFile);
+  runningCapture = capture;
   const browser = await launchBrowser();
   const sessions = [];
   const markers = [];
@@ -150,6 +106,7 @@ test("wire: the capture is complete, a plain payload is visible, no secret is", 
   // Let the last FIN/ACKs reach the capture, then stop it cleanly.
   await sleep(500);
   const stats = await capture.stop();
+  runningCapture = null;
   assert.equal(stats.code, 0, `tcpdump failed: ${stats.stderr}`);
 
   // 1. Completeness. tcpdump's counters alone cannot prove it on lo: the
