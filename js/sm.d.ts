@@ -9,6 +9,9 @@ export type WsgateErrorCode =
   | "channel-bindings-dont-match"
   | "other-error"
   | "rate_limited"
+  | "bad_seal"
+  | "sealed_login_required"
+  | "unavailable"
   | "server_key_mismatch"
   | "session_expired"
   | "closed"
@@ -35,7 +38,7 @@ export declare class WsgateError extends Error {
   code: WsgateErrorCode;
   /** HTTP status, for login failures. */
   status?: number;
-  /** Seconds to wait, for `rate_limited`. */
+  /** Seconds to wait, for `rate_limited` and `unavailable`. */
   retryAfter?: number;
   /** The server's own message, for ERR responses. */
   serverMessage?: string;

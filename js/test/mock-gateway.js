@@ -1,12 +1,16 @@
 // An in-memory wsgate gateway for unit-testing the session logic of sm.js
-// without the Rust binary: a fetch() for /auth/key and /auth/session and a
-// WebSocket class, both wired to the same state. Its crypto is Node's own
-// (OpenSSL) for SCRAM, HKDF and AES-GCM, and @hpke/core for opening
-// KEY_INIT, so it also cross-checks sm.js against independent
+// without the Rust binary: a fetch() for /auth/key and /auth/session (the
+// sealed login of docs/protocol.md §4) and a WebSocket class, both wired to
+// the same state. Its crypto is Node's own (OpenSSL) for SCRAM, HKDF and
+// AES-GCM, and @hpke/core for opening the sealed request 1 (with its Export)
+// and KEY_INIT, so it also cross-checks sm.js against independent
 // implementations of every step.
 import * as nc from "node:crypto";
 import { x25519 } from "@noble/curves/ed25519.js";
+import { Aes256Gcm, CipherSuite, DhkemX25519HkdfSha256, HkdfSha256 } from "@hpke/core";
 import { webCryptoBackend } from "../src/crypto/webcrypto.js";
+
+const loginSuite = new CipherSuite({ kem: new DhkemX25519HkdfSha256(), kdf: new HkdfSha256(), aead: new Aes256Gcm() });
 
 const te = new TextEncoder();
 const td = new TextDecoder();
@@ -23,6 +27,13 @@ function header(type, flags, id, name) {
   h.writeUInt16BE(n.length, 6);
   n.copy(h, 8);
   return h;
+}
+
+/** Flips one bit in the middle of a b64u ciphertext. */
+function flip(ctB64u) {
+  const b = Buffer.from(ctB64u, "base64url");
+  b[b.length >> 1] ^= 1;
+  return b.toString("base64url");
 }
 
 function nonce(seq) {
@@ -42,6 +53,24 @@ function gcmOpen(key, seq, aad, ct) {
   d.setAAD(aad);
   d.setAuthTag(ct.subarray(ct.length - 16));
   return Buffer.concat([d.update(ct.subarray(0, ct.length - 16)), d.final()]);
+}
+
+/** box(m, inner) of the sealed login: AES-256-GCM, nonce = 11 zero bytes || m, aad empty. */
+function boxNonce(m) {
+  const n = Buffer.alloc(12);
+  n[11] = m;
+  return n;
+}
+export function sealLoginBox(key, m, inner) {
+  const c = nc.createCipheriv("aes-256-gcm", key, boxNonce(m));
+  return Buffer.concat([c.update(Buffer.from(JSON.stringify(inner))), c.final(), c.getAuthTag()]).toString("base64url");
+}
+export function openLoginBox(key, m, ct) {
+  const b = Buffer.from(ct, "base64url");
+  if (b.length < 16) throw new Error("box too short");
+  const d = nc.createDecipheriv("aes-256-gcm", key, boxNonce(m));
+  d.setAuthTag(b.subarray(b.length - 16));
+  return JSON.parse(Buffer.concat([d.update(b.subarray(0, b.length - 16)), d.final()]).toString("utf8"));
 }
 
 export function sealServerFrame(key, seq, type, flags, id, name, pt) {
@@ -88,6 +117,31 @@ export class MockGateway {
     this.sessionLifetime = 3600;
     this.tamperNextResponse = false;
     this.keyInits = 0;
+    this.fault = null;
+    this.faultTimes = 0;
+    this.firstRequests = 0;
+    this.loginBodies = [];
+  }
+
+  /**
+   * Sealed-login fault injection, for the next `times` requests it applies
+   * to. Request 1: "reply1" flips a bit of box 1; "badSeal" answers 400
+   * bad_seal; "clearV1" answers in the old clear v1 shape. Request 2:
+   * "reply2" flips a bit of box 3; "clearFailure2" refuses in clear with
+   * e=invalid-proof; "boxedOtherError" refuses with box(3, e=other-error).
+   * Boxes that open but have the wrong inner: "reply1NoIp" (no ip),
+   * "reply2NoSession" (no session), "reply2Array" (a JSON array).
+   * Either: "unavailable" answers 503.
+   */
+  inject(kind, times = 1) {
+    this.fault = kind;
+    this.faultTimes = times;
+  }
+
+  _takeFault(kinds) {
+    if (this.faultTimes <= 0 || !kinds.includes(this.fault)) return null;
+    this.faultTimes--;
+    return this.fault;
   }
 
   /** A new server key; the old one is no longer accepted. */
@@ -122,32 +176,78 @@ export class MockGateway {
     } catch {
       return json(400, { error: "bad json" });
     }
-    const fail = (e) => json(401, { status: "failed", scram: `e=${e}` }, { "WWW-Authenticate": "wsgate-v1" });
+    const www = { "WWW-Authenticate": "wsgate-v1" };
+    const fail = (e) => json(401, { status: "failed", scram: `e=${e}` }, www);
+    this.loginBodies.push(init.body);
+    if (this._takeFault(["unavailable"])) return json(503, { status: "unavailable", message: "state store down" }, { "Retry-After": "1" });
     if (!("sid" in body)) {
-      const m = /^p=wsgate-v1,,(n=([^,]*),r=([\x21-\x2b\x2d-\x7e]+))$/.exec(body.scram);
+      this.firstRequests++;
+      const fault = this._takeFault(["reply1", "badSeal", "clearV1", "reply1NoIp"]);
+      if ("scram" in body && !("ct" in body)) return json(400, { status: "failed", error: "sealed_login_required" });
+      const badSeal = () => json(400, { status: "failed", error: "bad_seal" });
+      if (fault === "badSeal" || body.kid !== this.kid || typeof body.enc !== "string" || typeof body.ct !== "string") return badSeal();
+      const enc = Buffer.from(body.enc, "base64url");
+      if (enc.length !== 32 || enc.toString("base64url") !== body.enc) return badSeal();
+      let inner;
+      let loginKey;
+      try {
+        const recipientKey = await loginSuite.kem.importKey("raw", Uint8Array.from(this.sk).buffer, false);
+        const ctx = await loginSuite.createRecipientContext({ recipientKey, enc: Uint8Array.from(enc).buffer, info: te.encode("wsgate-v1 login").buffer });
+        const pt = Buffer.from(await ctx.open(Uint8Array.from(Buffer.from(body.ct, "base64url")).buffer));
+        loginKey = Buffer.from(await ctx.export(te.encode("wsgate-v1 login key").buffer, 32));
+        this.log.push(["request-1-plaintext-length", pt.length]);
+        try {
+          inner = JSON.parse(pt.toString("utf8"));
+        } catch {
+          return fail("invalid-encoding");
+        }
+      } catch {
+        return badSeal();
+      }
+      const m = typeof inner?.scram === "string" ? /^p=wsgate-v1,,(n=([^,]*),r=([\x21-\x2b\x2d-\x7e]+))$/.exec(inner.scram) : null;
       if (!m) return fail("invalid-encoding");
       const user = m[2].replace(/=2C/g, ",").replace(/=3D/g, "=");
       const rec = this.users.get(user) ?? { salt: nc.randomBytes(16), iterations: 4096, storedKey: Buffer.alloc(32), serverKey: Buffer.alloc(32) };
       const snonce = m[3] + b64u(nc.randomBytes(18));
       const serverFirst = `r=${snonce},s=${rec.salt.toString("base64")},i=${rec.iterations}`;
-      const sid = b64u(nc.randomBytes(16));
-      this.exchanges.set(sid, { user, rec, bare: m[1], serverFirst, snonce, ip: this.ip });
-      return json(401, { status: "unauthenticated", sid, scram: serverFirst, ip: this.ip }, { "WWW-Authenticate": "wsgate-v1" });
+      const sidRaw = nc.randomBytes(16);
+      const sid = b64u(sidRaw);
+      if (fault === "clearV1") return json(401, { status: "unauthenticated", sid, scram: serverFirst, ip: this.ip }, www);
+      const exchangeKey = Buffer.from(nc.hkdfSync("sha256", loginKey, sidRaw, "wsgate-v1 login exchange", 32));
+      this.exchanges.set(sid, { user, rec, bare: m[1], serverFirst, snonce, ip: this.ip, fp: this.fp, exchangeKey });
+      let ct = sealLoginBox(exchangeKey, 1, fault === "reply1NoIp" ? { scram: serverFirst } : { scram: serverFirst, ip: this.ip });
+      if (fault === "reply1") ct = flip(ct);
+      return json(401, { status: "unauthenticated", sid, ct }, www);
     }
-    const ex = this.exchanges.get(body.sid);
-    this.exchanges.delete(body.sid);
+    const ex = typeof body.sid === "string" ? this.exchanges.get(body.sid) : undefined;
+    if (ex) this.exchanges.delete(body.sid);
     if (!ex) return fail("other-error");
-    const m = /^(c=([^,]*),r=([^,]*)),p=([^,]*)$/.exec(body.scram);
-    if (!m) return fail("invalid-encoding");
-    if (m[3] !== ex.snonce) return fail("other-error");
+    const fault = this._takeFault(["reply2", "clearFailure2", "boxedOtherError", "reply2NoSession", "reply2Array"]);
+    if (fault === "clearFailure2") return fail("invalid-proof");
+    const boxed = (status, st, inner) => {
+      let ct = sealLoginBox(ex.exchangeKey, 3, inner);
+      if (fault === "reply2") ct = flip(ct);
+      return json(status, { status: st, ct }, status === 401 ? www : {});
+    };
+    const sfail = (e) => boxed(401, "failed", { scram: `e=${e}` });
+    if (fault === "boxedOtherError") return sfail("other-error");
+    let inner;
+    try {
+      inner = openLoginBox(ex.exchangeKey, 2, body.ct);
+    } catch {
+      return sfail("invalid-encoding");
+    }
+    const m = typeof inner?.scram === "string" ? /^(c=([^,]*),r=([^,]*)),p=([^,]*)$/.exec(inner.scram) : null;
+    if (!m) return sfail("invalid-encoding");
+    if (m[3] !== ex.snonce) return sfail("other-error");
     const cb = Buffer.from(m[2], "base64").toString("utf8");
-    if (cb !== `p=wsgate-v1,,ip=${ex.ip};key=${this.fp}` || this.ip !== ex.ip) return fail("channel-bindings-dont-match");
+    if (cb !== `p=wsgate-v1,,ip=${ex.ip};key=${ex.fp}` || this.ip !== ex.ip) return sfail("channel-bindings-dont-match");
     const am = `${ex.bare},${ex.serverFirst},${m[1]}`;
     const proof = Buffer.from(m[4], "base64");
     const sig = hmac(ex.rec.storedKey, am);
     const clientKey = Buffer.alloc(32);
     for (let i = 0; i < 32; i++) clientKey[i] = proof[i] ^ sig[i];
-    if (proof.length !== 32 || !nc.timingSafeEqual(sha(clientKey), ex.rec.storedKey)) return fail("invalid-proof");
+    if (proof.length !== 32 || !nc.timingSafeEqual(sha(clientKey), ex.rec.storedKey)) return sfail("invalid-proof");
     const serverSig = hmac(ex.rec.serverKey, am);
     if (this.badServerSignature) serverSig[0] ^= 1;
     const session = b64u(nc.randomBytes(16));
@@ -157,7 +257,9 @@ export class MockGateway {
       sessionKey: hmac(clientKey, Buffer.concat([Buffer.from("wsgate-v1 session"), Buffer.from(am)])),
       expiresAt: Date.now() + this.sessionLifetime * 1000,
     });
-    return json(200, { status: "authenticated", scram: `v=${serverSig.toString("base64")}`, session, user: ex.user, expires_in: this.sessionLifetime });
+    const ok = { scram: `v=${serverSig.toString("base64")}`, session, user: ex.user, expires_in: this.sessionLifetime };
+    if (fault === "reply2NoSession") delete ok.session;
+    return boxed(200, "authenticated", fault === "reply2Array" ? [ok] : ok);
   };
 
   /** The WebSocket class to hand to connect({ WebSocket }). */
