@@ -181,3 +181,11 @@ test("AES-256-GCM mode_base with export: every backend's seal opens, and the exp
   }
   assert.equal(seen.size, 4);
 });
+
+test("RFC 9180 A.1.1/A.1.2: DeriveKeyPair(ikmE) gives the vectors' ephemeral keys", () => {
+  let kp = hpke.deriveKeyPair(hex("7268600d403fce431561aef583ee1613527cff655c1343f29812e66706df3234"));
+  assert.equal(toHex(kp.sk), B.skEm);
+  assert.equal(toHex(kp.pk), B.pkEm);
+  kp = hpke.deriveKeyPair(hex("6db9df30aa07dd42ee5e8181afdb977e538f5e1fec8a06223f33f7013e525037"));
+  assert.equal(toHex(kp.sk), B.skRm);
+});

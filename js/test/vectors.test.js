@@ -9,6 +9,8 @@ import { b64, b64u, fromB64OrNull, fromB64uOrNull } from "../src/bytes.js";
 import { cbindData, clientFinal, clientFirst, keyFingerprint, keyId, parseServerFirst, preparePassword, saltedPassword, saslname, verifyServerFinal } from "../src/scram.js";
 import { deriveTrafficKeys, hpkeInfo, makeKeyInit } from "../src/keyinit.js";
 import { decodeEnvelope, encodeEnvelope, openFrame, sealFrame } from "../src/envelope.js";
+import { BOX_REPLY_1, BOX_REPLY_2, BOX_REQUEST_2, LOGIN_EXCHANGE_INFO, LOGIN_EXPORTER_CONTEXT, LOGIN_HPKE_INFO, exchangeKey, openBox, paddedFirstRequest, sealBox, sealFirstRequest } from "../src/login.js";
+import * as hpkeNoble from "../src/crypto/hpke-noble.js";
 
 const te = new TextEncoder();
 const skip = (name) => ({ skip: `testdata/${name} not there yet` });
@@ -111,5 +113,104 @@ test("shared vectors: envelope.json", env ? {} : skip("envelope.json"), () => {
   }
   for (const bad of env.invalid) {
     assert.throws(() => decodeEnvelope(hex(bad.wire_hex)), undefined, bad.why);
+  }
+});
+
+// The sealed login (docs/protocol.md §4): request 1 sealed with the fixed
+// ephemeral key, login_key, exchange_key, every box in both directions, the
+// padding, and the SCRAM exchange inside the boxes down to the session key.
+const ls = loadVectors("login_seal.json");
+test("shared vectors: login_seal.json", ls ? {} : skip("login_seal.json"), async () => {
+  assert.equal(ls.hpke_info, LOGIN_HPKE_INFO);
+  assert.equal(ls.exporter_context, LOGIN_EXPORTER_CONTEXT);
+  assert.equal(ls.exchange_info, LOGIN_EXCHANGE_INFO);
+  const sk = hex(ls.server_sk_hex);
+  const pk = x25519.getPublicKey(sk);
+  assert.equal(b64u(pk), ls.server_pk_b64u);
+  assert.ok(ls.cases.length > 0 && ls.padding.length > 0);
+  const scramCases = scram ? new Map(scram.cases.map((c) => [c.name, c])) : new Map();
+  const utf8 = (s) => te.encode(s);
+  const boxNonce = (m) => Uint8Array.of(0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, m);
+  for (const c of ls.cases) {
+    // Our serialization of every inner message is the vector's text.
+    for (const f of ["request_1_inner", "reply_1_inner", "request_2_inner", "reply_2_inner", "request_1_body", "reply_1_body", "request_2_body", "reply_2_body"]) {
+      assert.equal(JSON.stringify(JSON.parse(c[f])), c[f], `${c.name}: ${f} is compact JSON in member order`);
+    }
+    assert.equal(paddedFirstRequest(c.client_first), c.request_1_inner, `${c.name}: padding`);
+    assert.equal(te.encode(c.request_1_inner).length % 64, 0);
+    const sc = scramCases.get(c.name);
+    if (sc) assert.deepEqual([c.username, c.password, c.ip, c.iterations, c.client_first, c.session_key_hex], [sc.username, sc.password, sc.ip, sc.iterations, sc.client_first, sc.session_key_hex], `${c.name}: same case as scram.json`);
+    const eph = hpkeNoble.deriveKeyPair(hex(c.ephemeral_ikm_hex));
+    assert.equal(toHex(eph.sk), c.ephemeral_sk_hex, `${c.name}: skE = DeriveKeyPair(ephemeral_ikm)`);
+    assert.equal(b64u(eph.pk), c.enc_b64u, `${c.name}: enc = pk(skE)`);
+    const sidRaw = fromB64uOrNull(c.sid);
+    assert.equal(sidRaw.length, 16);
+    const r1 = JSON.parse(c.reply_1_body);
+    const q2 = JSON.parse(c.request_2_body);
+    const r2 = JSON.parse(c.reply_2_body);
+    assert.deepEqual([r1.status, r1.sid, q2.sid, r2.status], ["unauthenticated", c.sid, c.sid, "authenticated"], c.name);
+
+    // The server side of request 1 (noble recipient context): it opens to
+    // the padded inner and exports the same login_key.
+    const req1 = JSON.parse(c.request_1_body);
+    assert.deepEqual(Object.keys(req1), ["kid", "enc", "ct"]);
+    assert.equal(req1.kid, ls.kid);
+    const rctx = hpkeNoble.setupR({ skR: sk, enc: fromB64uOrNull(req1.enc), info: utf8(ls.hpke_info) });
+    assert.equal(new TextDecoder().decode(rctx.open(new Uint8Array(0), fromB64uOrNull(req1.ct))), c.request_1_inner, c.name);
+    assert.equal(toHex(rctx.export(utf8(ls.exporter_context), 32)), c.login_key_hex, c.name);
+
+    for (const be of BACKENDS) {
+      const at = `${c.name} (${be.name})`;
+      assert.equal(await keyId(be, pk), ls.kid, at);
+      assert.equal(await keyFingerprint(be, pk), ls.key_fp, at);
+      // Request 1, sealed by us with the vector's skE: byte for byte.
+      const sealed = await sealFirstRequest(be, { pk, kid: ls.kid, clientFirst: c.client_first, skE: hex(c.ephemeral_sk_hex) });
+      assert.equal(sealed.body, c.request_1_body, `${at}: request_1_body`);
+      assert.equal(toHex(sealed.loginKey), c.login_key_hex, `${at}: login_key`);
+      const exKey = await exchangeKey(be, sealed.loginKey, sidRaw);
+      assert.equal(toHex(exKey), c.exchange_key_hex, `${at}: exchange_key`);
+      // Box 1 (the server's): opens to reply_1_inner, and sealing that text
+      // gives the same ciphertext.
+      const aead = await be.aesGcm(exKey);
+      const in1 = await openBox(be, exKey, BOX_REPLY_1, r1.ct, "reply 1");
+      assert.equal(JSON.stringify(in1), c.reply_1_inner, `${at}: reply_1_inner`);
+      assert.equal(b64u(await aead.seal(boxNonce(1), new Uint8Array(0), utf8(c.reply_1_inner))), r1.ct, `${at}: box 1`);
+      // The SCRAM exchange inside: our client-final is request_2_inner's.
+      const sf = parseServerFirst(in1.scram, c.client_first.split(",r=")[1], c.iterations < 4096 ? { minIterations: 1 } : {});
+      const salted = await saltedPassword(be, preparePassword(c.password), sf.salt, sf.iterations);
+      const bare = c.client_first.slice("p=wsgate-v1,,".length);
+      const fin = await clientFinal(be, { clientFirstBare: bare, serverFirst: in1.scram, nonce: sf.nonce, cbindData: cbindData(in1.ip, ls.key_fp), saltedPassword: salted });
+      assert.equal(in1.ip, c.ip, at);
+      assert.equal(JSON.stringify({ scram: fin.clientFinal }), c.request_2_inner, `${at}: request_2_inner`);
+      // Box 2 (ours): byte for byte.
+      const ct2 = await sealBox(be, exKey, BOX_REQUEST_2, { scram: fin.clientFinal });
+      assert.equal(ct2, q2.ct, `${at}: box 2`);
+      assert.equal(JSON.stringify({ sid: c.sid, ct: ct2 }), c.request_2_body, `${at}: request_2_body`);
+      // Box 3 (the server's): opens; mutual authentication; session key.
+      const in2 = await openBox(be, exKey, BOX_REPLY_2, r2.ct, "reply 2");
+      assert.equal(JSON.stringify(in2), c.reply_2_inner, `${at}: reply_2_inner`);
+      assert.deepEqual(Object.keys(in2), ["scram", "session", "user", "expires_in"]);
+      assert.equal(b64u(await aead.seal(boxNonce(3), new Uint8Array(0), utf8(c.reply_2_inner))), r2.ct, `${at}: box 3`);
+      verifyServerFinal(in2.scram, fin.serverSignature);
+      assert.equal(toHex(fin.sessionKey), c.session_key_hex, `${at}: session_key`);
+      // A box never opens under another number.
+      await assert.rejects(openBox(be, exKey, BOX_REPLY_2, r1.ct, "reply 1 as m = 3"), (e) => e.code === "protocol_error");
+      await assert.rejects(openBox(be, exKey, BOX_REPLY_1, r2.ct, "reply 2 as m = 1"), (e) => e.code === "protocol_error");
+    }
+  }
+
+  const f = ls.failure;
+  const fr2 = JSON.parse(f.reply_2_body);
+  assert.equal(fr2.status, "failed");
+  assert.equal(f.reply_2_inner, '{"scram":"e=invalid-proof"}');
+  for (const be of BACKENDS) {
+    const inner = await openBox(be, hex(f.exchange_key_hex), BOX_REPLY_2, fr2.ct, "failure reply 2");
+    assert.equal(JSON.stringify(inner), f.reply_2_inner, be.name);
+    const aead = await be.aesGcm(hex(f.exchange_key_hex));
+    assert.equal(b64u(await aead.seal(boxNonce(3), new Uint8Array(0), utf8(f.reply_2_inner))), fr2.ct, be.name);
+  }
+
+  for (const p of ls.padding) {
+    assert.equal(paddedFirstRequest(p.client_first), p.request_1_inner, p.client_first);
   }
 });

@@ -60,6 +60,17 @@ function extractAndExpand(dh, kemContext) {
 }
 
 /**
+ * DeriveKeyPair(ikm) of DHKEM(X25519) (RFC 9180 §7.1.3), for test vectors
+ * that give the ephemeral key as its IKM.
+ * @param {Uint8Array} ikm
+ */
+export function deriveKeyPair(ikm) {
+  const dkpPrk = labeledExtract(KEM_SUITE, EMPTY, "dkp_prk", ikm);
+  const sk = labeledExpand(KEM_SUITE, dkpPrk, "sk", EMPTY, 32);
+  return { sk, pk: x25519.getPublicKey(sk) };
+}
+
+/**
  * Encap(pkR) with an optional fixed ephemeral key (tests only).
  * @param {Uint8Array} pkR @param {Uint8Array} [skE]
  */
