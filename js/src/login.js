@@ -1,6 +1,6 @@
 // @ts-check
 // The HTTP half: GET /auth/key and the two PUT /auth/session requests of
-// the sealed login (docs/protocol.md §3, §4): request 1 is HPKE-sealed to the
+// the sealed login (docs/protocol.md §3, §4, §4.1): request 1 is HPKE-sealed to the
 // server key, the three later messages are AES-256-GCM boxes under a key
 // derived from that HPKE context, so a recorded login shows an eavesdropper
 // neither the user name nor anything a password guess could be tested
@@ -138,7 +138,7 @@ export async function fetchServerKey(backend, base, timeoutMs, fetchImpl) {
   return { pk, kid, fp };
 }
 
-// ---- The sealed exchange (docs/protocol.md §4) ----
+// ---- The sealed exchange (docs/protocol.md §4.1) ----
 
 export const LOGIN_HPKE_INFO = "wsgate-v1 login";
 export const LOGIN_EXPORTER_CONTEXT = "wsgate-v1 login key";

@@ -97,7 +97,7 @@ test("AES-256-GCM mode_psk: every backend opens what every backend sealed", asyn
 
 // RFC 9180 Appendix A.1.1: the same suite in mode_base, with the exported
 // values of A.1.1.2 (the sealed login uses a mode_base sender context's
-// Export, docs/protocol.md §4).
+// Export, docs/protocol.md §4.1).
 const B = {
   info: "4f6465206f6e2061204772656369616e2055726e",
   skEm: "52c4a758a802cd8b936eceea314432798d5baf2d7e9235dc084ab1b9cfa2f736",

@@ -1,4 +1,4 @@
-// The sealed login (docs/protocol.md §4) against the in-memory mock gateway,
+// The sealed login (docs/protocol.md §4.1) against the in-memory mock gateway,
 // with both crypto backends: what crosses the wire, and that the client
 // fails closed on every reply that does not open or has the wrong shape.
 import { test } from "node:test";

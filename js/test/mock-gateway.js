@@ -1,6 +1,6 @@
 // An in-memory wsgate gateway for unit-testing the session logic of sm.js
 // without the Rust binary: a fetch() for /auth/key and /auth/session (the
-// sealed login of docs/protocol.md §4) and a WebSocket class, both wired to
+// sealed login of docs/protocol.md §4.1) and a WebSocket class, both wired to
 // the same state. Its crypto is Node's own (OpenSSL) for SCRAM, HKDF and
 // AES-GCM, and @hpke/core for opening the sealed request 1 (with its Export)
 // and KEY_INIT, so it also cross-checks sm.js against independent

@@ -116,7 +116,7 @@ test("shared vectors: envelope.json", env ? {} : skip("envelope.json"), () => {
   }
 });
 
-// The sealed login (docs/protocol.md §4): request 1 sealed with the fixed
+// The sealed login (docs/protocol.md §4.1): request 1 sealed with the fixed
 // ephemeral key, login_key, exchange_key, every box in both directions, the
 // padding, and the SCRAM exchange inside the boxes down to the session key.
 const ls = loadVectors("login_seal.json");

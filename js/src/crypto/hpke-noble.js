@@ -204,7 +204,7 @@ export function open(p) {
 
 /**
  * mode_base seal of one message and one export from the same sender
- * context (the sealed login, docs/protocol.md §4).
+ * context (the sealed login, docs/protocol.md §4.1).
  * @param {{ pkR: Uint8Array, info: Uint8Array, aad?: Uint8Array, pt: Uint8Array, exporterContext: Uint8Array, L: number, aeadId?: number, skE?: Uint8Array }} p
  */
 export function sealBaseExport({ pkR, info, aad = EMPTY, pt, exporterContext, L, aeadId = 0x0002, skE }) {
