@@ -63,6 +63,13 @@ for (const ctx of CONTEXTS) {
 
   test(`${ctx.label}: API: login, plain and sensitive echo, whoami, error codes, logout`, async () => {
     const { page, errors } = await openPage(browser, port, ctx);
+    // The login as the browser sent and received it: sealed (docs/protocol.md §4.1).
+    const seen = [];
+    page.on("response", (res) => {
+      const req = res.request();
+      if (req.method() !== "PUT" || !req.url().endsWith("/auth/session")) return;
+      seen.push(res.text().then((text) => ({ request: req.postData() ?? "", status: res.status(), response: text }), (e) => ({ request: req.postData() ?? "", status: res.status(), response: `"unreadable: ${e.message}"` })));
+    });
     const r = await page.evaluate(async () => {
       const { connect, WsgateError } = await import("/sm.js");
       const out = {};
@@ -130,6 +137,24 @@ for (const ctx of CONTEXTS) {
     assert.ok(r.frames.some(([d, t, e]) => d === "out" && t === "REQUEST" && e === true));
     assert.ok(r.frames.some(([d, t, e]) => d === "out" && t === "REQUEST" && e === false));
     assert.ok(r.frames.some(([d, t]) => d === "out" && t === "LOGOUT"));
+    // Two logins (the wrong password, then the good one), two requests each,
+    // every one sealed: no SCRAM message, user name or nonce in clear.
+    const logins = await Promise.all(seen);
+    assert.equal(logins.length, 4, JSON.stringify(logins));
+    assert.deepEqual(
+      logins.map((l) => [Object.keys(JSON.parse(l.request)).join(","), l.status, JSON.parse(l.response).status, Object.keys(JSON.parse(l.response)).join(",")]),
+      [
+        ["kid,enc,ct", 401, "unauthenticated", "status,sid,ct"],
+        ["sid,ct", 401, "failed", "status,ct"],
+        ["kid,enc,ct", 401, "unauthenticated", "status,sid,ct"],
+        ["sid,ct", 200, "authenticated", "status,ct"],
+      ],
+    );
+    for (const l of logins) {
+      for (const clear of ["scram", "demo", "p=wsgate-v1", "r=", "v="]) {
+        assert.ok(!l.request.includes(clear) && !l.response.includes(clear), `"${clear}" in a login message: ${JSON.stringify(l)}`);
+      }
+    }
     assert.deepEqual(errors, []);
     await page.close();
   });
