@@ -188,6 +188,13 @@ test("scramMessages: the three messages in raw text, nothing in look-alikes", ()
   assert.deepEqual(scramMessages(`{"kid":"abc","enc":"${randomBytes(32).toString("base64url")}","ct":"${randomBytes(200).toString("base64url")}"}`, "t"), []);
 });
 
+test("scramMessages: the gateway's own sm.js and demo page, which a capture may carry, are not taken for SCRAM messages", () => {
+  for (const f of ["../crates/server/assets/sm.js", "../crates/server/assets/demo.html", "src/scram.js", "src/login.js"]) {
+    const file = join(here, "..", f);
+    assert.deepEqual(scramMessages(readFileSync(file, "utf8"), f), [], f);
+  }
+});
+
 test("a synthetic clear login over messy TCP is cracked: user name, password, the iteration count of its server-first", () => {
   const user = "alice,=x";
   const password = "correct horse battery staple";

@@ -285,16 +285,19 @@ export function httpExchanges(c2s, s2c) {
 // SCRAM
 
 // Characters a value may have in raw text: SCRAM's printable set minus the
-// delimiters of the text around it (quote, backslash, whitespace, `&`).
-const V = String.raw`[^,"\\\s&<>]`;
+// delimiters of the text around it (quotes, backslash, whitespace, `&`, …).
+// A nonce is at least 16 of them (wsgate's are 24 or more), so that source
+// code such as sm.js's own `n=${name},r=${nonce}` is not taken for one.
+const V = String.raw`[^,"'\`\\\s&<>]`;
+const NONCE = `${V}{16,}`;
 const B64 = String.raw`[A-Za-z0-9+/]+={0,2}`;
 const NOT_ALNUM = String.raw`(?<![A-Za-z0-9])`;
 const CLIENT_FIRST = new RegExp(
-  String.raw`${NOT_ALNUM}(?<gs2>[pny](?:=${V}*)?,(?:a=${V}*)?,)?(?<bare>n=(?<name>(?:[^,="\\\s&<>]|=2C|=3D)+),r=(?<nonce>${V}+)(?:,[a-qs-zA-Z]=${V}*)*)`,
+  String.raw`${NOT_ALNUM}(?<gs2>[pny](?:=${V}*)?,(?:a=${V}*)?,)?(?<bare>n=(?<name>(?:[^,="\\\s&<>]|=2C|=3D)+),r=(?<nonce>${NONCE})(?:,[a-qs-zA-Z]=${V}*)*)`,
   "g",
 );
-const SERVER_FIRST = new RegExp(String.raw`${NOT_ALNUM}(?:m=${V}*,)?r=(?<nonce>${V}+),s=(?<salt>${B64}),i=(?<iter>\d+)`, "g");
-const CLIENT_FINAL = new RegExp(String.raw`${NOT_ALNUM}(?<without>c=(?<cbind>${B64}),r=(?<nonce>${V}+)(?:,[a-oq-zA-Z]=${V}*)*),p=(?<proof>${B64})`, "g");
+const SERVER_FIRST = new RegExp(String.raw`${NOT_ALNUM}(?:m=${V}*,)?r=(?<nonce>${NONCE}),s=(?<salt>${B64}),i=(?<iter>\d+)`, "g");
+const CLIENT_FINAL = new RegExp(String.raw`${NOT_ALNUM}(?<without>c=(?<cbind>${B64}),r=(?<nonce>${NONCE})(?:,[a-oq-zA-Z]=${V}*)*),p=(?<proof>${B64})`, "g");
 
 /** SCRAM saslname → name (RFC 5802 §5.1); null when malformed. */
 export function decodeSaslname(s) {
