@@ -305,3 +305,37 @@ test("a synthetic sealed login gives the eavesdropper nothing", () => {
   assert.deepEqual(crack(r.transcripts, [...WORDS, password]), []);
   assert.deepEqual(userNameHits(r.connections[0], user), []);
 });
+
+// ---------------------------------------------------------------------------
+// The committed capture of a real clear v1 login (see fixtures/README.md).
+
+const FIXTURE = join(FIXTURES, "v1-clear-login.pcap");
+const FIXTURE_WORDS = join(FIXTURES, "v1-clear-login.words");
+const FIXTURE_USER = "fixture-user";
+const FIXTURE_PASSWORD = "Tr0ub4dor&3";
+
+test("the recorded clear v1 browser login is cracked", () => {
+  assert.ok(existsSync(FIXTURE), `${FIXTURE} is missing`);
+  const r = eavesdrop(readFileSync(FIXTURE));
+  for (const c of r.connections) assert.deepEqual(c.http.errors, [], c.label);
+  const login = r.connections.filter((c) => c.login);
+  assert.ok(login.length >= 1, "the fixture holds a login connection");
+  assert.ok(r.sealed.clearRequests >= 2, `clear PUT /auth/session requests: ${r.sealed.clearRequests}`);
+  assert.equal(r.sealed.first + r.sealed.second, 0, "the fixture is a clear (pre-sealing) login");
+  for (const kind of ["client-first", "server-first", "client-final"]) assert.ok(r.found.some((m) => m.kind === kind), `a ${kind} message is found in the fixture`);
+  assert.ok(r.transcripts.length >= 1);
+  assert.ok(r.transcripts.every((t) => t.user === FIXTURE_USER));
+  assert.ok(r.transcripts.every((t) => t.iterations === 4096), "the fixture's user was made with --iterations 4096");
+  const words = readWords(FIXTURE_WORDS);
+  assert.ok(words.length >= 50 && words.length <= 200, `the word list has ${words.length} words`);
+  assert.ok(words.includes(FIXTURE_PASSWORD));
+  const cracked = crack(r.transcripts, words);
+  assert.ok(cracked.length >= 1, "the dictionary attack recovers the password");
+  for (const x of cracked) {
+    assert.equal(x.user, FIXTURE_USER);
+    assert.equal(x.password, FIXTURE_PASSWORD);
+  }
+  assert.ok(login.some((c) => userNameHits(c, FIXTURE_USER).length > 0), "the user name is seen in a login connection");
+  // Without the password in the list, nothing.
+  assert.deepEqual(crack(r.transcripts, words.filter((w) => w !== FIXTURE_PASSWORD)), []);
+});
