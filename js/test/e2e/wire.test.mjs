@@ -3,15 +3,22 @@
 // Crypto), check the capture is complete, unmask the client's WebSocket
 // frames, and prove that the password, the sensitive payloads, the dynamic
 // passwords and the session keys never appear — raw, hex or base64(url) —
-// while a plain payload does.
+// while a plain payload does. Then play the eavesdropper on the same
+// capture (eavesdropper.mjs): no SCRAM message, no user name, nothing a
+// word list holding the real password could be tested against — while the
+// same eavesdropper cracks the recorded clear v1 login of
+// test/fixtures/v1-clear-login.pcap.
 import { after, before, test } from "node:test";
 import assert from "node:assert/strict";
 import { spawnSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { readFileSync, rmSync } from "node:fs";
 import { join } from "node:path";
-import { WSGATE_BIN, checkPrerequisites, checkServedBundle, freePort, launchBrowser, openPage, sleep, startGateway, tempDir } from "./harness.mjs";
+import { JS_DIR, WSGATE_BIN, checkPrerequisites, checkServedBundle, freePort, launchBrowser, openPage, sleep, startGateway, tempDir } from "./harness.mjs";
 import { afterHttpHeader, encodings, parsePcap, startCapture, tcpConnections, webSocketMessages } from "./pcap.mjs";
+import { crack, eavesdrop, readWords, userNameHits } from "./eavesdropper.mjs";
+
+const FIXTURES = join(JS_DIR, "test", "fixtures");
 
 // A user made for this test with a random password that exists nowhere
 // else (the demo password is printed in the demo page itself). Full-width
@@ -203,4 +210,48 @@ test("wire: the capture is complete, a plain payload is visible, no secret is", 
   // And the check itself can see a secret when it is there: the plain marker
   // in every encoding the secrets were searched in, wherever it was sent as is.
   assert.ok(encodings(Buffer.from(markers[0].plain)).some(({ needle }) => unmaskedClient.includes(needle)));
+
+  // 4. The eavesdropper (docs/protocol.md §4): everything it can pull out of
+  // the capture. First, that there is a sealed login in it to look at: each
+  // session made one failed and one good login, four PUT /auth/session
+  // exchanges, every one in the sealed form.
+  const spy = eavesdrop(readFileSync(pcapFile));
+  assert.equal(spy.connections.length, conns.length, "the eavesdropper sees the connections the wire check saw");
+  for (const c of spy.connections) {
+    assert.deepEqual(c.gaps, [], `the eavesdropper's reassembly of ${c.label}`);
+    assert.deepEqual(c.http.errors, [], `the eavesdropper's HTTP parse of ${c.label}`);
+  }
+  const loginConns = spy.connections.filter((c) => c.login);
+  assert.ok(loginConns.length >= 1, "the capture holds connections that carry /auth/");
+  const puts = spy.sealed.loginPuts.map((p) => `${p.form}: ${p.requestBody.slice(0, 120)} → ${p.status} ${String(p.responseBody).slice(0, 120)}`).join("\n  ");
+  assert.equal(spy.sealed.clearRequests + spy.sealed.clearReplies, 0, `a login message in clear:\n  ${puts}`);
+  assert.equal(spy.sealed.first, 2 * sessions.length, `sealed first requests ({kid, enc, ct}):\n  ${puts}`);
+  assert.equal(spy.sealed.second, 2 * sessions.length, `sealed second requests ({sid, ct}):\n  ${puts}`);
+  assert.equal(spy.sealed.replies, 4 * sessions.length, `sealed replies ({status, …, ct}):\n  ${puts}`);
+  const statuses = spy.sealed.loginPuts.map((p) => p.status).sort();
+  assert.deepEqual(statuses, sessions.flatMap(() => [200, 401, 401, 401]).sort(), `login statuses:\n  ${puts}`);
+  // No SCRAM message anywhere: raw bytes, JSON strings, base64/hex-wrapped
+  // strings, request targets, unmasked WebSocket messages.
+  const scram = spy.found.map((m) => `${m.kind} ${m.text}\n    in ${m.wheres.join("\n    and ")}`);
+  assert.equal(scram.length, 0, `SCRAM messages in clear in the capture:\n  ${scram.join("\n  ")}`);
+  assert.equal(spy.transcripts.length, 0, "login transcripts a guess could be tested against");
+  // The user name, in any of its forms, in no connection (the login ones
+  // first among them; the WebSocket's KEY_ACK carries it encrypted).
+  for (const c of spy.connections) {
+    const hits = userNameHits(c, USER);
+    const seen = hits.map((h) => `${h.form} in ${h.where}: …${JSON.stringify(h.context)}…`);
+    assert.equal(seen.length, 0, `user name ${USER} seen in ${c.label}${c.login ? " (a login connection)" : ""}:\n  ${seen.join("\n  ")}`);
+  }
+  // The word list with the real password in it recovers nothing...
+  const words = [...readWords(join(FIXTURES, "v1-clear-login.words")), PASSWORD, PREPARED];
+  assert.deepEqual(crack(spy.transcripts, words), []);
+  // ...while the same eavesdropper, on the recorded clear v1 login, finds
+  // the transcripts and cracks the password: the check above can fail.
+  const v1 = eavesdrop(readFileSync(join(FIXTURES, "v1-clear-login.pcap")));
+  const v1cracked = crack(v1.transcripts, words);
+  assert.ok(v1.transcripts.length >= 1 && v1cracked.length >= 1, `the eavesdropper cracks the clear v1 fixture (${v1.transcripts.length} transcripts, ${v1cracked.length} cracked)`);
+  assert.ok(v1.connections.some((c) => userNameHits(c, v1cracked[0].user).length > 0), "and sees its user name");
+  t.diagnostic(
+    `eavesdropper: ${spy.connections.length} connections (${loginConns.length} with /auth/), ${spy.sealed.first} + ${spy.sealed.second} sealed login requests, ${spy.found.length} SCRAM messages, ${spy.transcripts.length} transcripts; on the v1 fixture: ${v1.found.length} SCRAM messages, cracked ${v1cracked.map((x) => `${x.user}/${x.password}`).join(", ")}`,
+  );
 });
