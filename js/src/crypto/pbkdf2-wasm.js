@@ -294,7 +294,7 @@ export async function pbkdf2Sha256Wasm(password, salt, iterations, length = 32, 
     setWords(W, u1);
     setWords(T, u1);
     for (let left = iterations - 1; left > 0; ) {
-      const n = Math.min(left, slice);
+      const n = Math.min(left, slice, 1 << 30); // an i32 count
       iterate(n);
       left -= n;
       if (left > 0) await yieldToPage();
