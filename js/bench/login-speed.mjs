@@ -140,7 +140,7 @@ const CONNECT = [
 ];
 const KDF = [
   { key: "webcrypto", label: "Web Crypto (secure page)", secure: true },
-  { key: "wasm", label: "wasm, yielding every 16 384 iterations (insecure page)", secure: false },
+  { key: "wasm", label: "wasm, yielding every ~25 ms (insecure page)", secure: false },
   { key: "wasm-unsliced", label: "wasm, one run, no yields (insecure page)", secure: false },
   { key: "pure-js", label: "pure JS @noble/hashes (insecure page)", secure: false },
 ];

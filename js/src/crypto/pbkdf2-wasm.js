@@ -16,8 +16,8 @@
 // handling use @noble/hashes. Results equal noble's, Web Crypto's and
 // OpenSSL's on every vector (test/crypto.test.js).
 //
-// The loop runs in slices of SLICE iterations and yields to the page between
-// them (scheduler.yield / MessageChannel), so a login does not freeze it.
+// The loop runs in slices of about 25 ms and yields to the page between them
+// (scheduler.yield / MessageChannel), so a login does not freeze it.
 //
 // Where WebAssembly is missing or refused (a CSP without 'wasm-unsafe-eval'),
 // pbkdf2Sha256Wasm resolves to null and the caller uses pure JS.
@@ -25,8 +25,13 @@
 import { sha256 } from "@noble/hashes/sha2.js";
 import { hmac } from "@noble/hashes/hmac.js";
 
-/** Iterations per slice between yields to the page (~5-10 ms of work). */
-export const SLICE = 16384;
+/**
+ * Work between yields to the page: the first slice is FIRST_SLICE
+ * iterations; later ones are sized from its time to last about SLICE_MS,
+ * under the 50 ms at which browsers count a "long task".
+ */
+const FIRST_SLICE = 4096;
+const SLICE_MS = 25;
 
 // Memory layout (bytes; SHA-256 words as little-endian i32 in wasm memory).
 const H = 0; // working state, 8 words
@@ -95,12 +100,15 @@ function compressBody(known) {
   const store = (/** @type {number} */ off) => c.push(op.store, 2, ...uleb(off)); // address pushed first
   const o = (/** @type {number} */ x) => c.push(x);
   const rot = (/** @type {number} */ l, /** @type {number} */ n) => (get(l), k(n), o(op.rotr));
-  // Locals 0..7: a..h (renamed each round instead of moved), 8..23: w0..w15, 24: t1.
+  // Locals 0..7: a..h (renamed each round instead of moved), 8..23: w0..w15,
+  // 24: t1, 25/26: a ^ b of this round and of the last (= b ^ c of this one).
   const t1 = 24;
+  let abL = 25, bcL = 26;
   const v = [0, 1, 2, 3, 4, 5, 6, 7];
   /** @type {(number | null)[]} */
   const wk = known.slice(); // the constant in each schedule slot, or null
   for (let i = 0; i < 8; i++) (load(H + 4 * i), set(i));
+  get(1), get(2), o(op.xor), set(bcL); // b ^ c for round 0
   for (let i = 0; i < 64; i++) {
     const [a, b, cc, d, e, f, g, h] = v;
     const slot = i & 15;
@@ -143,16 +151,17 @@ function compressBody(known) {
     if (wv !== null) (k((K[i] + wv) | 0), o(op.add));
     else (k(K[i]), o(op.add), get(wi), o(op.add));
     set(t1);
-    // d += t1; h = t1 + S0(a) + Maj(a, b, c); then rename
+    // d += t1; h = t1 + S0(a) + Maj(a, b, c), Maj = b ^ ((a ^ b) & (b ^ c)); then rename
     get(d), get(t1), o(op.add), set(d);
     get(t1);
     rot(a, 2), rot(a, 13), o(op.xor), rot(a, 22), o(op.xor), o(op.add);
-    get(a), get(b), o(op.and), get(cc), get(a), get(b), o(op.xor), o(op.and), o(op.xor), o(op.add);
+    get(a), get(b), o(op.xor), c.push(0x22, abL), get(bcL), o(op.and), get(b), o(op.xor), o(op.add);
     set(h);
+    [abL, bcL] = [bcL, abL];
     v.unshift(/** @type {number} */ (v.pop()));
   }
   for (let i = 0; i < 8; i++) (k(0), load(H + 4 * i), get(v[i]), o(op.add), store(H + 4 * i));
-  return [1, 25, 0x7f, ...c, 0x0b];
+  return [1, 27, 0x7f, ...c, 0x0b];
 }
 
 /**
@@ -253,7 +262,8 @@ function yieldToPage() {
  * @param {Uint8Array} salt
  * @param {number} iterations
  * @param {number} [length]
- * @param {{ slice?: number }} [opts] iterations between yields (benchmarks)
+ * @param {{ slice?: number }} [opts] a fixed number of iterations between
+ *   yields, instead of slices of about 25 ms (tests, benchmarks)
  * @returns {Promise<Uint8Array | null>}
  */
 export async function pbkdf2Sha256Wasm(password, salt, iterations, length = 32, opts = {}) {
@@ -264,7 +274,9 @@ export async function pbkdf2Sha256Wasm(password, salt, iterations, length = 32, 
   const inst = await WA.instantiate(mod);
   const { m, c: compress, i: iterate } = inst.exports;
   const mem = new DataView(m.buffer);
-  const slice = opts.slice ?? SLICE;
+  const fixedSlice = opts.slice;
+  let slice = fixedSlice ?? FIRST_SLICE;
+  const now = () => (typeof performance !== "undefined" ? performance.now() : Date.now());
   const setWords = (/** @type {number} */ off, /** @type {ArrayLike<number>} */ words) => {
     for (let i = 0; i < words.length; i++) mem.setUint32(off + 4 * i, words[i], true);
   };
@@ -295,8 +307,11 @@ export async function pbkdf2Sha256Wasm(password, salt, iterations, length = 32, 
     setWords(T, u1);
     for (let left = iterations - 1; left > 0; ) {
       const n = Math.min(left, slice, 1 << 30); // an i32 count
+      const t0 = now();
       iterate(n);
+      const ms = now() - t0;
       left -= n;
+      if (fixedSlice === undefined && ms > 1) slice = Math.max(1024, Math.min(1 << 22, Math.round((n * SLICE_MS) / ms)));
       if (left > 0) await yieldToPage();
     }
     const tail = new Uint8Array(32);
