@@ -325,12 +325,54 @@ fn protected_frames_ring(c: &mut Criterion) {
     g.finish();
 }
 
+/// The server's extra work per sealed login (protocol.md §4.1): opening
+/// request 1 (one X25519 on AWS-LC, the key schedule, the export), and the
+/// three boxes of the exchange.
+fn login_seal(c: &mut Criterion) {
+    use wsgate_proto::login_seal::{self, BoxNumber};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let key = ServerKeyPair::generate(&mut rng);
+    let client_first = "p=wsgate-v1,,n=bench,r=AQEBAQEBAQEBAQEBAQEBAQEB";
+    let (request, login_key) =
+        login_seal::seal_first_request(&mut rng, key.public_bytes(), client_first).unwrap();
+    let exchange_key = login_key.exchange_key(&[0x30; 16]);
+    let reply_1 = login_seal::reply1_inner(
+        "r=AQEBAQEBAQEBAQEBAQEBAQEBAgICAgICAgICAgICAgICAgICAgICAgIC,s=EREREREREREREREREREREQ==,i=600000",
+        "127.0.0.1",
+    );
+    let request_2 = exchange_key.seal(
+        BoxNumber::Request2,
+        &login_seal::request2_inner("c=cD13c2dhdGUtdjEsLGlwPTEyNy4wLjAuMTtrZXk9Z3RxektwcnRfN1NTV25Zdmg1OXYzUVc0dWdxb0phYVlhb1czVWY4N0llUQ==,r=AQEBAQEBAQEBAQEBAQEBAQEBAgICAgICAgICAgICAgICAgICAgICAgIC,p=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+    );
+    let mut g = c.benchmark_group("login_seal");
+    g.bench_function("server_open_request_1", |b| {
+        b.iter(|| login_seal::open_first_request(&key, black_box(&request)).unwrap());
+    });
+    g.bench_function("server_boxes_1_to_3", |b| {
+        b.iter(|| {
+            let k = login_key.exchange_key(black_box(&[0x30; 16]));
+            let one = k.seal(BoxNumber::Reply1, &reply_1);
+            let two = k.open(BoxNumber::Request2, &request_2).unwrap();
+            let three = k.seal(BoxNumber::Reply2, br#"{"scram":"e=invalid-proof"}"#);
+            (one, two, three)
+        });
+    });
+    g.bench_function("client_seal_request_1", |b| {
+        b.iter(|| {
+            login_seal::seal_first_request(&mut rng, key.public_bytes(), black_box(client_first))
+                .unwrap()
+        });
+    });
+    g.finish();
+}
+
 criterion_group!(
     benches,
     envelope_codec,
     protected_frames,
     protected_frames_ring,
     key_init,
-    scram_server
+    scram_server,
+    login_seal
 );
 criterion_main!(benches);

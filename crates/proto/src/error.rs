@@ -27,6 +27,9 @@ pub enum Error {
     /// HPKE open failed).
     #[error("key establishment failed: {0}")]
     KeyInit(&'static str),
+    /// A sealed login message failed to seal or open (protocol.md §4.1).
+    #[error("sealed login: {0}")]
+    Seal(&'static str),
     /// A key file or key bytes of the wrong shape.
     #[error("invalid key: {0}")]
     InvalidKey(&'static str),

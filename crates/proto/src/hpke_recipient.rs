@@ -1,9 +1,12 @@
 //! The recipient side of HPKE (RFC 9180) for the one suite wsgate uses:
-//! DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM, `mode_psk`,
-//! single-shot open with an empty AAD.
+//! DHKEM(X25519, HKDF-SHA256), HKDF-SHA256, AES-256-GCM, single-shot open
+//! with an empty AAD — `mode_psk` for KEY_INIT (protocol.md §5.2) and
+//! `mode_base` with one export for the sealed login's first request
+//! (protocol.md §4.1).
 //!
 //! Why not the `hpke` crate here, as on the sealing side: opening KEY_INIT
-//! is the server's cost of every new WebSocket connection. The `hpke` crate
+//! is the server's cost of every new WebSocket connection, and opening a
+//! login's first request the cost of every login. The `hpke` crate
 //! computes X25519 on curve25519-dalek's portable ladder and re-derives the
 //! recipient's public key from its private key at every decapsulation, two
 //! scalar multiplications where one is needed. This module does the one
@@ -19,7 +22,8 @@ use zeroize::Zeroizing;
 use crate::keys::{AEAD_ID, KDF_ID, KEM_ID};
 use crate::{Error, Result};
 
-/// `mode_psk` (RFC 9180 §5).
+/// `mode_base` and `mode_psk` (RFC 9180 §5).
+const MODE_BASE: u8 = 0x00;
 const MODE_PSK: u8 = 0x01;
 /// `Nsecret`, `Nk` (AES-256-GCM), `Nh`.
 const N_SECRET: usize = 32;
@@ -41,6 +45,9 @@ const HPKE_SUITE_ID: [u8; 10] = {
     );
     [b'H', b'P', b'K', b'E', k[0], k[1], d[0], d[1], a[0], a[1]]
 };
+
+/// A plaintext and the 32-byte secret exported from its context.
+pub(crate) type OpenedAndExported = (Zeroizing<Vec<u8>>, Zeroizing<[u8; 32]>);
 
 /// The recipient's static X25519 key, parsed once.
 pub(crate) struct RecipientKey {
@@ -69,37 +76,27 @@ impl RecipientKey {
         psk_id: &[u8],
         ct: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>> {
-        const FAILED: Error = Error::KeyInit("HPKE open failed");
         // RFC 9180 §5.1.2: mode_psk needs both, and a PSK of 32 bytes or more.
         if psk.len() < 32 || psk_id.is_empty() {
-            return Err(FAILED);
+            return Err(OPEN_FAILED);
         }
-        let shared_secret = self.decap(enc)?;
+        let schedule = KeySchedule::new(&self.decap(enc)?[..], MODE_PSK, info, psk, psk_id);
+        schedule.open_single_shot(ct)
+    }
 
-        // KeySchedule (§5.1).
-        let psk_id_hash = labeled_extract(&[], &HPKE_SUITE_ID, b"psk_id_hash", &[psk_id]);
-        let info_hash = labeled_extract(&[], &HPKE_SUITE_ID, b"info_hash", &[info]);
-        let mut context = [0u8; 1 + 2 * 32];
-        context[0] = MODE_PSK;
-        context[1..33].copy_from_slice(psk_id_hash.as_ref());
-        context[33..].copy_from_slice(info_hash.as_ref());
-        let secret = labeled_extract(&shared_secret[..], &HPKE_SUITE_ID, b"secret", &[psk]);
-        let secret = hmac::Key::new(hmac::HMAC_SHA256, secret.as_ref());
-        let key = labeled_expand::<N_K>(&secret, &HPKE_SUITE_ID, b"key", &[&context]);
-        let base_nonce = labeled_expand::<N_N>(&secret, &HPKE_SUITE_ID, b"base_nonce", &[&context]);
-
-        // Single shot: sequence number 0, so the nonce is the base nonce.
-        let key = aead::UnboundKey::new(&aead::AES_256_GCM, &key[..])
-            .map(aead::LessSafeKey::new)
-            .map_err(|_| FAILED)?;
-        let nonce = aead::Nonce::assume_unique_for_key(*base_nonce);
-        let mut plain = Zeroizing::new(ct.to_vec());
-        let len = key
-            .open_in_place(nonce, aead::Aad::empty(), &mut plain[..])
-            .map_err(|_| FAILED)?
-            .len();
-        plain.truncate(len);
-        Ok(plain)
+    /// `SetupBaseR(enc, skR, info)`, then `Open(aad = "", ct)` and
+    /// `Export(exporter_context, 32)` of that context: the plaintext and the
+    /// exported secret, or an error for any failure, not saying which.
+    pub(crate) fn open_base_export(
+        &self,
+        enc: &[u8; 32],
+        info: &[u8],
+        ct: &[u8],
+        exporter_context: &[u8],
+    ) -> Result<OpenedAndExported> {
+        let schedule = KeySchedule::new(&self.decap(enc)?[..], MODE_BASE, info, &[], &[]);
+        let plain = schedule.open_single_shot(ct)?;
+        Ok((plain, schedule.export(exporter_context)))
     }
 
     /// `Decap(enc, skR)` of DHKEM(X25519, HKDF-SHA256) (§4.1).
@@ -107,20 +104,78 @@ impl RecipientKey {
         let peer = agreement::UnparsedPublicKey::new(&agreement::X25519, enc);
         // AWS-LC refuses an all-zero shared secret (a low-order `enc`), the
         // check RFC 9180 §7.1.4 requires.
-        agreement::agree(
-            &self.secret,
-            peer,
-            Error::KeyInit("HPKE open failed"),
-            |dh| {
-                let eae_prk = labeled_extract(&[], &KEM_SUITE_ID, b"eae_prk", &[dh]);
-                let eae_prk = hmac::Key::new(hmac::HMAC_SHA256, eae_prk.as_ref());
-                Ok(labeled_expand::<N_SECRET>(
-                    &eae_prk,
-                    &KEM_SUITE_ID,
-                    b"shared_secret",
-                    &[enc, &self.public],
-                ))
-            },
+        agreement::agree(&self.secret, peer, OPEN_FAILED, |dh| {
+            let eae_prk = labeled_extract(&[], &KEM_SUITE_ID, b"eae_prk", &[dh]);
+            let eae_prk = hmac::Key::new(hmac::HMAC_SHA256, eae_prk.as_ref());
+            Ok(labeled_expand::<N_SECRET>(
+                &eae_prk,
+                &KEM_SUITE_ID,
+                b"shared_secret",
+                &[enc, &self.public],
+            ))
+        })
+    }
+}
+
+/// Every failure to open looks the same: no oracle.
+const OPEN_FAILED: Error = Error::KeyInit("HPKE open failed");
+
+/// The context `KeySchedule` (RFC 9180 §5.1) makes for one mode.
+struct KeySchedule {
+    key: Zeroizing<[u8; N_K]>,
+    base_nonce: Zeroizing<[u8; N_N]>,
+    /// `secret`, kept as an HMAC key for the exporter.
+    secret: hmac::Key,
+    context: [u8; 1 + 2 * 32],
+}
+
+impl KeySchedule {
+    fn new(shared_secret: &[u8], mode: u8, info: &[u8], psk: &[u8], psk_id: &[u8]) -> Self {
+        let psk_id_hash = labeled_extract(&[], &HPKE_SUITE_ID, b"psk_id_hash", &[psk_id]);
+        let info_hash = labeled_extract(&[], &HPKE_SUITE_ID, b"info_hash", &[info]);
+        let mut context = [0u8; 1 + 2 * 32];
+        context[0] = mode;
+        context[1..33].copy_from_slice(psk_id_hash.as_ref());
+        context[33..].copy_from_slice(info_hash.as_ref());
+        let secret = labeled_extract(shared_secret, &HPKE_SUITE_ID, b"secret", &[psk]);
+        let secret = hmac::Key::new(hmac::HMAC_SHA256, secret.as_ref());
+        let key = labeled_expand::<N_K>(&secret, &HPKE_SUITE_ID, b"key", &[&context]);
+        let base_nonce = labeled_expand::<N_N>(&secret, &HPKE_SUITE_ID, b"base_nonce", &[&context]);
+        Self {
+            key,
+            base_nonce,
+            secret,
+            context,
+        }
+    }
+
+    /// Single shot: sequence number 0, so the nonce is the base nonce.
+    fn open_single_shot(&self, ct: &[u8]) -> Result<Zeroizing<Vec<u8>>> {
+        let key = aead::UnboundKey::new(&aead::AES_256_GCM, &self.key[..])
+            .map(aead::LessSafeKey::new)
+            .map_err(|_| OPEN_FAILED)?;
+        let nonce = aead::Nonce::assume_unique_for_key(*self.base_nonce);
+        let mut plain = Zeroizing::new(ct.to_vec());
+        let len = key
+            .open_in_place(nonce, aead::Aad::empty(), &mut plain[..])
+            .map_err(|_| OPEN_FAILED)?
+            .len();
+        plain.truncate(len);
+        Ok(plain)
+    }
+
+    /// `Export(exporter_context, 32)` (§5.3):
+    /// `LabeledExpand(exporter_secret, "sec", exporter_context, 32)` with
+    /// `exporter_secret = LabeledExpand(secret, "exp", context, Nh)`.
+    fn export(&self, exporter_context: &[u8]) -> Zeroizing<[u8; 32]> {
+        let exporter_secret =
+            labeled_expand::<32>(&self.secret, &HPKE_SUITE_ID, b"exp", &[&self.context]);
+        let exporter_secret = hmac::Key::new(hmac::HMAC_SHA256, &exporter_secret[..]);
+        labeled_expand::<32>(
+            &exporter_secret,
+            &HPKE_SUITE_ID,
+            b"sec",
+            &[exporter_context],
         )
     }
 }
@@ -232,6 +287,33 @@ mod tests {
             )
             .unwrap();
             prop_assert_eq!(theirs, plain);
+        }
+
+        /// mode_base: the plaintext and the exported secret are the ones the
+        /// `hpke` crate's sender context produces.
+        #[test]
+        fn base_open_and_export_match_the_hpke_crate(
+            seed in any::<u64>(),
+            info in proptest::collection::vec(any::<u8>(), 0..80),
+            exporter_context in proptest::collection::vec(any::<u8>(), 0..40),
+            plain in proptest::collection::vec(any::<u8>(), 0..200),
+        ) {
+            use hpke::Deserializable as _;
+            let (pair, key) = recipient(seed);
+            let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(pair.public_bytes()).unwrap();
+            let mut rng = StdRng::seed_from_u64(seed ^ 2);
+            let (enc, mut ctx) = hpke::setup_sender_with_rng::<AesGcm256, HkdfSha256, Kem>(
+                &OpModeS::Base, &pk, &info, &mut rng,
+            ).unwrap();
+            let ct = ctx.seal(&plain, b"").unwrap();
+            let mut exported = [0u8; 32];
+            ctx.export(&exporter_context, &mut exported).unwrap();
+            let enc: [u8; 32] = enc.to_bytes().into();
+            let (opened, ours) = key.open_base_export(&enc, &info, &ct, &exporter_context).unwrap();
+            prop_assert_eq!(&opened[..], &plain[..]);
+            prop_assert_eq!(*ours, exported);
+            // A psk-mode open of a base-mode seal must fail (mode is bound).
+            prop_assert!(key.open_psk(&enc, &info, &[7; 32], b"x", &ct).is_err());
         }
 
         /// Changing any input byte makes the open fail.

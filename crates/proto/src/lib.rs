@@ -8,6 +8,7 @@
 //!  scram::ClientFinal ◀─ 401 {sid, server-first} ──── (exchange in state store)
 //!                     ── PUT /auth/session ─────────▶ scram::verify_client_final
 //!  session_key        ◀─ 200 {v=ServerSignature} ───  session_key
+//!    (every login message sealed: login_seal, HPKE mode_base + boxes)
 //!  key_exchange::seal_key_init ── KEY_INIT (HPKE) ──▶ key_exchange::open_key_init
 //!  protect::Sealer/Opener  ◀════ protected frames ═══▶ protect::Sealer/Opener
 //! ```
@@ -29,6 +30,7 @@ mod hpke_recipient;
 pub mod ip;
 pub mod key_exchange;
 pub mod keys;
+pub mod login_seal;
 pub mod protect;
 pub mod saslprep;
 pub mod scram;

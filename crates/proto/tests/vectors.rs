@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use wsgate_proto::envelope::{self, FLAG_ENC, FLAG_ERR, MessageType};
 use wsgate_proto::key_exchange::{self, TrafficKeys};
 use wsgate_proto::keys::ServerKeyPair;
+use wsgate_proto::login_seal::{self, BoxNumber};
 use wsgate_proto::protect::{Opener, Sealer};
 use wsgate_proto::scram::{self, client::ClientFirst, server};
 use wsgate_proto::{b64, saslprep};
@@ -149,6 +150,151 @@ fn scram_vectors() {
         &json!({
             "description": "SCRAM-SHA-256-PLUS with channel binding wsgate-v1 (DESIGN §4). Nonces are the raw bytes b64u-encoded; the server nonce is appended to the client nonce.",
             "cases": cases,
+        }),
+    );
+}
+
+/// An RNG that hands out fixed bytes: the HPKE crate draws the ephemeral
+/// key's 32 bytes of IKM from it, so request 1 is reproducible.
+struct FixedIkm([u8; 32]);
+
+impl wsgate_proto::rand_core::TryRng for FixedIkm {
+    type Error = core::convert::Infallible;
+    fn try_next_u32(&mut self) -> Result<u32, Self::Error> {
+        unreachable!("HPKE draws IKM with fill_bytes")
+    }
+    fn try_next_u64(&mut self) -> Result<u64, Self::Error> {
+        unreachable!("HPKE draws IKM with fill_bytes")
+    }
+    fn try_fill_bytes(&mut self, dst: &mut [u8]) -> Result<(), Self::Error> {
+        assert_eq!(dst.len(), 32, "one ephemeral key's IKM");
+        dst.copy_from_slice(&self.0);
+        Ok(())
+    }
+}
+impl wsgate_proto::rand_core::TryCryptoRng for FixedIkm {}
+
+/// The sealed login (protocol.md §4.1) of each SCRAM case: request 1 from a
+/// fixed ephemeral key, `login_key`, `exchange_key` and every box.
+#[test]
+fn login_seal_vectors() {
+    use hpke::{Kem as _, Serializable as _};
+    let key = server_key();
+    let mut cases = Vec::new();
+    for (i, c) in CASES.iter().enumerate() {
+        let (scram_case, session_key) = run_case(c);
+        let client_first = scram_case["client_first"].as_str().unwrap();
+        let ikm = [0xE0 + i as u8; 32];
+        let (sk_e, _) = hpke::kem::X25519HkdfSha256::derive_keypair(&ikm);
+        let (request_1, login_key) =
+            login_seal::seal_first_request(&mut FixedIkm(ikm), key.public_bytes(), client_first)
+                .unwrap();
+        let inner_1 = login_seal::padded_first_request(client_first);
+        let (opened, server_login_key) = login_seal::open_first_request(&key, &request_1).unwrap();
+        assert_eq!(&opened[..], inner_1.as_bytes());
+        assert_eq!(login_key.as_bytes(), server_login_key.as_bytes());
+
+        let raw_sid = [0x30 + i as u8; login_seal::SID_LEN];
+        let sid = b64::encode_b64u(&raw_sid);
+        let exchange_key = login_key.exchange_key(&raw_sid);
+        let reply_1_inner =
+            login_seal::reply1_inner(scram_case["server_first"].as_str().unwrap(), c.ip);
+        let request_2_inner =
+            login_seal::request2_inner(scram_case["client_final"].as_str().unwrap());
+        let reply_2_inner = login_seal::reply2_success_inner(
+            scram_case["server_final"].as_str().unwrap(),
+            &b64::encode_b64u(&SESSION_ID_BYTES),
+            scram_case["prepared_username"].as_str().unwrap(),
+            3600,
+        );
+        let boxed = |m, inner: &[u8]| exchange_key.seal(m, inner);
+        let reply_1_body = serde_json::to_string(&json!({
+            "status": "unauthenticated", "sid": sid, "ct": boxed(BoxNumber::Reply1, &reply_1_inner),
+        }))
+        .unwrap();
+        let request_2_body = serde_json::to_string(&json!({
+            "sid": sid, "ct": boxed(BoxNumber::Request2, &request_2_inner),
+        }))
+        .unwrap();
+        let reply_2_body = serde_json::to_string(&json!({
+            "status": "authenticated", "ct": boxed(BoxNumber::Reply2, &reply_2_inner),
+        }))
+        .unwrap();
+        let text = |b: &[u8]| String::from_utf8(b.to_vec()).unwrap();
+        cases.push(json!({
+            "name": c.name,
+            "username": c.username,
+            "password": c.password,
+            "ip": c.ip,
+            "iterations": scram_case["iterations"],
+            "client_first": client_first,
+            "request_1_inner": inner_1,
+            "ephemeral_ikm_hex": hex::encode(ikm),
+            "ephemeral_sk_hex": hex::encode(sk_e.to_bytes()),
+            "enc_b64u": request_1.enc,
+            "request_1_body": serde_json::to_string(&request_1).unwrap(),
+            "login_key_hex": hex::encode(login_key.as_bytes()),
+            "sid": sid,
+            "exchange_key_hex": hex::encode(exchange_key.as_bytes()),
+            "reply_1_inner": text(&reply_1_inner),
+            "reply_1_body": reply_1_body,
+            "request_2_inner": text(&request_2_inner),
+            "request_2_body": request_2_body,
+            "reply_2_inner": text(&reply_2_inner),
+            "reply_2_body": reply_2_body,
+            "session_key_hex": hex::encode(&session_key[..]),
+        }));
+    }
+
+    // A failed reply 2, under an exchange of its own (each key seals each
+    // box number once).
+    let login_key = login_seal::LoginKey::from_bytes([0x5E; 32]);
+    let raw_sid = [0x3F; login_seal::SID_LEN];
+    let failure_key = login_key.exchange_key(&raw_sid);
+    let failure_inner = login_seal::reply2_failure_inner(scram::ScramError::InvalidProof);
+    let failure = json!({
+        "login_key_hex": hex::encode(login_key.as_bytes()),
+        "sid": b64::encode_b64u(&raw_sid),
+        "exchange_key_hex": hex::encode(failure_key.as_bytes()),
+        "reply_2_inner": String::from_utf8(failure_inner.to_vec()).unwrap(),
+        "reply_2_body": serde_json::to_string(&json!({
+            "status": "failed", "ct": failure_key.seal(BoxNumber::Reply2, &failure_inner),
+        }))
+        .unwrap(),
+    });
+
+    // Padding around the 64-byte boundaries, multi-byte names included.
+    let padding: Vec<Value> = (0..70)
+        .map(|n| {
+            let name = if n % 7 == 3 {
+                format!("{}é", "u".repeat(n))
+            } else {
+                "u".repeat(n + 1)
+            };
+            let client_first = format!(
+                "p=wsgate-v1,,n={},r=AQEBAQEBAQEBAQEBAQEBAQEB",
+                scram::encode_saslname(&name)
+            );
+            let inner = login_seal::padded_first_request(&client_first);
+            assert_eq!(inner.len() % login_seal::PAD_BLOCK, 0);
+            json!({"client_first": client_first, "request_1_inner": inner})
+        })
+        .collect();
+
+    check_or_write(
+        "login_seal.json",
+        &json!({
+            "description": "The sealed login (protocol.md §4.1). Request 1: HPKE mode_base (X25519/HKDF-SHA256/AES-256-GCM) to the server key with info = hpke_info, of request_1_inner (padded to a multiple of 64 bytes); login_key = Export(exporter_context, 32). The ephemeral key is fixed here (ephemeral_sk_hex = DeriveKeyPair(ephemeral_ikm_hex)); it is random in real use. exchange_key = HKDF-SHA-256(salt = raw sid, ikm = login_key, info = exchange_info, 32); box(m) = b64u(AES-256-GCM(exchange_key, nonce = 0^11 || m, aad = \"\")) with m = 1 reply 1, 2 request 2, 3 reply 2. The SCRAM messages are those of scram.json's cases.",
+            "server_sk_hex": hex::encode(key.secret_bytes()),
+            "server_pk_b64u": b64::encode_b64u(key.public_bytes()),
+            "kid": key.kid(),
+            "key_fp": key.fingerprint(),
+            "hpke_info": std::str::from_utf8(login_seal::LOGIN_INFO).unwrap(),
+            "exporter_context": std::str::from_utf8(login_seal::LOGIN_KEY_EXPORT).unwrap(),
+            "exchange_info": std::str::from_utf8(login_seal::EXCHANGE_INFO).unwrap(),
+            "cases": cases,
+            "failure": failure,
+            "padding": padding,
         }),
     );
 }
@@ -473,4 +619,24 @@ fn pyhpke_sealed_key_init_opens() {
         )
         .is_err()
     );
+}
+
+/// `testdata/login_seal_pyhpke.json` was sealed by pyhpke
+/// (`scripts/hpke_cross_check.py --write`): the server opens an independent
+/// implementation's request 1 and exports the same `login_key`.
+#[test]
+fn pyhpke_sealed_login_opens() {
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(testdata("login_seal_pyhpke.json")).unwrap())
+            .unwrap();
+    let key = server_key();
+    assert_eq!(v["server_sk_hex"], hex::encode(key.secret_bytes()));
+    let request: login_seal::SealedFirstRequest =
+        serde_json::from_str(v["request_1_body"].as_str().unwrap()).unwrap();
+    let (plain, login_key) = login_seal::open_first_request(&key, &request).unwrap();
+    assert_eq!(
+        &plain[..],
+        v["request_1_inner"].as_str().unwrap().as_bytes()
+    );
+    assert_eq!(hex::encode(login_key.as_bytes()), v["login_key_hex"]);
 }
