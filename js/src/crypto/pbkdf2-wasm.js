@@ -8,7 +8,7 @@
 // blocks, copies across the JS/wasm boundary each time); in Chromium that is
 // no faster than @noble/hashes' pure JS (docs/benchmarks.md, "Browser login
 // speed"). What is slow is the loop, not SHA-256, so this file emits a small
-// wasm module (about 5 KB, built here as bytes; nothing is fetched) that does
+// wasm module (16 KB, built here as bytes; nothing is fetched) that does
 // the whole iteration in wasm: two SHA-256 compressions per iteration from
 // the precomputed HMAC ipad/opad states (as OpenSSL and BoringSSL do), the
 // message schedule in locals, no branches or table lookups on secret data.
@@ -311,7 +311,7 @@ export async function pbkdf2Sha256Wasm(password, salt, iterations, length = 32, 
       iterate(n);
       const ms = now() - t0;
       left -= n;
-      if (fixedSlice === undefined && ms > 1) slice = Math.max(1024, Math.min(1 << 22, Math.round((n * SLICE_MS) / ms)));
+      if (fixedSlice === undefined) slice = Math.max(1024, Math.min(1 << 22, ms > 1 ? Math.round((n * SLICE_MS) / ms) : 2 * n));
       if (left > 0) await yieldToPage();
     }
     const tail = new Uint8Array(32);
