@@ -15,6 +15,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use wsgate_client::{ClientConfig, SaltedPasswordCache, Session};
 
 use crate::BenchArgs;
+use crate::clear_login::{self, LoginForm, SaltCache};
 use crate::procfs::{self, CpuMeter};
 use crate::report::Machine;
 
@@ -24,7 +25,7 @@ const BENCH_USER: &str = "bench";
 pub(crate) const CHANNEL_PATTERN: &str = "bench.*";
 /// PBKDF2 iterations of the bench user (the protocol's minimum: logins/s
 /// measures the server, and the server never runs PBKDF2 at login).
-const BENCH_ITERATIONS: u32 = 4096;
+pub(crate) const BENCH_ITERATIONS: u32 = 4096;
 
 /// Plain `ws://` or TLS `wss://`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -49,6 +50,10 @@ pub(crate) struct Gw {
     password: String,
     sessions: tokio::sync::Mutex<HashMap<Option<IpAddr>, Session>>,
     cache: SaltedPasswordCache,
+    /// Which login the gateway speaks, once a login has found out.
+    form: std::sync::OnceLock<LoginForm>,
+    /// `SaltedPassword` for the clear v1 login of older builds.
+    clear_cache: SaltCache,
     process: std::sync::Mutex<Option<Child>>,
     /// Keeps the data directory until the gateway is gone.
     _dir: Option<tempfile::TempDir>,
@@ -84,16 +89,87 @@ impl Gw {
         Ok(session)
     }
 
-    /// A fresh login (PBKDF2 is cached after the first).
+    /// A fresh login (PBKDF2 is cached after the first), with the client's
+    /// (sealed) login: a gateway from before the sealed login refuses it.
     pub(crate) async fn login(&self, local: Option<IpAddr>) -> Result<Session> {
-        wsgate_client::login_cached(
+        let outcome = wsgate_client::login_cached(
             &self.client_config(local),
             &self.user,
             &self.password,
             &self.cache,
         )
+        .await;
+        match outcome {
+            Ok(session) => Ok(session),
+            Err(e) if LoginForm::clear_wanted(&e) => Err(anyhow!(
+                "logging in as {:?} at {}: the gateway refused the sealed login ({e}); \
+                 it is a build from before docs/protocol.md §4.1 and speaks only the clear \
+                 v1 login, which gives the bench no session for connections",
+                self.user,
+                self.config.addr
+            )),
+            Err(e) => Err(anyhow::Error::new(e).context(format!(
+                "logging in as {:?} at {}",
+                self.user, self.config.addr
+            ))),
+        }
+    }
+
+    /// One login in whichever form the gateway speaks (found out by the
+    /// first call: the client's sealed login, else the clear v1 login of
+    /// older builds, see [`clear_login`]); for the `login` scenario, which
+    /// needs no session afterwards.
+    pub(crate) async fn login_any(&self) -> Result<()> {
+        match self.form.get() {
+            Some(LoginForm::Clear) => self.login_clear().await,
+            Some(LoginForm::Sealed) => self.login(None).await.map(drop),
+            None => {
+                let outcome = wsgate_client::login_cached(
+                    &self.config,
+                    &self.user,
+                    &self.password,
+                    &self.cache,
+                )
+                .await;
+                match outcome {
+                    Ok(_) => {
+                        let _ = self.form.set(LoginForm::Sealed);
+                        Ok(())
+                    }
+                    Err(e) if LoginForm::clear_wanted(&e) && !self.config.is_tls() => {
+                        self.login_clear().await?;
+                        let _ = self.form.set(LoginForm::Clear);
+                        Ok(())
+                    }
+                    Err(e) => Err(anyhow::Error::new(e).context(format!(
+                        "logging in as {:?} at {}",
+                        self.user, self.config.addr
+                    ))),
+                }
+            }
+        }
+    }
+
+    async fn login_clear(&self) -> Result<()> {
+        clear_login::login(
+            self.config.addr,
+            &self.user,
+            &self.password,
+            &self.clear_cache,
+        )
         .await
-        .with_context(|| format!("logging in as {:?} at {}", self.user, self.config.addr))
+        .map(drop)
+        .with_context(|| {
+            format!(
+                "logging in as {:?} at {} (clear v1 login)",
+                self.user, self.config.addr
+            )
+        })
+    }
+
+    /// Which login the gateway speaks, once [`login_any`](Self::login_any) ran.
+    pub(crate) fn login_form(&self) -> Option<LoginForm> {
+        self.form.get().copied()
     }
 
     /// The same gateway reached through a proxy at `config`, whose process
@@ -108,6 +184,8 @@ impl Gw {
             password: self.password.clone(),
             sessions: tokio::sync::Mutex::new(HashMap::new()),
             cache: self.cache.clone(),
+            form: std::sync::OnceLock::new(),
+            clear_cache: self.clear_cache.clone(),
             process: std::sync::Mutex::new(None),
             _dir: None,
         }
@@ -126,6 +204,8 @@ impl Gw {
             password: String::new(),
             sessions: tokio::sync::Mutex::new(HashMap::new()),
             cache: SaltedPasswordCache::default(),
+            form: std::sync::OnceLock::new(),
+            clear_cache: SaltCache::default(),
             process: std::sync::Mutex::new(Some(child)),
             _dir: None,
         }
@@ -268,6 +348,15 @@ impl Env {
         self.pinned
     }
 
+    /// The binary the bench starts gateways (and its own baseline servers)
+    /// from, unless it loads a gateway given with `--addr`.
+    pub(crate) fn own_bin(&self) -> Option<&Path> {
+        match &self.mode {
+            Mode::Own { bin, .. } => Some(bin),
+            Mode::External { .. } => None,
+        }
+    }
+
     /// Whether the bench starts its own gateways.
     pub(crate) fn owns_gateways(&self) -> bool {
         matches!(self.mode, Mode::Own { .. })
@@ -342,6 +431,17 @@ impl Env {
     /// inherit another run's heap), of this build or (`before`) of the
     /// `--before-bin` one.
     pub(crate) async fn fresh_of(&self, transport: Transport, before: bool) -> Result<Gw> {
+        self.fresh_with(transport, before, BENCH_ITERATIONS).await
+    }
+
+    /// [`fresh_of`](Self::fresh_of) with a bench user (and a default for
+    /// new users) of `iterations` PBKDF2 iterations.
+    pub(crate) async fn fresh_with(
+        &self,
+        transport: Transport,
+        before: bool,
+        iterations: u32,
+    ) -> Result<Gw> {
         let Mode::Own {
             bin,
             before: before_bin,
@@ -355,7 +455,7 @@ impl Env {
             (true, None) => bail!("no --before-bin given"),
         };
         let (bin, pinned, ticks) = (bin.clone(), self.pinned, self.ticks);
-        tokio::task::spawn_blocking(move || start(&bin, transport, pinned, ticks))
+        tokio::task::spawn_blocking(move || start(&bin, transport, pinned, ticks, iterations))
             .await
             .map_err(|e| anyhow!("gateway start-up task failed: {e}"))?
     }
@@ -400,6 +500,8 @@ fn external(
         password: password.to_owned(),
         sessions: tokio::sync::Mutex::new(HashMap::new()),
         cache: SaltedPasswordCache::default(),
+        form: std::sync::OnceLock::new(),
+        clear_cache: SaltCache::default(),
         process: std::sync::Mutex::new(None),
         _dir: None,
     })
@@ -454,7 +556,13 @@ struct Features {
     start_limit: bool,
 }
 
-fn config_text(dir: &Path, api_key: &str, tls: bool, features: Features) -> String {
+fn config_text(
+    dir: &Path,
+    api_key: &str,
+    tls: bool,
+    features: Features,
+    iterations: u32,
+) -> String {
     let Features {
         channels,
         start_limit,
@@ -470,8 +578,9 @@ fn config_text(dir: &Path, api_key: &str, tls: bool, features: Features) -> Stri
     // not be what a benchmark measures.
     text.push_str(
         "\n[limits]\nmax_connections = 2000000\nidle_timeout_secs = 86400\nping_interval_secs = 43200\n\
-         \n[login]\niterations = 4096\nmax_failures_per_user = 1000000\nmax_failures_per_ip = 1000000\n",
+         \n[login]\niterations = ITERATIONS\nmax_failures_per_user = 1000000\nmax_failures_per_ip = 1000000\n",
     );
+    let mut text = text.replace("ITERATIONS", &iterations.to_string());
     if start_limit {
         text.push_str("max_starts_per_ip = 10000000\n");
     }
@@ -493,7 +602,7 @@ fn config_text(dir: &Path, api_key: &str, tls: bool, features: Features) -> Stri
 
 /// Starts `wsgate serve` with a new data directory, the bench user and
 /// (for TLS) a new self-signed ECDSA P-256 certificate.
-fn start(bin: &Path, transport: Transport, pin: bool, ticks: f64) -> Result<Gw> {
+fn start(bin: &Path, transport: Transport, pin: bool, ticks: f64, iterations: u32) -> Result<Gw> {
     let dir = tempfile::Builder::new()
         .prefix("wsgate-bench-")
         .tempdir()
@@ -525,9 +634,9 @@ fn start(bin: &Path, transport: Transport, pin: bool, ticks: f64) -> Result<Gw> 
     loop {
         std::fs::write(
             &config_path,
-            config_text(dir.path(), &api_key, tls, features),
+            config_text(dir.path(), &api_key, tls, features, iterations),
         )?;
-        let Err(e) = add_user(bin, &config_path, &password) else {
+        let Err(e) = add_user(bin, &config_path, &password, iterations) else {
             break;
         };
         // An older gateway refuses what it does not know: a login start
@@ -611,12 +720,14 @@ fn start(bin: &Path, transport: Transport, pin: bool, ticks: f64) -> Result<Gw> 
         password,
         sessions: tokio::sync::Mutex::new(HashMap::new()),
         cache: SaltedPasswordCache::default(),
+        form: std::sync::OnceLock::new(),
+        clear_cache: SaltCache::default(),
         process: std::sync::Mutex::new(Some(child)),
         _dir: Some(dir),
     })
 }
 
-fn add_user(bin: &Path, config: &Path, password: &str) -> Result<()> {
+fn add_user(bin: &Path, config: &Path, password: &str, iterations: u32) -> Result<()> {
     let mut child = Command::new(bin)
         .args([
             "user",
@@ -625,7 +736,7 @@ fn add_user(bin: &Path, config: &Path, password: &str) -> Result<()> {
             "--password-stdin",
             "--iterations",
         ])
-        .arg(BENCH_ITERATIONS.to_string())
+        .arg(iterations.to_string())
         .arg("--config")
         .arg(config)
         .stdin(Stdio::piped())

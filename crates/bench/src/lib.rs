@@ -12,6 +12,7 @@
 //! | `idle` | C authenticated connections held → server RSS per connection | raw WebSocket connections; `wss://` connections |
 //! | `fanout` | S subscribers on one channel, publishes at a rate → deliveries/s, p99 publish-to-delivery | — |
 //! | `proxy` | the `echo` load through nginx → nginx + gateway CPU µs per request | `wss://` terminated at nginx and re-encrypted to the gateway |
+//! | `connect` | from nothing to the first sensitive reply: key fetch, sealed login, upgrade, keys, one ENC request → server CPU per connect | the bench's own TLS 1.3 server: (a) password POST checked against PBKDF2, (b) session cookie; then a `wss://` upgrade and one request |
 //!
 //! By default the bench starts its own gateways (the `wsgate` binary it runs
 //! from, pinned with `taskset -c 0` while the load generator runs on core 1),
@@ -27,6 +28,8 @@
 
 #![forbid(unsafe_code)]
 
+mod baseline_login;
+mod clear_login;
 mod gateway;
 mod load;
 mod peer;
@@ -60,10 +63,18 @@ pub enum Scenario {
     /// Echo through nginx: plain `ws://` passed through versus `wss://`
     /// terminated and re-encrypted; CPU of nginx plus the gateway.
     Proxy,
+    /// A client from nothing to its first sensitive reply (key fetch,
+    /// sealed login, upgrade, keys, one ENC request) against TLS 1.3 with
+    /// (a) a password checked against PBKDF2 and (b) a session cookie.
+    Connect,
     /// Every scenario above, in that order.
     All,
     /// Redraw the SVG plots (and Markdown) from a JSON result file (`--from`).
     Plot,
+    /// The bench's own baseline server for `connect` (started by the bench
+    /// as a child process, with --baseline-dir).
+    #[value(hide = true)]
+    BaselineLoginServer,
 }
 
 impl Scenario {
@@ -76,6 +87,7 @@ impl Scenario {
                 Self::Idle,
                 Self::Fanout,
                 Self::Proxy,
+                Self::Connect,
             ],
             other => vec![other],
         }
@@ -171,6 +183,14 @@ pub struct BenchArgs {
     /// them. Not with --addr.
     #[arg(long, value_name = "FILE", conflicts_with = "addr")]
     pub before_bin: Option<PathBuf>,
+    /// Connect: PBKDF2 iterations of the wsgate user and of the baseline's
+    /// stored hash [600000; --smoke: 4096].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(4096..=10_000_000))]
+    pub iterations: Option<u32>,
+    /// With the hidden `baseline-login-server`: the directory the bench
+    /// prepared (certificate, key, stored user).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub baseline_dir: Option<PathBuf>,
 }
 
 /// Runs `wsgate bench`: the scenarios, then the reports. Returns a failure
@@ -178,6 +198,11 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if args.scenario == Scenario::Plot {
         return plot(&args);
+    }
+    if args.scenario == Scenario::BaselineLoginServer {
+        return baseline_login::serve_main(baseline_login::baseline_dir(
+            args.baseline_dir.as_ref(),
+        )?);
     }
     if !(0.0..=1.0).contains(&args.sensitive_share) {
         bail!("--sensitive-share must be between 0 and 1");
@@ -217,7 +242,8 @@ async fn run_scenarios(args: BenchArgs) -> Result<ExitCode> {
             Scenario::Idle => scenarios::idle::run(&env, &args).await,
             Scenario::Fanout => scenarios::fanout::run(&env, &args).await,
             Scenario::Proxy => scenarios::proxy::run(&env, &args).await,
-            Scenario::All | Scenario::Plot => continue,
+            Scenario::Connect => scenarios::connect::run(&env, &args).await,
+            Scenario::All | Scenario::Plot | Scenario::BaselineLoginServer => continue,
         };
         match result {
             Ok(r) => {

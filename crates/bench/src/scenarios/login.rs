@@ -1,7 +1,10 @@
 //! `login`: SCRAM-SHA-256-PLUS logins per second and server CPU per login.
 //!
 //! Each login is what the client does: a new TCP connection, `GET
-//! /auth/key`, the first `PUT /auth/session` and the second. The load
+//! /auth/key`, the first `PUT /auth/session` and the second — sealed
+//! (docs/protocol.md §4.1) where the gateway speaks it; a `--before-bin`
+//! build from before the sealed login gets the clear v1 form it speaks
+//! (`crate::clear_login`), found out by the first login. The load
 //! generator caches `SaltedPassword` (as DESIGN §4 allows), so it only pays
 //! HMACs; the server never runs PBKDF2 at login (it stores the verifier).
 
@@ -13,6 +16,7 @@ use hdrhistogram::Histogram;
 
 use super::{per_core, quantile_us, timing};
 use crate::BenchArgs;
+use crate::clear_login::LoginForm;
 use crate::gateway::{BEFORE, Env, Gw, Transport};
 use crate::load::{self, Shared};
 use crate::report::{Row, ScenarioResult, Stat, TargetCheck, fmt_num};
@@ -59,8 +63,20 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
                     continue;
                 }
             };
-            // The first login pays PBKDF2 once; the measured ones hit the cache.
-            gw.login(None).await?;
+            // The first login pays PBKDF2 once; the measured ones hit the
+            // cache. It also finds out which login the gateway speaks.
+            gw.login_any().await?;
+            if rep == 0 {
+                let form = match gw.login_form() {
+                    Some(LoginForm::Clear) => {
+                        "the clear v1 login (a build from before docs/protocol.md §4.1, which refuses the sealed one; the bench's own clear client)"
+                    }
+                    _ => {
+                        "the client's login, sealed (docs/protocol.md §4.1; wsgate_client::login_cached)"
+                    }
+                };
+                result.notes.push(format!("{name}: {form}"));
+            }
             let shared = Shared::default();
             let tasks: Vec<_> = (0..c)
                 .map(|_| tokio::spawn(login_loop(gw.clone(), shared.clone())))
@@ -133,7 +149,7 @@ async fn login_loop(gw: Arc<Gw>, shared: Shared) -> (Histogram<u64>, Result<()>)
     let mut hist = load::histogram();
     while !shared.stopped() {
         let t0 = Instant::now();
-        if let Err(e) = gw.login(None).await {
+        if let Err(e) = gw.login_any().await {
             shared
                 .stop
                 .store(true, std::sync::atomic::Ordering::Relaxed);

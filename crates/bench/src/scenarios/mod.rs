@@ -1,6 +1,7 @@
 //! The scenarios. Each returns a [`ScenarioResult`](crate::report::ScenarioResult)
 //! whose rows include its same-run baselines and the ratios to them.
 
+pub(crate) mod connect;
 pub(crate) mod echo;
 pub(crate) mod fanout;
 pub(crate) mod idle;
