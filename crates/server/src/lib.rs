@@ -4,7 +4,7 @@
 //! ```text
 //! TCP accept ─▶ hyper http1 (header timeout) ─▶ axum Router
 //!     GET  /auth/key      ─▶ http::auth   (key set)
-//!     PUT  /auth/session  ─▶ http::auth   (SCRAM via wsgate_proto::scram::server, StateStore, CredentialStore)
+//!     PUT  /auth/session  ─▶ http::auth   (sealed SCRAM: wsgate_proto::login_seal + scram::server, StateStore, CredentialStore)
 //!     GET  /ws            ─▶ ws::connection (HELLO, KEY_INIT, protected frames, routes)
 //!     GET  /sm.js, /      ─▶ http::assets
 //! ```

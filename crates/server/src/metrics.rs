@@ -96,6 +96,8 @@ pub(crate) struct Metrics {
     pub(crate) logins_ok: Counter,
     pub(crate) logins_failed: Counter,
     pub(crate) logins_limited: Counter,
+    /// Sealed login messages that did not open (protocol.md §4.1).
+    pub(crate) logins_bad_seal: Counter,
     pub(crate) key_establishments_ok: Counter,
     pub(crate) key_establishments_failed: Counter,
     pub(crate) frames_in: FrameCounters,
@@ -138,12 +140,13 @@ impl Metrics {
             &mut o,
             "wsgate_logins_total",
             "counter",
-            "Second login requests by outcome.",
+            "Login requests by outcome: ok, failed and limited count second requests; bad_seal, sealed messages of either request that did not open.",
         );
         for (result, c) in [
             ("ok", &self.logins_ok),
             ("failed", &self.logins_failed),
             ("limited", &self.logins_limited),
+            ("bad_seal", &self.logins_bad_seal),
         ] {
             let _ = writeln!(o, "wsgate_logins_total{{result=\"{result}\"}} {}", c.get());
         }

@@ -1,6 +1,7 @@
 //! The authentication module: `GET /auth/key` and `PUT /auth/session`
-//! (DESIGN §3–4). SCRAM itself is `wsgate_proto::scram::server`; this file
-//! adds the stores, rate limits and HTTP shapes.
+//! (protocol.md §3–4). SCRAM itself is `wsgate_proto::scram::server` and the
+//! sealing of its messages `wsgate_proto::login_seal` (§4.1); this file adds
+//! the stores, rate limits and HTTP shapes.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -10,12 +11,16 @@ use axum::body::Bytes;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
 use serde_json::json;
+use wsgate_proto::login_seal::{self, BoxNumber, ExchangeKey, SealedFirstRequest};
 use wsgate_proto::scram::ScramError;
 use wsgate_proto::scram::server::{
     Exchange, parse_client_first, unknown_user_salt, unknown_user_verifier,
 };
 use wsgate_proto::{b64, ip};
+
+use zeroize::{Zeroize as _, Zeroizing};
 
 use super::json_response;
 use crate::Shared;
@@ -47,6 +52,23 @@ fn failed(e: ScramError) -> Response {
         StatusCode::UNAUTHORIZED,
         &json!({"status": "failed", "scram": e.server_final()}),
     ))
+}
+
+/// A reply 2 failure, in `box(3, {"scram":"e=…"})` (protocol.md §4.1).
+fn failed_sealed(key: &ExchangeKey, e: ScramError) -> Response {
+    let ct = key.seal(BoxNumber::Reply2, &login_seal::reply2_failure_inner(e));
+    with_www_authenticate(json_response(
+        StatusCode::UNAUTHORIZED,
+        &json!({"status": "failed", "ct": ct}),
+    ))
+}
+
+/// The clear `400` of a first request that is not sealed or does not open.
+fn seal_refused(error: &'static str) -> Response {
+    json_response(
+        StatusCode::BAD_REQUEST,
+        &json!({"status": "failed", "error": error}),
+    )
 }
 
 fn bad_request(message: &str) -> Response {
@@ -88,6 +110,31 @@ fn start_key(ip: &str) -> String {
 
 fn ip_key(ip: &str) -> String {
     format!("login-fail:ip:{ip}")
+}
+
+/// What the state store keeps between the two requests of an exchange: the
+/// SCRAM state, the key request 1 was sealed to, and `exchange_key`.
+#[derive(Serialize, Deserialize)]
+struct ExchangeRecord {
+    #[serde(flatten)]
+    scram: Exchange,
+    /// `fp` of the key request 1 was sealed to: the only one cbind may name.
+    sealed_to: String,
+    /// b64u `exchange_key`.
+    exchange_key: String,
+}
+
+impl Drop for ExchangeRecord {
+    fn drop(&mut self) {
+        self.exchange_key.zeroize();
+    }
+}
+
+impl ExchangeRecord {
+    fn exchange_key(&self) -> Option<ExchangeKey> {
+        let raw = Zeroizing::new(b64::decode_b64u_array::<32>(&self.exchange_key).ok()?);
+        Some(ExchangeKey::from_bytes(*raw))
+    }
 }
 
 /// `Some(retry_after)` when the user or the IP is over its failure limit.
@@ -153,25 +200,59 @@ pub(crate) async fn put_session(
         return bad_request("body must be a JSON object");
     };
     let ip_text = ip::to_text(observed_ip(&shared, peer, &headers));
-    let Some(scram) = obj.get("scram").and_then(|s| s.as_str()) else {
-        return failed(ScramError::InvalidEncoding);
-    };
     let result = match obj.get("sid") {
-        None => first_request(&shared, scram, &ip_text).await,
         Some(sid) => match sid.as_str() {
-            Some(sid) => second_request(&shared, sid, scram, &ip_text).await,
+            Some(sid) => {
+                let ct = obj.get("ct").and_then(|c| c.as_str());
+                second_request(&shared, sid, ct, &ip_text).await
+            }
             None => Ok(failed(ScramError::OtherError)),
         },
+        // The clear v1 form: refused, so no client sends a name in clear.
+        None if obj.contains_key("scram") && !obj.contains_key("ct") => {
+            Ok(seal_refused("sealed_login_required"))
+        }
+        None => first_request(&shared, obj, &ip_text).await,
     };
     result.unwrap_or_else(|e| unavailable(&e))
 }
 
+/// Opens request 1 (protocol.md §4.1): the sealing key's `fp`, the inner
+/// plaintext and `login_key`, or `None` for `400 bad_seal`.
+fn open_first(
+    shared: &Shared,
+    outer: &serde_json::Map<String, serde_json::Value>,
+) -> Option<(String, Zeroizing<Vec<u8>>, login_seal::LoginKey)> {
+    let field = |name: &str| outer.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+    let request = SealedFirstRequest {
+        kid: field("kid")?,
+        enc: field("enc")?,
+        ct: field("ct")?,
+    };
+    let key = shared.keys.by_kid(&request.kid)?;
+    let (plain, login_key) = login_seal::open_first_request(key, &request).ok()?;
+    Some((key.fingerprint().to_owned(), plain, login_key))
+}
+
 async fn first_request(
     shared: &Shared,
-    client_first: &str,
+    outer: &serde_json::Map<String, serde_json::Value>,
     ip_text: &str,
 ) -> Result<Response, StoreError> {
-    let first = match parse_client_first(client_first) {
+    let Some((sealed_to, plain, login_key)) = open_first(shared, outer) else {
+        count_failure(shared, None, ip_text).await?;
+        shared.metrics.logins_bad_seal.inc();
+        return Ok(seal_refused("bad_seal"));
+    };
+    // The inner first request; `pad` and unknown members are ignored.
+    #[derive(Deserialize)]
+    struct Inner {
+        scram: String,
+    }
+    let parsed = serde_json::from_slice::<Inner>(&plain)
+        .map_err(|_| ScramError::InvalidEncoding)
+        .and_then(|inner| parse_client_first(&inner.scram));
+    let first = match parsed {
         Ok(f) => f,
         Err(e) => {
             count_failure(shared, None, ip_text).await?;
@@ -204,45 +285,75 @@ async fn first_request(
         &crate::random_bytes::<24>(),
         ip_text,
     );
-    let sid = b64::encode_b64u(&crate::random_bytes::<16>());
-    let state = serde_json::to_vec(&exchange).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let raw_sid = crate::random_bytes::<{ login_seal::SID_LEN }>();
+    let sid = b64::encode_b64u(&raw_sid);
+    let exchange_key = login_key.exchange_key(&raw_sid);
+    let ct = exchange_key.seal(
+        BoxNumber::Reply1,
+        &login_seal::reply1_inner(&exchange.server_first, ip_text),
+    );
+    let record = ExchangeRecord {
+        scram: exchange,
+        sealed_to,
+        exchange_key: b64::encode_b64u(exchange_key.as_bytes()),
+    };
+    let state = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     shared
         .state
         .put_exchange(&sid, state, shared.config.login.exchange_ttl)
         .await?;
     Ok(with_www_authenticate(json_response(
         StatusCode::UNAUTHORIZED,
-        &json!({"status": "unauthenticated", "sid": sid, "scram": exchange.server_first, "ip": ip_text}),
+        &json!({"status": "unauthenticated", "sid": sid, "ct": ct}),
     )))
 }
 
 async fn second_request(
     shared: &Shared,
     sid: &str,
-    client_final: &str,
+    ct: Option<&str>,
     ip_text: &str,
 ) -> Result<Response, StoreError> {
     // Taken whatever the outcome: a retried second request starts over.
-    let exchange = match shared.state.take_exchange(sid).await? {
-        Some(bytes) => serde_json::from_slice::<Exchange>(&bytes).ok(),
+    let record = match shared.state.take_exchange(sid).await? {
+        Some(bytes) => {
+            let bytes = Zeroizing::new(bytes);
+            serde_json::from_slice::<ExchangeRecord>(&bytes).ok()
+        }
         None => None,
     };
-    let Some(exchange) = exchange else {
+    let Some((record, key)) = record.and_then(|r| r.exchange_key().map(|k| (r, k))) else {
         count_failure(shared, None, ip_text).await?;
         return Ok(failed(ScramError::OtherError));
     };
+    let exchange = &record.scram;
     if let Some(wait) = limited(shared, &exchange.username, ip_text).await? {
         shared.metrics.logins_limited.inc();
         return Ok(rate_limited(wait));
     }
+    // Request 2's inner body; one that does not open is not the client's.
+    #[derive(Deserialize)]
+    struct Inner {
+        scram: String,
+    }
+    let inner = ct
+        .and_then(|ct| key.open(BoxNumber::Request2, ct).ok())
+        .and_then(|plain| serde_json::from_slice::<Inner>(&plain).ok());
+    let Some(inner) = inner else {
+        count_failure(shared, None, ip_text).await?;
+        shared.metrics.logins_bad_seal.inc();
+        return Ok(failed_sealed(&key, ScramError::InvalidEncoding));
+    };
     let user = shared.credentials.get_user(&exchange.username).await?;
     let verifier = user.as_ref().map(|u| u.verifier());
     let fallback = unknown_user_verifier(shared.secret.as_bytes(), &exchange.username);
     let keys = &shared.keys;
+    // The binding must name the key request 1 was sealed to, and that key
+    // must still be accepted.
     let outcome = exchange.verify_client_final(
-        client_final,
+        &inner.scram,
         ip_text,
-        |fp| keys.by_fingerprint(fp).is_some(),
+        |fp| fp == record.sealed_to && keys.by_fingerprint(fp).is_some(),
         verifier.as_ref(),
         &fallback,
     );
@@ -250,11 +361,11 @@ async fn second_request(
         (Ok(v), Some(user)) => (v, user),
         (Err(e), _) => {
             count_failure(shared, Some(&exchange.username), ip_text).await?;
-            tracing::info!(user = %exchange.username, ip = %ip_text, reason = e.code(), "login failed");
+            tracing::info!(user = ?exchange.username, ip = %ip_text, reason = e.code(), "login failed");
             shared.metrics.logins_failed.inc();
-            return Ok(failed(e));
+            return Ok(failed_sealed(&key, e));
         }
-        (Ok(_), None) => return Ok(failed(ScramError::InvalidProof)),
+        (Ok(_), None) => return Ok(failed_sealed(&key, ScramError::InvalidProof)),
     };
     let (verified, user) = verified;
     shared
@@ -271,16 +382,19 @@ async fn second_request(
         expires_at: crate::store::unix_now() + ttl.as_secs(),
     };
     shared.state.put_session(&session_id, &record).await?;
-    tracing::info!(user = %user.name, ip = %ip_text, "login succeeded");
+    tracing::info!(user = ?user.name, ip = %ip_text, "login succeeded");
     shared.metrics.logins_ok.inc();
+    let ct = key.seal(
+        BoxNumber::Reply2,
+        &login_seal::reply2_success_inner(
+            &verified.server_final,
+            &session_id,
+            &user.name,
+            ttl.as_secs().max(1),
+        ),
+    );
     Ok(json_response(
         StatusCode::OK,
-        &json!({
-            "status": "authenticated",
-            "scram": verified.server_final,
-            "session": session_id,
-            "user": user.name,
-            "expires_in": ttl.as_secs().max(1),
-        }),
+        &json!({"status": "authenticated", "ct": ct}),
     ))
 }
