@@ -24,7 +24,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use serde_json::json;
+use wsgate_proto::b64;
 use wsgate_proto::keys::{KeySetResponse, fingerprint_of};
+use wsgate_proto::login_seal::{self, BoxNumber, ExchangeKey};
 use wsgate_proto::scram::client::ClientFirst;
 use zeroize::Zeroizing;
 
@@ -271,19 +273,32 @@ fn login_failure(reply: &http::Reply) -> Error {
             .unwrap_or(1);
         return Error::RateLimited { retry_after };
     }
-    let scram = reply
-        .json()
-        .ok()
-        .and_then(|v| v.get("scram").and_then(|s| s.as_str()).map(str::to_owned));
-    match scram.as_deref().and_then(|s| s.strip_prefix("e=")) {
-        Some(code) => match wsgate_proto::scram::ScramError::from_code(code) {
-            Some(e) => Error::Login(wsgate_proto::scram::client::ClientError::Server(e)),
-            None => Error::Login(
-                wsgate_proto::scram::client::ClientError::UnknownServerError(code.to_owned()),
-            ),
-        },
-        None => reply.unexpected(),
+    let v = reply.json().ok();
+    if reply.status == 400 {
+        let error = v
+            .as_ref()
+            .and_then(|v| v.get("error").and_then(|e| e.as_str()));
+        if let Some(error @ ("bad_seal" | "sealed_login_required")) = error {
+            return Error::Protocol(format!(
+                "the gateway refused the sealed login ({error}): it could not open it with the key it serves; fetch the key again and retry"
+            ));
+        }
     }
+    v.as_ref()
+        .and_then(|v| v.get("scram").and_then(|s| s.as_str()))
+        .and_then(scram_failure)
+        .unwrap_or_else(|| reply.unexpected())
+}
+
+/// The login error of a server-final `e=<code>`.
+fn scram_failure(server_final: &str) -> Option<Error> {
+    let code = server_final.strip_prefix("e=")?;
+    Some(match wsgate_proto::scram::ScramError::from_code(code) {
+        Some(e) => Error::Login(wsgate_proto::scram::client::ClientError::Server(e)),
+        None => Error::Login(
+            wsgate_proto::scram::client::ClientError::UnknownServerError(code.to_owned()),
+        ),
+    })
 }
 
 /// Logs in with SCRAM-SHA-256-PLUS and verifies the server's signature.
@@ -348,7 +363,10 @@ async fn login_inner(
     let key = current_key(&mut conn, config).await?;
 
     let first = ClientFirst::new(username, password, &random_bytes::<18>())?;
-    let body = json!({"scram": first.message()}).to_string().into_bytes();
+    let (sealed, login_key) =
+        login_seal::seal_first_request(&mut rand::rng(), &key.pk, &first.message())
+            .map_err(|e| Error::Protocol(format!("could not seal the login: {e}")))?;
+    let body = serde_json::to_vec(&sealed).map_err(|e| Error::Protocol(e.to_string()))?;
     let reply = conn
         .send(::http::Method::PUT, "/auth/session", Some(body))
         .await?;
@@ -356,13 +374,24 @@ async fn login_inner(
     if reply.status != 401 || v.get("status").and_then(|s| s.as_str()) != Some("unauthenticated") {
         return Err(login_failure(&reply));
     }
-    let field = |name: &str| {
-        v.get(name)
-            .and_then(|s| s.as_str())
-            .map(str::to_owned)
-            .ok_or_else(|| reply.unexpected())
-    };
-    let (sid, server_first, ip) = (field("sid")?, field("scram")?, field("ip")?);
+    let sid = v
+        .get("sid")
+        .and_then(|s| s.as_str())
+        .ok_or_else(|| reply.unexpected())?
+        .to_owned();
+    let raw_sid: [u8; login_seal::SID_LEN] =
+        b64::decode_b64u_array(&sid).map_err(|_| reply.unexpected())?;
+    let exchange_key = login_key.exchange_key(&raw_sid);
+    drop(login_key);
+    #[derive(serde::Deserialize)]
+    struct Reply1 {
+        scram: String,
+        ip: String,
+    }
+    let Reply1 {
+        scram: server_first,
+        ip,
+    } = open_box(&exchange_key, BoxNumber::Reply1, &v, "first reply")?;
 
     let cache_key = (
         first.username().to_owned(),
@@ -385,32 +414,68 @@ async fn login_inner(
         (expect, client_final)
     };
 
-    let body = json!({"sid": sid, "scram": client_final})
+    let inner = login_seal::request2_inner(&client_final);
+    let body = json!({"sid": sid, "ct": exchange_key.seal(BoxNumber::Request2, &inner)})
         .to_string()
         .into_bytes();
     let reply = conn
         .send(::http::Method::PUT, "/auth/session", Some(body))
         .await?;
-    if reply.status != 200 {
+    let v = reply.json()?;
+    let sealed_status = v.get("status").and_then(|s| s.as_str());
+    let boxed = v.get("ct").is_some();
+    if reply.status == 401 && sealed_status == Some("failed") && boxed {
+        #[derive(serde::Deserialize)]
+        struct Failure {
+            scram: String,
+        }
+        let failure: Failure = open_box(&exchange_key, BoxNumber::Reply2, &v, "second reply")?;
+        return Err(scram_failure(&failure.scram).unwrap_or_else(|| reply.unexpected()));
+    }
+    if reply.status != 200 || sealed_status != Some("authenticated") {
         return Err(login_failure(&reply));
     }
-    let v = reply.json()?;
-    let field = |name: &str| {
-        v.get(name)
-            .and_then(|s| s.as_str())
-            .map(str::to_owned)
-            .ok_or_else(|| reply.unexpected())
-    };
-    let session_key = expect.handle_server_final(&field("scram")?)?;
+    #[derive(serde::Deserialize)]
+    struct Reply2 {
+        scram: String,
+        session: String,
+        user: String,
+        expires_in: u64,
+    }
+    let reply2: Reply2 = open_box(&exchange_key, BoxNumber::Reply2, &v, "second reply")?;
+    let session_key = expect.handle_server_final(&reply2.scram)?;
     Ok(Session {
-        id: field("session")?,
-        user: field("user")?,
-        expires_in: v
-            .get("expires_in")
-            .and_then(|e| e.as_u64())
-            .ok_or_else(|| reply.unexpected())?,
+        id: reply2.session,
+        user: reply2.user,
+        expires_in: reply2.expires_in,
         ip,
         server_key: key,
         session_key,
+    })
+}
+
+/// Opens the `ct` box of a sealed reply and parses its inner JSON; any
+/// failure means the reply is not from the server we sealed to, so the
+/// login stops (fail closed).
+fn open_box<T: serde::de::DeserializeOwned>(
+    key: &ExchangeKey,
+    m: BoxNumber,
+    outer: &serde_json::Value,
+    step: &str,
+) -> Result<T> {
+    let not_sealed = || {
+        Error::Protocol(format!(
+            "the gateway's {step} of the login is not sealed to this exchange (no box, or it does not open); refusing it"
+        ))
+    };
+    let ct = outer
+        .get("ct")
+        .and_then(|c| c.as_str())
+        .ok_or_else(not_sealed)?;
+    let plain = key.open(m, ct).map_err(|_| not_sealed())?;
+    serde_json::from_slice(&plain).map_err(|_| {
+        Error::Protocol(format!(
+            "the gateway's sealed {step} of the login does not have the expected members"
+        ))
     })
 }
