@@ -16,10 +16,10 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use wsgate_client::{ClientConfig, Error, RawSocket, login};
-use wsgate_proto::b64;
 use wsgate_proto::envelope::{self, FLAG_ENC, MessageType};
 use wsgate_proto::key_exchange;
 use wsgate_proto::scram::client::ClientFirst;
+use wsgate_proto::{b64, login_seal};
 
 use crate::util::*;
 
@@ -40,21 +40,23 @@ fn ip(last: u8) -> IpAddr {
 async fn guess(gw: &TestGateway, from: Option<IpAddr>, user: &str) -> (u16, Option<u16>) {
     let mut http = RawHttp::connect(gw.addr, from).await;
     let start = ClientFirst::new(user, "not the password", &[9u8; 18]).unwrap();
-    let first = http.put_session(&json!({"scram": start.message()})).await;
-    if first.status != 401 {
+    let (first, begun) = http.put_first(&start.message()).await;
+    let Some(begun) = begun else {
         return (first.status, None);
-    }
-    let s = |k: &str| first.json[k].as_str().unwrap().to_owned();
+    };
     let (_, client_final) = start
-        .handle_server_first(&s("scram"), &s("ip"), &gw.fingerprint, Some(&[0u8; 32]))
+        .handle_server_first(
+            &begun.server_first,
+            &begun.ip,
+            &gw.fingerprint,
+            Some(&[0u8; 32]),
+        )
         .unwrap();
-    let second = http
-        .put_session(&json!({"sid": s("sid"), "scram": client_final}))
-        .await;
-    if second.status == 401 {
-        assert_eq!(scram_error(&second), "e=invalid-proof");
+    let second = http.put_second(&begun, &client_final).await;
+    if second.reply.status == 401 {
+        assert_eq!(sealed_error(&second), "e=invalid-proof");
     }
-    (first.status, Some(second.status))
+    (first.status, Some(second.reply.status))
 }
 
 fn assert_rate_limited(status: (u16, Option<u16>)) {
@@ -85,7 +87,7 @@ async fn brute_force_across_many_users_from_one_ip_is_cut_off_at_the_ip_limit() 
     for user in [ALICE, "victim99", "anyone"] {
         let mut http = RawHttp::connect(gw.addr, attacker).await;
         let start = ClientFirst::new(user, "x", &[9u8; 18]).unwrap();
-        let reply = http.put_session(&json!({"scram": start.message()})).await;
+        let (reply, _) = http.put_first(&start.message()).await;
         assert_eq!(reply.status, 429, "{:?}", reply.json);
         assert_eq!(reply.json, json!({"status": "rate_limited"}));
         let retry: u64 = reply.headers["retry-after"]
@@ -211,20 +213,38 @@ async fn enumeration_samples(gw: &TestGateway, rounds: usize) -> [Vec<f64>; 4] {
                 format!("ghost{round}")
             };
             let start = ClientFirst::new(&user, "wrong", &[5u8; 18]).unwrap();
-            let body = json!({"scram": start.message()});
+            // Sealing and opening happen outside the timed requests.
+            let inner = login_seal::padded_first_request(&start.message());
+            let (body, login_key) = http.seal_first_plaintext(inner.as_bytes()).await;
             let t0 = Instant::now();
             let first = http.put_session(&body).await;
             let t1 = t0.elapsed();
             assert_eq!(first.status, 401);
-            let s = |k: &str| first.json[k].as_str().unwrap().to_owned();
+            let begun = open_reply_1(&first, &login_key).unwrap();
             let (_, client_final) = start
-                .handle_server_first(&s("scram"), &s("ip"), &gw.fingerprint, Some(&[0u8; 32]))
+                .handle_server_first(
+                    &begun.server_first,
+                    &begun.ip,
+                    &gw.fingerprint,
+                    Some(&[0u8; 32]),
+                )
                 .unwrap();
-            let body = json!({"sid": s("sid"), "scram": client_final});
+            let ct = begun.key.seal(
+                login_seal::BoxNumber::Request2,
+                &login_seal::request2_inner(&client_final),
+            );
+            let body = json!({"sid": begun.sid, "ct": ct});
             let t2 = Instant::now();
             let second = http.put_session(&body).await;
             let t3 = t2.elapsed();
-            assert_eq!(scram_error(&second), "e=invalid-proof");
+            let opened = begun
+                .key
+                .open(
+                    login_seal::BoxNumber::Reply2,
+                    second.json["ct"].as_str().unwrap(),
+                )
+                .unwrap();
+            assert_eq!(&opened[..], br#"{"scram":"e=invalid-proof"}"#);
             if round >= 20 {
                 let k = usize::from(!known);
                 out[k].push(t1.as_secs_f64() * 1e6);
@@ -266,8 +286,13 @@ async fn known_and_unknown_users_are_indistinguishable_by_reply_and_timing() {
     .await;
     // Shape: same fields, same salt length, same iterations.
     let mut http = RawHttp::connect(gw.addr, None).await;
-    let (_, known, _, _) = first_request(&mut http, ALICE, "x").await;
-    let (_, unknown, _, _) = first_request(&mut http, "ghost", "x").await;
+    let (known, _) = first_request(&mut http, ALICE, "x").await;
+    let (unknown, _) = first_request(&mut http, "ghost", "x").await;
+    assert_eq!(
+        known.outer["ct"].as_str().unwrap().len(),
+        unknown.outer["ct"].as_str().unwrap().len()
+    );
+    let (known, unknown) = (known.server_first, unknown.server_first);
     let shape = |sf: &str| -> (usize, String) {
         let parts: Vec<&str> = sf.split(',').collect();
         let salt = b64::decode_b64(parts[1].strip_prefix("s=").unwrap()).unwrap();
@@ -304,7 +329,7 @@ async fn a_flood_of_first_requests_from_one_ip_is_limited() {
     let mut statuses = std::collections::BTreeMap::new();
     for i in 0..1000 {
         let start = ClientFirst::new(&format!("flood{i}"), "x", &[1u8; 18]).unwrap();
-        let reply = http.put_session(&json!({"scram": start.message()})).await;
+        let (reply, _) = http.put_first(&start.message()).await;
         *statuses.entry(reply.status).or_insert(0) += 1;
     }
     assert!(
@@ -317,63 +342,64 @@ async fn a_flood_of_first_requests_from_one_ip_is_limited() {
 async fn login_exchanges_expire_are_taken_once_and_bound_to_their_nonce() {
     let gw = TestGateway::start("[login]\nexchange_ttl_secs = 1").await;
     let mut http = RawHttp::connect(gw.addr, None).await;
-    let correct_final = |sf: &str, ip: &str, start: ClientFirst| {
-        start
-            .handle_server_first(sf, ip, &gw.fingerprint, None)
-            .unwrap()
-            .1
-    };
+    let fp = gw.fingerprint.clone();
 
     // Within the TTL the correct proof works...
-    let (sid, sf, ip_text, start) = first_request(&mut http, ALICE, ALICE_PASSWORD).await;
-    let cf = correct_final(&sf, &ip_text, start);
+    let (begun, start) = first_request(&mut http, ALICE, ALICE_PASSWORD).await;
+    let cf = client_final(&begun, start, &fp);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ok = http.put_session(&json!({"sid": sid, "scram": cf})).await;
-    assert_eq!(ok.status, 200, "{:?}", ok.json);
+    let ok = http.put_second(&begun, &cf).await;
+    assert_eq!(ok.reply.status, 200, "{:?}", ok.reply.json);
 
     // ...after it even the correct proof is refused.
-    let (sid, sf, ip_text, start) = first_request(&mut http, ALICE, ALICE_PASSWORD).await;
-    let cf = correct_final(&sf, &ip_text, start);
+    let (begun, start) = first_request(&mut http, ALICE, ALICE_PASSWORD).await;
+    let cf = client_final(&begun, start, &fp);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let late = http.put_session(&json!({"sid": sid, "scram": cf})).await;
-    assert_eq!(scram_error(&late), "e=other-error");
+    let late = http.put_second(&begun, &cf).await;
+    assert_eq!(scram_error(&late.reply), "e=other-error");
 
     // A failed second request consumes the exchange: the right proof after a
     // wrong one (an attacker racing the user, or a retried PUT) starts over.
-    let (sid, sf, ip_text, start) = first_request(&mut http, ALICE, ALICE_PASSWORD).await;
-    let cf = correct_final(&sf, &ip_text, start);
+    let (begun, start) = first_request(&mut http, ALICE, ALICE_PASSWORD).await;
+    let cf = client_final(&begun, start, &fp);
     let mut forged = cf.clone();
     let last = forged.pop().unwrap();
     forged.push(if last == 'A' { 'B' } else { 'A' });
-    let bad = http
-        .put_session(&json!({"sid": sid, "scram": forged}))
-        .await;
-    assert_eq!(scram_error(&bad), "e=invalid-encoding");
-    let retry = http.put_session(&json!({"sid": sid, "scram": cf})).await;
-    assert_eq!(scram_error(&retry), "e=other-error");
+    let bad = http.put_second(&begun, &forged).await;
+    assert_eq!(sealed_error(&bad), "e=invalid-encoding");
+    let retry = http.put_second(&begun, &cf).await;
+    assert_eq!(scram_error(&retry.reply), "e=other-error");
 
-    // A client-final made for one exchange does not fit another one's sid
-    // (its nonce is the other exchange's).
-    let (sid_a, _, _, _) = first_request(&mut http, ALICE, ALICE_PASSWORD).await;
-    let (_, sf_b, ip_b, start_b) = first_request(&mut http, ALICE, ALICE_PASSWORD).await;
-    let cf_b = correct_final(&sf_b, &ip_b, start_b);
+    // A client-final made for one exchange does not fit another one's sid:
+    // its box is under the other exchange's key.
+    let (begun_a, _) = first_request(&mut http, ALICE, ALICE_PASSWORD).await;
+    let (begun_b, start_b) = first_request(&mut http, ALICE, ALICE_PASSWORD).await;
+    let cf_b = client_final(&begun_b, start_b, &fp);
+    let ct_b = begun_b.key.seal(
+        login_seal::BoxNumber::Request2,
+        &login_seal::request2_inner(&cf_b),
+    );
     let swapped = http
-        .put_session(&json!({"sid": sid_a, "scram": cf_b}))
+        .put_second_raw(&begun_a, &json!({"sid": begun_a.sid, "ct": ct_b}))
         .await;
-    assert_eq!(scram_error(&swapped), "e=other-error");
+    assert_eq!(sealed_error(&swapped), "e=invalid-encoding");
+    // Under the right key but with the other exchange's nonce: refused too.
+    let (begun_c, _) = first_request(&mut http, ALICE, ALICE_PASSWORD).await;
+    let (begun_d, start_d) = first_request(&mut http, ALICE, ALICE_PASSWORD).await;
+    let cf_d = client_final(&begun_d, start_d, &fp);
+    let swapped = http.put_second(&begun_c, &cf_d).await;
+    assert_eq!(sealed_error(&swapped), "e=other-error");
 
-    // Garbage and foreign sids are refused the same way.
+    // Garbage and foreign sids are refused the same way, in clear.
     for sid in ["", "AAAAAAAAAAAAAAAAAAAAAA", "../../etc", &"x".repeat(5000)] {
-        let reply = http
-            .put_session(&json!({"sid": sid, "scram": "c=biws,r=x,p=AAAA"}))
-            .await;
+        let reply = http.put_session(&json!({"sid": sid, "ct": "AAAA"})).await;
         assert_eq!(scram_error(&reply), "e=other-error", "sid {sid:.20}");
     }
 }
 
 #[tokio::test]
 async fn non_utf8_and_lone_surrogates_in_login_bodies_are_400() {
-    let gw = TestGateway::start("[login]\nmax_failures_per_ip = 3").await;
+    let gw = TestGateway::start("[login]\nmax_failures_per_ip = 4").await;
     let mut http = RawHttp::connect(gw.addr, None).await;
     let bodies: [&[u8]; 4] = [
         b"{\"scram\":\"p=wsgate-v1,,n=\xff\xfe,r=abcdefghijklmnopqrstuvwx\"}",
@@ -388,11 +414,21 @@ async fn non_utf8_and_lone_surrogates_in_login_bodies_are_400() {
     // A name that is valid UTF-8 but that no client would send (SASLprep
     // prohibits controls and bidi overrides) is just an unknown user: the
     // usual reply, no crash, no hint.
-    let weird =
-        json!({"scram": "p=wsgate-v1,,n=\u{202e}admin\u{0000}\u{0007},r=abcdefghijklmnopqrstuvwx"});
-    let reply = http.put_session(&weird).await;
+    let (reply, _) = http
+        .put_first("p=wsgate-v1,,n=\u{202e}admin\u{0000}\u{0007},r=abcdefghijklmnopqrstuvwx")
+        .await;
     assert_eq!(reply.status, 401, "{:?}", reply.json);
     assert_eq!(reply.json["status"], "unauthenticated");
+    // Sealed plaintexts that are not UTF-8 JSON: a clear invalid-encoding.
+    for plaintext in [
+        &b"{\"scram\":\"p=wsgate-v1,,n=\xff\xfe,r=abcdefghijklmnopqrstuvwx\"}"[..],
+        b"{\"scram\":\"p=wsgate-v1,,n=\\ud800,r=abcdefghijklmnopqrstuvwx\"}",
+        b"\xef\xbb\xbf{\"scram\":\"x\"}",
+    ] {
+        let (body, _) = http.seal_first_plaintext(plaintext).await;
+        let reply = http.put_session(&body).await;
+        assert_eq!(scram_error(&reply), "e=invalid-encoding");
+    }
     login(&gw.client(), ALICE, ALICE_PASSWORD).await.unwrap();
 }
 

@@ -267,3 +267,42 @@ async fn a_three_node_fleet_on_redis_and_postgres_survives_a_redis_restart() {
     );
     drop(auth);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sealed_login_begun_on_one_auth_node_completes_on_another() {
+    if crate::util::skip_services() {
+        return;
+    }
+    let redis = RedisServer::start().unwrap();
+    let pg = PgServer::start().unwrap();
+    let fleet = start_fleet(&redis, &pg).await;
+    // A second authentication node with the same configuration.
+    let auth_config = fleet._dir.path().join("a.toml");
+    let auth_2 = serve(&[
+        "--config",
+        auth_config.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let mut on_a = crate::util::RawHttp::connect(fleet.auth.addr, None).await;
+    let mut on_a2 = crate::util::RawHttp::connect(auth_2.addr, None).await;
+    let fp = wsgate_proto::keys::fingerprint_of(&on_a2.server_pk().await);
+
+    // Request 1 on A, request 2 on A2: the exchange (exchange_key included)
+    // is in Redis.
+    let (begun, start) = crate::util::first_request(&mut on_a, "alice", "alice password").await;
+    let cf = crate::util::client_final(&begun, start, &fp);
+    let ok = on_a2.put_second(&begun, &cf).await;
+    assert_eq!(ok.reply.status, 200, "{:?}", ok.reply.json);
+    assert_eq!(ok.inner["user"], "alice");
+    // Consumed fleet-wide: the same request 2 on A finds nothing.
+    let again = on_a.put_second(&begun, &cf).await;
+    assert_eq!(crate::util::scram_error(&again.reply), "e=other-error");
+
+    // And the other way round, with a wrong password: the failure is boxed
+    // by whichever node takes the exchange.
+    let (begun, start) = crate::util::first_request(&mut on_a2, "bob", "not bob's").await;
+    let cf = crate::util::client_final(&begun, start, &fp);
+    let failed = on_a.put_second(&begun, &cf).await;
+    assert_eq!(crate::util::sealed_error(&failed), "e=invalid-proof");
+}

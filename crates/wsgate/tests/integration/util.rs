@@ -10,7 +10,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use wsgate_client::ClientConfig;
-use wsgate_proto::scram;
+use wsgate_proto::{b64, login_seal, scram};
 use wsgate_server::Gateway;
 use wsgate_server::config::{Config, FileConfig};
 use wsgate_server::keys::DataDir;
@@ -125,6 +125,24 @@ pub(crate) struct Reply {
 /// A keep-alive HTTP connection from a chosen source address.
 pub(crate) struct RawHttp {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    /// The gateway's current public key, fetched on first use.
+    server_pk: Option<[u8; 32]>,
+}
+
+/// An exchange begun by a sealed first request, its reply 1 opened.
+pub(crate) struct Begun {
+    pub(crate) sid: String,
+    pub(crate) server_first: String,
+    pub(crate) ip: String,
+    pub(crate) key: login_seal::ExchangeKey,
+    /// The reply's outer JSON.
+    pub(crate) outer: Value,
+}
+
+/// A reply 2: the outer reply and its box opened (`Null` when it has none).
+pub(crate) struct SecondReply {
+    pub(crate) reply: Reply,
+    pub(crate) inner: Value,
 }
 
 impl RawHttp {
@@ -138,7 +156,69 @@ impl RawHttp {
             .await
             .unwrap();
         tokio::spawn(conn);
-        Self { sender }
+        Self {
+            sender,
+            server_pk: None,
+        }
+    }
+
+    /// The current key of `GET /auth/key`.
+    pub(crate) async fn server_pk(&mut self) -> [u8; 32] {
+        if let Some(pk) = self.server_pk {
+            return pk;
+        }
+        let reply = self.request("GET", "/auth/key", b"").await;
+        let pk = b64::decode_b64u_array(reply.json["keys"][0]["pk"].as_str().unwrap()).unwrap();
+        self.server_pk = Some(pk);
+        pk
+    }
+
+    /// Request 1 with `plaintext` sealed to the current key, as sent
+    /// (`{"kid","enc","ct"}`); the login key is returned to open the reply.
+    pub(crate) async fn seal_first_plaintext(
+        &mut self,
+        plaintext: &[u8],
+    ) -> (Value, login_seal::LoginKey) {
+        let pk = self.server_pk().await;
+        let (sealed, login_key) =
+            login_seal::seal_first_plaintext(&mut rand::rng(), &pk, plaintext).unwrap();
+        (serde_json::to_value(&sealed).unwrap(), login_key)
+    }
+
+    /// Sends `client_first` as a sealed request 1 (padded, as clients do);
+    /// for a `401 unauthenticated` reply, the exchange with reply 1 opened.
+    pub(crate) async fn put_first(&mut self, client_first: &str) -> (Reply, Option<Begun>) {
+        let inner = login_seal::padded_first_request(client_first);
+        let (body, login_key) = self.seal_first_plaintext(inner.as_bytes()).await;
+        let reply = self.put_session(&body).await;
+        let begun = open_reply_1(&reply, &login_key);
+        (reply, begun)
+    }
+
+    /// Sends `client_final` as request 2 of `begun`, and opens reply 2.
+    pub(crate) async fn put_second(&mut self, begun: &Begun, client_final: &str) -> SecondReply {
+        let ct = begun.key.seal(
+            login_seal::BoxNumber::Request2,
+            &login_seal::request2_inner(client_final),
+        );
+        self.put_second_raw(begun, &serde_json::json!({"sid": begun.sid, "ct": ct}))
+            .await
+    }
+
+    /// Sends any body as request 2 of `begun`, and opens reply 2 if boxed.
+    pub(crate) async fn put_second_raw(&mut self, begun: &Begun, body: &Value) -> SecondReply {
+        let reply = self.put_session(body).await;
+        let inner = match reply.json["ct"].as_str() {
+            Some(ct) => {
+                let plain = begun
+                    .key
+                    .open(login_seal::BoxNumber::Reply2, ct)
+                    .expect("reply 2's box opens under the exchange key");
+                serde_json::from_slice(&plain).unwrap()
+            }
+            None => Value::Null,
+        };
+        SecondReply { reply, inner }
     }
 
     pub(crate) async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Reply {
@@ -167,27 +247,72 @@ impl RawHttp {
     }
 }
 
-/// The first half of a login done by hand: (exchange id, server-first, ip, client state).
+/// Opens a `401 unauthenticated` reply 1 under the exchange key its `sid`
+/// gives; `None` for any other reply.
+pub(crate) fn open_reply_1(reply: &Reply, login_key: &login_seal::LoginKey) -> Option<Begun> {
+    if reply.status != 401 || reply.json["status"] != "unauthenticated" {
+        return None;
+    }
+    let sid = reply.json["sid"].as_str().unwrap().to_owned();
+    let raw_sid = b64::decode_b64u_array(&sid).unwrap();
+    let key = login_key.exchange_key(&raw_sid);
+    let plain = key
+        .open(
+            login_seal::BoxNumber::Reply1,
+            reply.json["ct"].as_str().unwrap(),
+        )
+        .expect("reply 1's box opens under the exchange key");
+    let inner: Value = serde_json::from_slice(&plain).unwrap();
+    Some(Begun {
+        sid,
+        server_first: inner["scram"].as_str().unwrap().to_owned(),
+        ip: inner["ip"].as_str().unwrap().to_owned(),
+        key,
+        outer: reply.json.clone(),
+    })
+}
+
+/// The first half of a login done by hand: the exchange and the client state.
 pub(crate) async fn first_request(
     http: &mut RawHttp,
     user: &str,
     password: &str,
-) -> (String, String, String, scram::client::ClientFirst) {
+) -> (Begun, scram::client::ClientFirst) {
     let start = scram::client::ClientFirst::new(user, password, &[7u8; 18]).unwrap();
-    let reply = http
-        .put_session(&serde_json::json!({"scram": start.message()}))
-        .await;
+    let (reply, begun) = http.put_first(&start.message()).await;
     assert_eq!(reply.status, 401, "{:?}", reply.json);
     assert_eq!(reply.json["status"], "unauthenticated");
-    let s = |k: &str| reply.json[k].as_str().unwrap().to_owned();
-    (s("sid"), s("scram"), s("ip"), start)
+    (begun.unwrap(), start)
 }
 
-/// The `e=` code of a failed reply.
+/// The client-final of `begun` for `start`, bound to the observed IP and
+/// `fp`.
+pub(crate) fn client_final(begun: &Begun, start: scram::client::ClientFirst, fp: &str) -> String {
+    start
+        .handle_server_first(&begun.server_first, &begun.ip, fp, None)
+        .unwrap()
+        .1
+}
+
+/// The `e=` code of a failed reply sent in clear.
 pub(crate) fn scram_error(reply: &Reply) -> String {
     assert_eq!(reply.status, 401, "{:?}", reply.json);
     assert_eq!(reply.json["status"], "failed", "{:?}", reply.json);
+    assert!(reply.json.get("ct").is_none(), "sealed: {:?}", reply.json);
     reply.json["scram"].as_str().unwrap().to_owned()
+}
+
+/// The `e=` code of a failed reply 2 sent in `box(3, …)`.
+pub(crate) fn sealed_error(second: &SecondReply) -> String {
+    let reply = &second.reply;
+    assert_eq!(reply.status, 401, "{:?}", reply.json);
+    assert_eq!(reply.json["status"], "failed", "{:?}", reply.json);
+    assert!(
+        reply.json.get("scram").is_none(),
+        "in clear: {:?}",
+        reply.json
+    );
+    second.inner["scram"].as_str().unwrap().to_owned()
 }
 
 impl RawHttp {
