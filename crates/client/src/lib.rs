@@ -1,6 +1,6 @@
 //! An async Rust client for wsgate: SCRAM login (with mutual
 //! authentication), HPKE key establishment and protected requests. Tests,
-//! benchmarks and the CLI all use it, so it follows DESIGN.md exactly.
+//! benchmarks and the CLI all use it, so it follows docs/protocol.md exactly.
 //!
 //! ```no_run
 //! # async fn run() -> wsgate_client::Result<()> {
@@ -307,7 +307,7 @@ pub async fn login(config: &ClientConfig, username: &str, password: &str) -> Res
 }
 
 /// Remembers `SaltedPassword` per user, salt and iteration count, so
-/// repeated logins skip PBKDF2 (DESIGN §4 lets a client cache it). Use one
+/// repeated logins skip PBKDF2 (protocol.md §4 lets a client cache it). Use one
 /// cache per password: a wrong cached value only makes the login fail.
 #[derive(Clone, Default)]
 pub struct SaltedPasswordCache(std::sync::Arc<std::sync::Mutex<SaltedPasswords>>);

@@ -1,4 +1,4 @@
-//! The binary envelope every WebSocket message carries (DESIGN §5.1).
+//! The binary envelope every WebSocket message carries (protocol.md §5.1).
 //!
 //! ```text
 //! 0      1       2           6        8             8+nlen
@@ -139,7 +139,7 @@ impl Envelope<'_> {
     }
 }
 
-/// Decodes an envelope, checking every rule of DESIGN §5.1 except the
+/// Decodes an envelope, checking every rule of protocol.md §5.1 except the
 /// minimum protected body length (see [`crate::protect`]).
 pub fn decode(message: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
     decode_with_limit(message, MAX_NAME_LEN)

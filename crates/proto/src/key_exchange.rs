@@ -1,4 +1,4 @@
-//! Key establishment on the WebSocket (DESIGN §5.2): HELLO, KEY_INIT with the
+//! Key establishment on the WebSocket (protocol.md §5.2): HELLO, KEY_INIT with the
 //! HPKE-sealed dynamic password, KEY_ACK, and the per-direction traffic keys.
 //!
 //! KEY_INIT is an HPKE `mode_psk` single-shot seal to the server's static key

@@ -1,4 +1,4 @@
-//! Protected frames (DESIGN §5.3): AES-256-GCM under a per-direction key,
+//! Protected frames (protocol.md §5.3): AES-256-GCM under a per-direction key,
 //! with an implicit 64-bit sequence number as the nonce.
 //!
 //! * `ENC` set: `body = AES-GCM-Seal(key, nonce, aad = header, plaintext)`.

@@ -148,7 +148,7 @@ fn scram_vectors() {
     check_or_write(
         "scram.json",
         &json!({
-            "description": "SCRAM-SHA-256-PLUS with channel binding wsgate-v1 (DESIGN §4). Nonces are the raw bytes b64u-encoded; the server nonce is appended to the client nonce.",
+            "description": "SCRAM-SHA-256-PLUS with channel binding wsgate-v1 (protocol.md §4). Nonces are the raw bytes b64u-encoded; the server nonce is appended to the client nonce.",
             "cases": cases,
         }),
     );
@@ -530,7 +530,7 @@ fn frame_vectors() {
     check_or_write(
         "frames.json",
         &json!({
-            "description": "Protected frames (DESIGN §5.3) under the traffic keys of key_init.json. Frames of one direction are in sequence order starting at 0. Invalid cases must fail to open at the given seq (the opener having opened `seq` earlier frames).",
+            "description": "Protected frames (protocol.md §5.3) under the traffic keys of key_init.json. Frames of one direction are in sequence order starting at 0. Invalid cases must fail to open at the given seq (the opener having opened `seq` earlier frames).",
             "c2s_key_hex": hex::encode(&keys.c2s[..]),
             "s2c_key_hex": hex::encode(&keys.s2c[..]),
             "frames": frames,

@@ -1,5 +1,5 @@
 //! Channel configuration: patterns, sensitivity and who may subscribe or
-//! publish (DESIGN §6).
+//! publish (protocol.md §6.2).
 //!
 //! A pattern's segments are separated by `.`; `{user}` matches exactly one
 //! segment and makes the channel private to that user; `*` may only be the

@@ -1,4 +1,4 @@
-//! The observed IP of a request (DESIGN §2).
+//! The observed IP of a request (protocol.md §2).
 //!
 //! The observed IP is the TCP peer — unless the peer is a configured trusted
 //! proxy, in which case the client address is taken from `Forwarded`
@@ -41,7 +41,7 @@ use wsgate_proto::ip::canonical;
 /// `X-Forwarded-For`.
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
-/// The observed IP (DESIGN §2): the TCP peer, or — only when the peer is a
+/// The observed IP (protocol.md §2): the TCP peer, or — only when the peer is a
 /// trusted proxy — the client from `Forwarded` (preferred when present) or
 /// `X-Forwarded-For`, walking right to left, skipping trusted proxies; the
 /// first untrusted hop is the client.

@@ -3,7 +3,7 @@
 //! Every node watches the state store's event feed (fleet-wide: Redis
 //! pub/sub in a fleet, a broadcast in-process) from start-up on, so a
 //! subscription registered here receives every publish made after it — the
-//! condition for answering SUBSCRIBE (DESIGN §6). The hub hands each event
+//! condition for answering SUBSCRIBE (protocol.md §6.2). The hub hands each event
 //! to the local subscribers' queues; each connection seals and writes its
 //! own copy (sensitive events are encrypted per connection).
 //!

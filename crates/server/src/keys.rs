@@ -1,4 +1,4 @@
-//! The data directory's key material (DESIGN §3, §4, §6).
+//! The data directory's key material (protocol.md §3, §4.2, §6.4).
 //!
 //! ```text
 //! <data_dir>/                      0700
@@ -82,7 +82,7 @@ impl KeySet {
     }
 }
 
-/// The fleet-wide `server_secret` (unknown-user salts, DESIGN §4).
+/// The fleet-wide `server_secret` (unknown-user salts, protocol.md §4.2).
 /// Zeroized on drop, never printed.
 #[derive(Clone)]
 pub struct ServerSecret(Zeroizing<[u8; 32]>);

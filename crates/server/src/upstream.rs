@@ -1,4 +1,4 @@
-//! Forwarding REQUESTs to upstream HTTP applications (DESIGN §6):
+//! Forwarding REQUESTs to upstream HTTP applications (protocol.md §6.1):
 //! `POST <upstream>/<route>` with the plaintext payload and the
 //! `X-Wsgate-User`, `X-Wsgate-Session`, `X-Wsgate-Client-Ip` headers, over
 //! pooled keep-alive connections.

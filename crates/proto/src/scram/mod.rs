@@ -1,5 +1,5 @@
 //! SCRAM-SHA-256-PLUS (RFC 5802 / RFC 7677) with the `wsgate-v1` channel
-//! binding (DESIGN §4).
+//! binding (protocol.md §4).
 //!
 //! The channel binding data is `"ip=" <observed IP> ";key=" fp(server key)`,
 //! so a login is bound both to the address the auth node saw and to the
@@ -30,7 +30,7 @@ pub const MIN_SALT_LEN: usize = 16;
 /// Longest client nonce a server accepts.
 pub const MAX_NONCE_LEN: usize = 256;
 
-/// A SCRAM failure, sent as `e=<code>` (DESIGN §4 table).
+/// A SCRAM failure, sent as `e=<code>` (protocol.md §4.4 table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, thiserror::Error)]
 #[non_exhaustive]
 pub enum ScramError {

@@ -1,4 +1,4 @@
-//! The HTTP API for upstream applications (DESIGN §6), authorized by a
+//! The HTTP API for upstream applications (protocol.md §6.3), authorized by a
 //! bearer API key from the configuration:
 //!
 //! * `POST /api/publish {"channel","data"}` — publish an EVENT fleet-wide;

@@ -34,7 +34,7 @@ pub(crate) async fn get_key(State(shared): State<Arc<Shared>>) -> Response {
     resp
 }
 
-/// The observed IP of a request (DESIGN §2).
+/// The observed IP of a request (protocol.md §2).
 pub(crate) fn observed_ip(shared: &Shared, peer: SocketAddr, headers: &HeaderMap) -> IpAddr {
     crate::forwarded::observed_ip(peer.ip(), headers, &shared.config.trusted_proxies)
 }

@@ -1,5 +1,5 @@
-//! `https://` and `wss://` (DESIGN §5: "or `wss://` when the server has a
-//! certificate"): TLS 1.3 only, rustls with the `ring` provider, enabled by
+//! `https://` and `wss://` (protocol.md §5: "Plain `ws://` (or `wss://`)"):
+//! TLS 1.3 only, rustls with the `ring` provider, enabled by
 //! a `[tls]` block naming a PEM certificate chain and its private key.
 //!
 //! The handshake runs in the connection's own task, under the same deadline

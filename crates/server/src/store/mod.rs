@@ -1,4 +1,4 @@
-//! The gateway's two stores (DESIGN §1, §6).
+//! The gateway's two stores (protocol.md §6.4).
 //!
 //! * [`CredentialStore`]: per user only what SCRAM needs — `salt`,
 //!   `iterations`, `StoredKey`, `ServerKey` — never a password. SQLite by
@@ -43,7 +43,7 @@ pub use persist::PersistentSessions;
 pub use sqlite::SqliteCredentialStore;
 pub use wsgate_proto::scram::Verifier;
 
-/// What the credential store keeps per user (DESIGN §4): never the password.
+/// What the credential store keeps per user (protocol.md §4): never the password.
 ///
 /// `name` is the SASLprep'd (stored-strings rules) user name, exactly as it
 /// is looked up and as `user` appears in replies.
@@ -161,7 +161,7 @@ pub trait CredentialStore: Send + Sync + fmt::Debug + 'static {
     async fn list_users(&self) -> Result<Vec<String>, StoreError>;
 }
 
-/// A login session (DESIGN §4): every node accepts it.
+/// A login session (protocol.md §4.5): every node accepts it.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct SessionRecord {
     /// The stored user name.
@@ -284,7 +284,7 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
 /// sensitive).
 #[derive(Clone, PartialEq, Eq)]
 pub struct StoreEvent {
-    /// The channel (DESIGN §6); empty only in the filler of a lag notice.
+    /// The channel (protocol.md §6.2); empty only in the filler of a lag notice.
     pub channel: String,
     /// The event body, exactly as published.
     pub payload: bytes::Bytes,

@@ -1,5 +1,5 @@
 //! One WebSocket connection: HELLO, KEY_INIT, KEY_ACK, then protected
-//! request/response frames until close (DESIGN §5.2–5.4).
+//! request/response frames until close (protocol.md §5.2–5.5).
 //!
 //! A single task owns the connection. Its loop waits for whichever comes
 //! first — a frame, a revocation, the deadline or ping timer, an upstream
@@ -86,7 +86,7 @@ const FINISH_IN_FLIGHT: Duration = Duration::from_secs(5);
 /// drain, with a second to spare.
 const SHUTDOWN_BUDGET: Duration = WEBSOCKET_DRAIN.saturating_sub(Duration::from_secs(1));
 
-/// Close codes of DESIGN §5.4.
+/// Close codes of protocol.md §5.5.
 pub(crate) mod close {
     pub(crate) const GOING_AWAY: u16 = 1001;
     pub(crate) const PROTOCOL_ERROR: u16 = 1002;
@@ -1173,7 +1173,7 @@ impl Conn {
         }
     }
 
-    /// DESIGN §6 order: not_found, then encryption_required, then forbidden.
+    /// protocol.md §6.2 order: not_found, then encryption_required, then forbidden.
     fn check_channel(
         &self,
         enc: bool,

@@ -1,4 +1,4 @@
-//! The WebSocket endpoint `GET /ws` (DESIGN §5).
+//! The WebSocket endpoint `GET /ws` (protocol.md §5).
 
 mod connection;
 mod frames;

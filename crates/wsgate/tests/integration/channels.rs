@@ -1,5 +1,5 @@
 //! Channels: SUBSCRIBE, UNSUBSCRIBE, PUBLISH, EVENT and the upstream API
-//! `POST /api/publish` (DESIGN §5.4, §6).
+//! `POST /api/publish` (protocol.md §5.4, §6.2, §6.3).
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! Upstream routes against a real HTTP application on 127.0.0.1 (DESIGN §6).
+//! Upstream routes against a real HTTP application on 127.0.0.1 (protocol.md §6.1).
 
 use std::net::SocketAddr;
 use std::time::Duration;

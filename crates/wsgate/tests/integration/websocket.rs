@@ -1,4 +1,4 @@
-//! `GET /ws`: key establishment, protected frames, close codes (DESIGN §5).
+//! `GET /ws`: key establishment, protected frames, close codes (protocol.md §5).
 
 use wsgate_client::{Connection, Error, RawSocket, login};
 use wsgate_proto::envelope::{self, FLAG_ENC, FLAG_ERR, MessageType};
