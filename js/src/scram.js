@@ -1,6 +1,6 @@
 // @ts-check
 // SCRAM-SHA-256-PLUS client (RFC 5802 / RFC 7677) with wsgate's channel
-// binding `wsgate-v1` (DESIGN §4). Pure message logic over a crypto backend.
+// binding `wsgate-v1` (docs/protocol.md §4). Pure message logic over a crypto backend.
 
 import { b64, b64u, concat, equalBytes, fromB64OrNull, utf8 } from "./bytes.js";
 import { WsgateError, serverError } from "./errors.js";
@@ -94,7 +94,7 @@ export function parseServerFirst(serverFirst, cnonce, limits = {}) {
 }
 
 /**
- * `cbind-data` of DESIGN §4.
+ * `cbind-data` of docs/protocol.md §4.3.
  * @param {string} ip the `ip` string of the first reply
  * @param {string} keyFp fp of the current server key (43 b64u chars)
  */
