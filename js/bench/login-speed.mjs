@@ -254,9 +254,10 @@ if (JSON_OUT) {
     out,
     JSON.stringify(
       {
-        command: `npm run bench:login -- ${process.argv.slice(2).join(" ")}`,
+        // No machine paths in the record: --sm-src DIR is written as $SM_SRC.
+        command: `npm run bench:login -- ${process.argv.slice(2).map((a, i, all) => (all[i - 1] === "--sm-src" ? "$SM_SRC" : a)).join(" ")}`,
         git_head: gitRev,
-        sm_js: `built at run time from ${SM_SRC === JS_DIR ? "js/src" : SM_SRC}`,
+        sm_js: `built at run time from ${SM_SRC === JS_DIR ? "js/src" : "$SM_SRC/src"}`,
         gateway: H.WSGATE_BIN.replace(/^.*\/(release|debug)\//, "$1/"),
         browser: chromium,
         machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model ?? null, memory_gib: Math.round((totalmem() / 2 ** 30) * 10) / 10, load_average_at_start: load0, load_average_at_end: loadavg().map((x) => x.toFixed(2)).join(" ") },
