@@ -1,5 +1,5 @@
 // @ts-check
-// Byte helpers: UTF-8, hex, base64 / base64url (strict, DESIGN §2), concatenation.
+// Byte helpers: UTF-8, hex, base64 / base64url (strict, protocol.md §2), concatenation.
 // No cryptography here.
 
 import { WsgateError } from "./errors.js";
@@ -124,7 +124,7 @@ export function b64u(b) {
 }
 
 /**
- * Strict base64url decoding (DESIGN §2): no padding, only [A-Za-z0-9_-],
+ * Strict base64url decoding (protocol.md §2): no padding, only [A-Za-z0-9_-],
  * length not ≡ 1 (mod 4), zero trailing bits. Returns null when invalid.
  * @param {string} s
  * @returns {Uint8Array | null}

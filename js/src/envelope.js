@@ -1,5 +1,5 @@
 // @ts-check
-// The binary envelope (DESIGN §5.1) and protected frames (§5.3).
+// The binary envelope (protocol.md §5.1) and protected frames (§5.3).
 
 import { concat, fromUtf8, utf8 } from "./bytes.js";
 
@@ -82,7 +82,7 @@ export function encodeEnvelope(e) {
 }
 
 /**
- * Decodes an envelope with every check of DESIGN §5.1 except the minimum
+ * Decodes an envelope with every check of protocol.md §5.1 except the minimum
  * protected body length (see openFrame).
  * @param {Uint8Array} msg
  * @returns {Envelope}
@@ -120,7 +120,7 @@ export function frameNonce(seq) {
 }
 
 /**
- * Seals a protected frame (DESIGN §5.3).
+ * Seals a protected frame (protocol.md §5.3).
  * ENC: body = AES-GCM(key, nonce, aad = header, plaintext).
  * else: body = plaintext || tag, tag = AES-GCM tag of "" with aad = header || plaintext.
  * @param {import("./crypto/index.js").Aead} aead

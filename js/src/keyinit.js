@@ -1,5 +1,5 @@
 // @ts-check
-// Key establishment (DESIGN §5.2): HELLO → KEY_INIT (HPKE mode_psk seal of
+// Key establishment (protocol.md §5.2): HELLO → KEY_INIT (HPKE mode_psk seal of
 // the dynamic password) → c2s / s2c traffic keys.
 
 import { b64u, concat, fromB64u, fromUtf8, randomBytes, utf8 } from "./bytes.js";

@@ -13,7 +13,7 @@ test("b64u round-trips every length and matches Node's base64url", () => {
   }
 });
 
-test("b64u decoding is strict (DESIGN §2)", () => {
+test("b64u decoding is strict (protocol.md §2)", () => {
   assert.equal(fromB64uOrNull("AA=="), null, "padding refused");
   assert.equal(fromB64uOrNull("A+"), null, "standard alphabet refused");
   assert.equal(fromB64uOrNull("A/"), null);

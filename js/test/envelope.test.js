@@ -3,7 +3,7 @@ import assert from "node:assert/strict";
 import { BACKENDS, hex, toHex } from "./helpers.js";
 import { EnvelopeError, FLAG_ENC, FLAG_ERR, T, decodeEnvelope, encodeEnvelope, frameNonce, openFrame, sealFrame } from "../src/envelope.js";
 
-test("envelope layout (DESIGN §5.1)", () => {
+test("envelope layout (protocol.md §5.1)", () => {
   const m = encodeEnvelope({ type: T.REQUEST, flags: FLAG_ENC, id: 0x01020304, name: "sys.echo", body: Uint8Array.of(9, 8) });
   assert.equal(toHex(m), `1001010203040008${Buffer.from("sys.echo").toString("hex")}0908`);
   const e = decodeEnvelope(m);
