@@ -1,6 +1,6 @@
 //! The logs of a whole session, at the most verbose level, contain no
-//! secret: not the password, the session key, the sensitive payload or the
-//! API key, in any common encoding.
+//! secret: not the password, the session key, a login's exchange key, the
+//! sensitive payload or the API key, in any common encoding.
 
 use std::io::Read as _;
 use std::process::{Command, Stdio};
@@ -118,6 +118,12 @@ async fn a_full_session_logs_no_secret_even_at_trace_level() {
         .await;
     assert_eq!(reply.status, 200);
     conn.recv().await.unwrap();
+    // A sealed login by hand, so the test knows its exchange key.
+    let (begun, start) = crate::util::first_request(&mut http, "carol", PASSWORD).await;
+    let exchange_key = *begun.key.as_bytes();
+    let fp = wsgate_proto::keys::fingerprint_of(&http.server_pk().await);
+    let cf = crate::util::client_final(&begun, start, &fp);
+    assert_eq!(http.put_second(&begun, &cf).await.reply.status, 200);
     let session_key = *session.session_key();
     conn.logout().await.unwrap();
     stop(&mut child);
@@ -131,6 +137,7 @@ async fn a_full_session_logs_no_secret_even_at_trace_level() {
         ("password", PASSWORD.as_bytes()),
         ("wrong password", b"log-scan wrong guess 1d9e".as_slice()),
         ("session key", &session_key[..]),
+        ("login exchange key", &exchange_key[..]),
         ("sensitive payload", SENSITIVE),
         ("API key", API_KEY.as_bytes()),
     ] {
