@@ -58,6 +58,9 @@ impl<S: StateStore> PersistentSessions<S> {
             conn.execute_batch(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = NORMAL;
+                 -- A deleted row's bytes (its session key) are overwritten,
+                 -- not left in free pages (issue: keys surviving LOGOUT).
+                 PRAGMA secure_delete = ON;
                  CREATE TABLE IF NOT EXISTS sessions (
                      id TEXT PRIMARY KEY NOT NULL,
                      record TEXT NOT NULL,
@@ -139,6 +142,7 @@ async fn write_behind(
         let result = tokio::task::spawn_blocking(move || -> Result<(), rusqlite::Error> {
             let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
             let tx = conn.transaction()?;
+            let mut deleted = 0;
             for op in &ops {
                 match op {
                     Op::Put { id, json, expires_at } => {
@@ -149,15 +153,24 @@ async fn write_behind(
                         .execute(params![id, json.as_str(), exp])?;
                     }
                     Op::Delete(id) => {
-                        tx.prepare_cached("DELETE FROM sessions WHERE id = ?1")?
+                        deleted += tx
+                            .prepare_cached("DELETE FROM sessions WHERE id = ?1")?
                             .execute(params![id])?;
                     }
                 }
             }
             let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-            tx.prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
+            deleted += tx
+                .prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
                 .execute(params![now])?;
-            tx.commit()
+            tx.commit()?;
+            if deleted > 0 {
+                // The WAL still holds the pages as they were before the
+                // delete: fold it into the file (where secure_delete has
+                // zeroed the rows) and empty it.
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+            }
+            Ok(())
         })
         .await;
         match result {
@@ -261,6 +274,47 @@ mod tests {
     async fn settle() {
         // The journal is written behind; give the writer a moment.
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    #[tokio::test]
+    async fn a_revoked_session_key_is_not_left_in_the_journal_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.sqlite3");
+        let store = PersistentSessions::open(&path, MemoryStateStore::new())
+            .await
+            .unwrap();
+        let mut rec = record("alice", unix_now() + 3600);
+        rec.session_key = zeroize::Zeroizing::new([0xA7; 32]);
+        let encoded = wsgate_proto::b64::encode_b64u(&[0xA7; 32]);
+        let files = || -> Vec<u8> {
+            let mut all = Vec::new();
+            for suffix in ["", "-wal", "-shm"] {
+                let mut name = path.clone().into_os_string();
+                name.push(suffix);
+                all.extend(std::fs::read(&name).unwrap_or_default());
+            }
+            all
+        };
+        let holds = |bytes: &[u8]| {
+            bytes
+                .windows(encoded.len())
+                .any(|w| w == encoded.as_bytes())
+        };
+        store.put_session("s1", &rec).await.unwrap();
+        // A second live session keeps the page in use, as on a real node.
+        store
+            .put_session("s2", &record("bob", unix_now() + 3600))
+            .await
+            .unwrap();
+        settle().await;
+        assert!(holds(&files()), "the journal holds the live session");
+        store.revoke_session("s1").await.unwrap();
+        settle().await;
+        assert!(
+            !holds(&files()),
+            "the session key is still on disk after LOGOUT"
+        );
+        assert!(store.get_session("s2").await.unwrap().is_some());
     }
 
     #[tokio::test]
