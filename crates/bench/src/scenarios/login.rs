@@ -5,7 +5,7 @@
 //! (docs/protocol.md §4.1) where the gateway speaks it; a `--before-bin`
 //! build from before the sealed login gets the clear v1 form it speaks
 //! (`crate::clear_login`), found out by the first login. The load
-//! generator caches `SaltedPassword` (as DESIGN §4 allows), so it only pays
+//! generator caches `SaltedPassword` (as docs/protocol.md §4 allows), so it only pays
 //! HMACs; the server never runs PBKDF2 at login (it stores the verifier).
 
 use std::sync::Arc;
