@@ -4,7 +4,7 @@
 //! Raw input → validated config → run: nothing starts until every value has
 //! been checked, and every error names the setting and what to do about it.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -205,6 +205,9 @@ pub struct FileLogin {
     pub failure_window_secs: Option<u64>,
     pub session_ttl_secs: Option<u64>,
     pub exchange_ttl_secs: Option<u64>,
+    pub ipv6_prefix_len: Option<u8>,
+    pub max_exchanges: Option<u32>,
+    pub max_exchanges_per_ip: Option<u32>,
 }
 
 /// One `[[routes]]` entry as written.
@@ -298,17 +301,27 @@ impl Default for Limits {
 }
 
 /// Login policy.
+///
+/// Every per-IP limit here — failures, starts, live exchanges — counts an
+/// IPv4 client by its address and an IPv6 client by its
+/// [`ipv6_prefix_len`](Self::ipv6_prefix_len) prefix: one host usually
+/// holds a whole `/64` and may rotate through it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct LoginPolicy {
     /// PBKDF2 iterations for new users (and the fake ones). Default 600 000.
     pub iterations: u32,
-    /// Failures per user name in a window before 429. Default 10.
+    /// Proofs evaluated per user name in a window; one more is refused with
+    /// 429 before its proof is checked. Checked and counted in one atomic
+    /// step in the state store, so concurrent requests (on any node of a
+    /// fleet) never get more. Default 10.
     pub max_failures_per_user: u32,
-    /// Failures per IP in a window before 429. Default 50.
+    /// Failures per IP (IPv6: per prefix) in a window before 429; proofs
+    /// are counted as for `max_failures_per_user`, and a success gives its
+    /// count back. Default 50.
     pub max_failures_per_ip: u32,
     /// First login requests (each holds an exchange for a minute) per IP
-    /// in a window before 429. Default 600.
+    /// (IPv6: per prefix) in a window before 429. Default 600.
     pub max_starts_per_ip: u32,
     /// The failure window. Default 5 minutes.
     pub failure_window: Duration,
@@ -317,6 +330,17 @@ pub struct LoginPolicy {
     /// Lifetime of a login exchange between its two requests. Default 60 s
     /// (the protocol's value; lower it only in tests).
     pub exchange_ttl: Duration,
+    /// The prefix length an IPv6 client is counted by in every per-IP
+    /// limit (`[login] ipv6_prefix_len`, 32..=128; 128 counts single
+    /// addresses). IPv4 clients are counted by address. Default 64.
+    pub ipv6_prefix_len: u8,
+    /// Login exchanges (first requests awaiting their second) live at once
+    /// in the state store, fleet-wide on Redis; a first request beyond it
+    /// gets `503` and stores nothing. Default 100 000.
+    pub max_exchanges: u32,
+    /// Live login exchanges per IP (IPv6: per prefix); beyond it `429`.
+    /// Default 1000.
+    pub max_exchanges_per_ip: u32,
 }
 
 impl Default for LoginPolicy {
@@ -329,6 +353,29 @@ impl Default for LoginPolicy {
             failure_window: Duration::from_secs(300),
             session_ttl: Duration::from_secs(12 * 3600),
             exchange_ttl: Duration::from_secs(60),
+            ipv6_prefix_len: 64,
+            max_exchanges: 100_000,
+            max_exchanges_per_ip: 1000,
+        }
+    }
+}
+
+impl LoginPolicy {
+    /// The name `ip` is counted under by every per-IP limit: an IPv4
+    /// address as itself (`198.51.100.7`), an IPv6 address as its
+    /// [`ipv6_prefix_len`](Self::ipv6_prefix_len) network (`2001:db8:1:2::/64`),
+    /// so that rotating addresses inside one prefix gains nothing. `ip`
+    /// should be canonical (an IPv4-mapped address as IPv4), as observed
+    /// IPs are ([`crate::forwarded::observed_ip`]).
+    pub fn ip_group(&self, ip: IpAddr) -> String {
+        match ip {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => {
+                let len = self.ipv6_prefix_len.min(128);
+                let bits = u128::from(v6);
+                let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+                format!("{}/{len}", Ipv6Addr::from(bits & mask))
+            }
         }
     }
 }
@@ -674,6 +721,27 @@ impl Config {
                 1,
                 60,
             )?,
+            ipv6_prefix_len: ranged(
+                "login.ipv6_prefix_len",
+                g.ipv6_prefix_len,
+                dg.ipv6_prefix_len,
+                32,
+                128,
+            )?,
+            max_exchanges: ranged(
+                "login.max_exchanges",
+                g.max_exchanges,
+                dg.max_exchanges,
+                1,
+                100_000_000,
+            )?,
+            max_exchanges_per_ip: ranged(
+                "login.max_exchanges_per_ip",
+                g.max_exchanges_per_ip,
+                dg.max_exchanges_per_ip,
+                1,
+                10_000_000,
+            )?,
         };
         let mut routes = RouteTable::with_defaults();
         for (i, r) in file.routes.iter().enumerate() {
@@ -731,7 +799,10 @@ impl Config {
         if !(state == "memory" || state.starts_with("redis://") || state.starts_with("rediss://")) {
             return Err(invalid(
                 "state",
-                format!("{state:?}: use \"memory\" or \"redis://host:port\""),
+                format!(
+                    "{:?}: use \"memory\" or \"redis://host:port\"",
+                    crate::store::redact_url(&state)
+                ),
             ));
         }
         let credentials = file.credentials.clone().unwrap_or_else(|| "sqlite".into());
@@ -743,7 +814,8 @@ impl Config {
             return Err(invalid(
                 "credentials",
                 format!(
-                    "{credentials:?}: use \"sqlite\", \"sqlite:///path/users.sqlite3\" or \"postgres://user@host/db\""
+                    "{:?}: use \"sqlite\", \"sqlite:///path/users.sqlite3\" or \"postgres://user@host/db\"",
+                    crate::store::redact_url(&credentials)
                 ),
             ));
         }
@@ -922,5 +994,79 @@ mod tests {
         assert!(e.contains("{user}"), "{e}");
         let e = parse("[login]\niterations = 10").unwrap_err().to_string();
         assert!(e.contains("login.iterations"), "{e}");
+        for bad in [
+            "ipv6_prefix_len = 31",
+            "ipv6_prefix_len = 129",
+            "max_exchanges = 0",
+            "max_exchanges_per_ip = 0",
+        ] {
+            let e = parse(&format!("[login]\n{bad}")).unwrap_err().to_string();
+            let setting = format!("login.{}", bad.split(' ').next().unwrap_or_default());
+            assert!(e.contains(&setting) && e.contains("out of range"), "{e}");
+        }
+    }
+
+    #[test]
+    fn exchange_caps_and_the_ipv6_prefix_parse_with_defaults() {
+        let d = parse("").unwrap().login;
+        assert_eq!(
+            (d.ipv6_prefix_len, d.max_exchanges, d.max_exchanges_per_ip),
+            (64, 100_000, 1000)
+        );
+        let c = parse("[login]\nipv6_prefix_len = 48\nmax_exchanges = 7\nmax_exchanges_per_ip = 3")
+            .unwrap()
+            .login;
+        assert_eq!(
+            (c.ipv6_prefix_len, c.max_exchanges, c.max_exchanges_per_ip),
+            (48, 7, 3)
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_are_counted_by_prefix_and_ipv4_by_address() {
+        let policy = |len: u8| LoginPolicy {
+            ipv6_prefix_len: len,
+            ..LoginPolicy::default()
+        };
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let p64 = policy(64);
+        // One /64: one name, whatever the interface identifier.
+        let names: std::collections::BTreeSet<String> = (1..=70u32)
+            .map(|n| p64.ip_group(ip(&format!("2001:db8:1:2::{n:x}"))))
+            .chain([p64.ip_group(ip("2001:db8:1:2:ffff:ffff:ffff:ffff"))])
+            .collect();
+        assert_eq!(names.into_iter().collect::<Vec<_>>(), ["2001:db8:1:2::/64"]);
+        // The next /64 is another name.
+        assert_eq!(p64.ip_group(ip("2001:db8:1:3::1")), "2001:db8:1:3::/64");
+        // The prefix length is honoured, down to single addresses.
+        assert_eq!(
+            policy(48).ip_group(ip("2001:db8:1:2::1")),
+            "2001:db8:1::/48"
+        );
+        assert_eq!(
+            policy(48).ip_group(ip("2001:db8:1:ffff::1")),
+            policy(48).ip_group(ip("2001:db8:1:2::1"))
+        );
+        assert_ne!(
+            policy(48).ip_group(ip("2001:db8:2::1")),
+            policy(48).ip_group(ip("2001:db8:1::1"))
+        );
+        assert_eq!(
+            policy(56).ip_group(ip("2001:db8:1:2ff::1")),
+            "2001:db8:1:200::/56"
+        );
+        assert_eq!(policy(128).ip_group(ip("2001:db8::1")), "2001:db8::1/128");
+        assert_ne!(
+            policy(128).ip_group(ip("2001:db8::1")),
+            policy(128).ip_group(ip("2001:db8::2"))
+        );
+        assert_eq!(policy(32).ip_group(ip("2001:db8:ffff::1")), "2001:db8::/32");
+        // IPv4 stays per address, whatever the IPv6 setting.
+        assert_eq!(p64.ip_group(ip("198.51.100.7")), "198.51.100.7");
+        assert_ne!(
+            p64.ip_group(ip("198.51.100.7")),
+            p64.ip_group(ip("198.51.100.8"))
+        );
+        assert_eq!(p64.ip_group(ip("::1")), "::/64");
     }
 }

@@ -39,6 +39,9 @@ impl Gauge {
     pub(crate) fn dec(&self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
     }
+    pub(crate) fn set(&self, value: u64) {
+        self.0.store(value, Ordering::Relaxed);
+    }
     pub(crate) fn get(&self) -> u64 {
         self.0.load(Ordering::Relaxed)
     }
@@ -88,6 +91,53 @@ impl FrameCounters {
     }
 }
 
+/// Why a KEY_INIT was refused with 4401 (protocol.md §5.2).
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum KeyInitRefusal {
+    /// No such session in the state store.
+    UnknownSession,
+    /// The session has expired.
+    Expired,
+    /// The connection's observed IP is not the session's.
+    IpMismatch,
+    /// `kid` is not the key the login bound.
+    WrongKey,
+    /// The HPKE open failed (wrong session key, another HELLO's nonce).
+    OpenFailed,
+}
+
+impl KeyInitRefusal {
+    /// The `cause` label.
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Self::UnknownSession => "unknown_session",
+            Self::Expired => "expired",
+            Self::IpMismatch => "ip_mismatch",
+            Self::WrongKey => "wrong_key",
+            Self::OpenFailed => "open_failed",
+        }
+    }
+
+    const ALL: [Self; 5] = [
+        Self::UnknownSession,
+        Self::Expired,
+        Self::IpMismatch,
+        Self::WrongKey,
+        Self::OpenFailed,
+    ];
+}
+
+/// One counter per [`KeyInitRefusal`].
+#[derive(Debug, Default)]
+pub(crate) struct KeyInitRefusals([Counter; 5]);
+
+impl KeyInitRefusals {
+    /// Counts one refusal.
+    pub(crate) fn inc(&self, cause: KeyInitRefusal) {
+        self.0[cause as usize].inc();
+    }
+}
+
 /// Everything a node counts.
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
@@ -98,8 +148,19 @@ pub(crate) struct Metrics {
     pub(crate) logins_limited: Counter,
     /// Sealed login messages that did not open (protocol.md §4.1).
     pub(crate) logins_bad_seal: Counter,
+    /// Login exchanges live in the state store (fleet-wide on Redis), as
+    /// read at the last scrape (`http::auth::refresh_gauges`).
+    pub(crate) login_exchanges: Gauge,
+    /// First requests refused because their IP (prefix) held
+    /// `max_exchanges_per_ip` live exchanges (429).
+    pub(crate) login_exchanges_refused_ip: Counter,
+    /// First requests refused because the store held `max_exchanges` (503).
+    pub(crate) login_exchanges_refused_full: Counter,
     pub(crate) key_establishments_ok: Counter,
     pub(crate) key_establishments_failed: Counter,
+    /// Refused KEY_INITs (close 4401) by cause; on the wire every cause
+    /// gets the same close (issue 11, item 9).
+    pub(crate) key_init_refusals: KeyInitRefusals,
     pub(crate) frames_in: FrameCounters,
     pub(crate) frames_out: FrameCounters,
     pub(crate) verification_failures: Counter,
@@ -152,6 +213,29 @@ impl Metrics {
         }
         family(
             &mut o,
+            "wsgate_login_exchanges",
+            "gauge",
+            "Login exchanges live now (first requests awaiting their second), in the whole state store (every node's, on Redis).",
+        );
+        let _ = writeln!(o, "wsgate_login_exchanges {}", self.login_exchanges.get());
+        family(
+            &mut o,
+            "wsgate_login_exchanges_refused_total",
+            "counter",
+            "First login requests refused because the exchange table was full: for their IP or IPv6 prefix (ip, 429) or in the whole store (store, 503).",
+        );
+        for (reason, c) in [
+            ("ip", &self.login_exchanges_refused_ip),
+            ("store", &self.login_exchanges_refused_full),
+        ] {
+            let _ = writeln!(
+                o,
+                "wsgate_login_exchanges_refused_total{{reason=\"{reason}\"}} {}",
+                c.get()
+            );
+        }
+        family(
+            &mut o,
             "wsgate_key_establishments_total",
             "counter",
             "KEY_INITs by outcome.",
@@ -164,6 +248,20 @@ impl Metrics {
                 o,
                 "wsgate_key_establishments_total{{result=\"{result}\"}} {}",
                 c.get()
+            );
+        }
+        family(
+            &mut o,
+            "wsgate_key_init_refusals_total",
+            "counter",
+            "KEY_INITs refused with 4401, by cause (the close itself does not tell them apart).",
+        );
+        for cause in KeyInitRefusal::ALL {
+            let _ = writeln!(
+                o,
+                "wsgate_key_init_refusals_total{{cause=\"{}\"}} {}",
+                cause.label(),
+                self.key_init_refusals.0[cause as usize].get()
             );
         }
         family(

@@ -82,7 +82,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         .with_context(|| {
             format!(
                 "opening the credential store ({})",
-                describe_url(&config.credentials)
+                store::redact_url(&config.credentials)
             )
         })?;
     let state: Arc<dyn store::StateStore> = if config.state == "memory" {
@@ -92,9 +92,12 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
                 .await?,
         )
     } else {
-        store::open_state(&config.state)
-            .await
-            .with_context(|| format!("opening the state store ({})", describe_url(&config.state)))?
+        store::open_state(&config.state).await.with_context(|| {
+            format!(
+                "opening the state store ({})",
+                store::redact_url(&config.state)
+            )
+        })?
     };
     if config.demo {
         ensure_demo_user(credentials.as_ref()).await?;
@@ -120,8 +123,8 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     };
     let backends = format!(
         "state: {}, credentials: {}",
-        describe_url(&config.state),
-        describe_url(&config.credentials)
+        store::redact_url(&config.state),
+        store::redact_url(&config.credentials)
     );
     let scheme = if config.tls.is_some() {
         "https"
@@ -199,21 +202,9 @@ async fn open_credentials(config: &Config, dir: &Path) -> Result<Arc<dyn Credent
         .with_context(|| {
             format!(
                 "opening the credential store ({})",
-                describe_url(&config.credentials)
+                store::redact_url(&config.credentials)
             )
         })
-}
-
-/// A store URL with any password replaced, safe to print.
-fn describe_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}://{user}:***@{}", &url[..scheme_end], &url[at + 1..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 fn read_password(from_stdin: bool) -> Result<zeroize::Zeroizing<String>> {

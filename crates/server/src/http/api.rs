@@ -45,6 +45,21 @@ fn authorized(shared: &Shared, headers: &HeaderMap) -> Result<(), Box<Response>>
     Err(Box::new(resp))
 }
 
+/// Middleware in front of the API routes, outside `http::body::bounded`:
+/// a request without a valid key gets `401` from its headers alone, before
+/// a byte of its body (up to a megabyte on `/api/publish`) is read or
+/// buffered (issue 11, item 10).
+pub(crate) async fn require_api_key(
+    State(shared): State<Arc<Shared>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if let Err(resp) = authorized(&shared, request.headers()) {
+        return *resp;
+    }
+    next.run(request).await
+}
+
 fn bad_request(message: &str) -> Response {
     json_response(
         StatusCode::BAD_REQUEST,
@@ -66,6 +81,8 @@ pub(crate) async fn publish(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
+    // `require_api_key` already refused before the body was read; checked
+    // again so that the handler is safe even if mounted without it.
     if let Err(resp) = authorized(&shared, &headers) {
         return *resp;
     }

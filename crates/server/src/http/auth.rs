@@ -24,7 +24,9 @@ use zeroize::{Zeroize as _, Zeroizing};
 
 use super::json_response;
 use crate::Shared;
-use crate::store::{SessionRecord, StoreError};
+use crate::store::{
+    ExchangeAdmission, ExchangeQuota, FailureLimit, MAX_USER_NAME_LEN, SessionRecord, StoreError,
+};
 
 /// `GET /auth/key`.
 pub(crate) async fn get_key(State(shared): State<Arc<Shared>>) -> Response {
@@ -78,14 +80,31 @@ fn bad_request(message: &str) -> Response {
     )
 }
 
-fn rate_limited(retry_after: Duration) -> Response {
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+fn retry_after_secs(retry_after: Duration) -> HeaderValue {
     let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+    HeaderValue::from(secs.max(1))
+}
+
+fn rate_limited(retry_after: Duration) -> Response {
     let mut resp = json_response(
         StatusCode::TOO_MANY_REQUESTS,
         &json!({"status": "rate_limited"}),
     );
     resp.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        .insert(header::RETRY_AFTER, retry_after_secs(retry_after));
+    resp
+}
+
+/// The clear `503` of a first request when the store holds
+/// `max_exchanges` live exchanges: nothing was stored.
+fn exchanges_full(retry_after: Duration) -> Response {
+    let mut resp = json_response(
+        StatusCode::SERVICE_UNAVAILABLE,
+        &json!({"status": "unavailable", "message": "too many logins in progress; retry shortly"}),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, retry_after_secs(retry_after));
     resp
 }
 
@@ -104,12 +123,23 @@ fn user_key(user: &str) -> String {
     format!("login-fail:user:{user}")
 }
 
-fn start_key(ip: &str) -> String {
-    format!("login-start:ip:{ip}")
+/// `group` here and below is the client's IP group: its IPv4 address or its
+/// IPv6 prefix ([`crate::config::LoginPolicy::ip_group`]).
+fn start_key(group: &str) -> String {
+    format!("login-start:ip:{group}")
 }
 
-fn ip_key(ip: &str) -> String {
-    format!("login-fail:ip:{ip}")
+fn ip_key(group: &str) -> String {
+    format!("login-fail:ip:{group}")
+}
+
+/// Refreshes the gauges read from the state store (`GET /metrics`): the
+/// live login exchanges. A store that does not answer leaves the last value.
+pub(crate) async fn refresh_gauges(shared: &Shared) {
+    match shared.state.live_exchanges().await {
+        Ok(n) => shared.metrics.login_exchanges.set(n),
+        Err(e) => tracing::debug!(error = %e, "cannot count the live login exchanges"),
+    }
 }
 
 /// What the state store keeps between the two requests of an exchange: the
@@ -137,27 +167,19 @@ impl ExchangeRecord {
     }
 }
 
-/// `Some(retry_after)` when the user or the IP is over its failure limit.
-async fn limited(shared: &Shared, user: &str, ip: &str) -> Result<Option<Duration>, StoreError> {
-    let policy = &shared.config.login;
-    let (user_count, user_left) = shared.state.failures(&user_key(user)).await?;
-    let (ip_count, ip_left) = shared.state.failures(&ip_key(ip)).await?;
-    let mut wait = None;
-    if user_count >= policy.max_failures_per_user {
-        wait = Some(user_left);
-    }
-    if ip_count >= policy.max_failures_per_ip {
-        wait = Some(wait.map_or(ip_left, |w: Duration| w.max(ip_left)));
-    }
-    Ok(wait)
+/// `Some(time left)` when `key` already holds `limit` failures: an early,
+/// read-only refusal that saves work. The authoritative check is the
+/// atomic one before a proof is evaluated ([`second_request`]).
+async fn at_limit(shared: &Shared, key: &str, limit: u32) -> Result<Option<Duration>, StoreError> {
+    let (count, left) = shared.state.failures(key).await?;
+    Ok((count >= limit).then_some(left))
 }
 
-async fn count_failure(shared: &Shared, user: Option<&str>, ip: &str) -> Result<(), StoreError> {
+/// Counts a failure that names no trustworthy user (a request that does
+/// not open or parse, an unknown exchange) against the IP group.
+async fn count_ip_failure(shared: &Shared, group: &str) -> Result<(), StoreError> {
     let window = shared.config.login.failure_window;
-    if let Some(user) = user {
-        shared.state.record_failure(&user_key(user), window).await?;
-    }
-    shared.state.record_failure(&ip_key(ip), window).await?;
+    shared.state.record_failure(&ip_key(group), window).await?;
     Ok(())
 }
 
@@ -199,12 +221,17 @@ pub(crate) async fn put_session(
     let Some(obj) = value.as_object() else {
         return bad_request("body must be a JSON object");
     };
-    let ip_text = ip::to_text(observed_ip(&shared, peer, &headers));
+    let observed = observed_ip(&shared, peer, &headers);
+    // The login binds the address itself; the limits count its group.
+    let client = Client {
+        ip_text: ip::to_text(observed),
+        group: shared.config.login.ip_group(observed),
+    };
     let result = match obj.get("sid") {
         Some(sid) => match sid.as_str() {
             Some(sid) => {
                 let ct = obj.get("ct").and_then(|c| c.as_str());
-                second_request(&shared, sid, ct, &ip_text).await
+                second_request(&shared, sid, ct, &client).await
             }
             None => Ok(failed(ScramError::OtherError)),
         },
@@ -212,9 +239,18 @@ pub(crate) async fn put_session(
         None if obj.contains_key("scram") && !obj.contains_key("ct") => {
             Ok(seal_refused("sealed_login_required"))
         }
-        None => first_request(&shared, obj, &ip_text).await,
+        None => first_request(&shared, obj, &client).await,
     };
     result.unwrap_or_else(|e| unavailable(&e))
+}
+
+/// Who sent a login request.
+struct Client {
+    /// The observed IP in the protocol's text form (the login binds it).
+    ip_text: String,
+    /// What every per-IP limit counts it under: the address (IPv4) or the
+    /// `ipv6_prefix_len` prefix (IPv6).
+    group: String,
 }
 
 /// Opens request 1 (protocol.md §4.1): the sealing key's `fp`, the inner
@@ -237,10 +273,17 @@ fn open_first(
 async fn first_request(
     shared: &Shared,
     outer: &serde_json::Map<String, serde_json::Value>,
-    ip_text: &str,
+    client: &Client,
 ) -> Result<Response, StoreError> {
+    let policy = &shared.config.login;
+    let (ip_text, group) = (client.ip_text.as_str(), client.group.as_str());
+    // An IP group at its failure limit gets nothing more, not even the
+    // X25519 of opening its request.
+    if let Some(wait) = at_limit(shared, &ip_key(group), policy.max_failures_per_ip).await? {
+        return Ok(rate_limited(wait));
+    }
     let Some((sealed_to, plain, login_key)) = open_first(shared, outer) else {
-        count_failure(shared, None, ip_text).await?;
+        count_ip_failure(shared, group).await?;
         shared.metrics.logins_bad_seal.inc();
         return Ok(seal_refused("bad_seal"));
     };
@@ -252,22 +295,36 @@ async fn first_request(
     let parsed = serde_json::from_slice::<Inner>(&plain)
         .map_err(|_| ScramError::InvalidEncoding)
         .and_then(|inner| parse_client_first(&inner.scram));
+    // A name longer than any stored one could be is refused before it is
+    // looked up or kept: an exchange record stays small (issue 11).
+    let parsed = parsed.and_then(|first| {
+        if first.username.len() > MAX_USER_NAME_LEN {
+            Err(ScramError::InvalidEncoding)
+        } else {
+            Ok(first)
+        }
+    });
     let first = match parsed {
         Ok(f) => f,
         Err(e) => {
-            count_failure(shared, None, ip_text).await?;
+            count_ip_failure(shared, group).await?;
             return Ok(failed(e));
         }
     };
-    if let Some(wait) = limited(shared, &first.username, ip_text).await? {
+    if let Some(wait) = at_limit(
+        shared,
+        &user_key(&first.username),
+        policy.max_failures_per_user,
+    )
+    .await?
+    {
         return Ok(rate_limited(wait));
     }
     // Every first request stores an exchange for a minute: bound how many
-    // one address may open per window.
-    let policy = &shared.config.login;
+    // one address (IPv6: prefix) may open per window...
     let (starts, left) = shared
         .state
-        .record_failure(&start_key(ip_text), policy.failure_window)
+        .record_failure(&start_key(group), policy.failure_window)
         .await?;
     if starts > policy.max_starts_per_ip {
         return Ok(rate_limited(left));
@@ -298,10 +355,32 @@ async fn first_request(
         exchange_key: b64::encode_b64u(exchange_key.as_bytes()),
     };
     let state = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    shared
+    // ...and how many may be live at once, per address and in all: a full
+    // table refuses, it never grows.
+    let quota = ExchangeQuota {
+        group,
+        max_per_group: policy.max_exchanges_per_ip,
+        max_total: policy.max_exchanges,
+    };
+    match shared
         .state
-        .put_exchange(&sid, state, shared.config.login.exchange_ttl)
-        .await?;
+        .put_exchange(&sid, state, policy.exchange_ttl, quota)
+        .await?
+    {
+        ExchangeAdmission::Stored => {}
+        ExchangeAdmission::GroupFull { retry_after } => {
+            shared.metrics.login_exchanges_refused_ip.inc();
+            return Ok(rate_limited(retry_after));
+        }
+        ExchangeAdmission::StoreFull { retry_after } => {
+            shared.metrics.login_exchanges_refused_full.inc();
+            tracing::warn!(
+                max_exchanges = policy.max_exchanges,
+                "login exchange table full: first requests get 503 until exchanges expire or complete"
+            );
+            return Ok(exchanges_full(retry_after));
+        }
+    }
     Ok(with_www_authenticate(json_response(
         StatusCode::UNAUTHORIZED,
         &json!({"status": "unauthenticated", "sid": sid, "ct": ct}),
@@ -312,8 +391,10 @@ async fn second_request(
     shared: &Shared,
     sid: &str,
     ct: Option<&str>,
-    ip_text: &str,
+    client: &Client,
 ) -> Result<Response, StoreError> {
+    let policy = &shared.config.login;
+    let (ip_text, group) = (client.ip_text.as_str(), client.group.as_str());
     // Taken whatever the outcome: a retried second request starts over.
     let record = match shared.state.take_exchange(sid).await? {
         Some(bytes) => {
@@ -323,14 +404,10 @@ async fn second_request(
         None => None,
     };
     let Some((record, key)) = record.and_then(|r| r.exchange_key().map(|k| (r, k))) else {
-        count_failure(shared, None, ip_text).await?;
+        count_ip_failure(shared, group).await?;
         return Ok(failed(ScramError::OtherError));
     };
     let exchange = &record.scram;
-    if let Some(wait) = limited(shared, &exchange.username, ip_text).await? {
-        shared.metrics.logins_limited.inc();
-        return Ok(rate_limited(wait));
-    }
     // Request 2's inner body; one that does not open is not the client's.
     #[derive(Deserialize)]
     struct Inner {
@@ -340,10 +417,35 @@ async fn second_request(
         .and_then(|ct| key.open(BoxNumber::Request2, ct).ok())
         .and_then(|plain| serde_json::from_slice::<Inner>(&plain).ok());
     let Some(inner) = inner else {
-        count_failure(shared, None, ip_text).await?;
+        count_ip_failure(shared, group).await?;
         shared.metrics.logins_bad_seal.inc();
         return Ok(failed_sealed(&key, ScramError::InvalidEncoding));
     };
+    // The proof is about to be evaluated: count it as a failure of the user
+    // and of the IP group first, in one atomic step that refuses if either
+    // is at its limit — so concurrent second requests, on any node, never
+    // evaluate more than the limits allow. A success gives the counts back
+    // below.
+    let user_failures = user_key(&exchange.username);
+    let ip_failures = ip_key(group);
+    let limits = [
+        FailureLimit {
+            key: &user_failures,
+            limit: policy.max_failures_per_user,
+        },
+        FailureLimit {
+            key: &ip_failures,
+            limit: policy.max_failures_per_ip,
+        },
+    ];
+    if let Some(wait) = shared
+        .state
+        .record_failure_within(&limits, policy.failure_window)
+        .await?
+    {
+        shared.metrics.logins_limited.inc();
+        return Ok(rate_limited(wait));
+    }
     let user = shared.credentials.get_user(&exchange.username).await?;
     let verifier = user.as_ref().map(|u| u.verifier());
     let fallback = unknown_user_verifier(shared.secret.as_bytes(), &exchange.username);
@@ -360,7 +462,7 @@ async fn second_request(
     let verified = match (outcome, user) {
         (Ok(v), Some(user)) => (v, user),
         (Err(e), _) => {
-            count_failure(shared, Some(&exchange.username), ip_text).await?;
+            // Already counted, before the evaluation.
             tracing::info!(user = ?exchange.username, ip = %ip_text, reason = e.code(), "login failed");
             shared.metrics.logins_failed.inc();
             return Ok(failed_sealed(&key, e));
@@ -368,10 +470,9 @@ async fn second_request(
         (Ok(_), None) => return Ok(failed_sealed(&key, ScramError::InvalidProof)),
     };
     let (verified, user) = verified;
-    shared
-        .state
-        .reset_failures(&user_key(&exchange.username))
-        .await?;
+    // A success resets the user's count and gives back the IP's.
+    shared.state.reset_failures(&user_failures).await?;
+    shared.state.forgive_failure(&ip_failures).await?;
     let ttl = shared.config.login.session_ttl;
     let session_id = b64::encode_b64u(&crate::random_bytes::<16>());
     let record = SessionRecord {

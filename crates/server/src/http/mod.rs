@@ -27,6 +27,7 @@ pub(crate) fn json_response(status: StatusCode, body: &serde_json::Value) -> Res
 pub(crate) async fn metrics(
     axum::extract::State(shared): axum::extract::State<std::sync::Arc<crate::Shared>>,
 ) -> Response {
+    auth::refresh_gauges(&shared).await;
     let mut resp = shared.metrics.render().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

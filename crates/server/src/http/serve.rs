@@ -77,8 +77,6 @@ impl Gateway {
             .route("/auth/key", get(http::auth::get_key))
             .route("/auth/session", put(http::auth::put_session))
             .route("/ws", get(ws::upgrade))
-            .route("/api/publish", post(http::api::publish))
-            .route("/auth/introspect", post(http::api::introspect))
             .route("/sm.js", get(http::assets::sm_js))
             .route("/healthz", get(|| async { "ok" }))
             .route("/metrics", get(http::metrics));
@@ -93,6 +91,23 @@ impl Gateway {
         if self.shared.config.demo {
             router = router.route("/", get(http::assets::demo_page));
         }
+        // The upstream API checks its bearer key on the headers, outside
+        // the body buffering: an unauthenticated request never gets its
+        // body read (layers added later run first).
+        let api = Router::new()
+            .route("/api/publish", post(http::api::publish))
+            .route("/auth/introspect", post(http::api::introspect))
+            .route_layer(axum::extract::DefaultBodyLimit::disable())
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.shared.clone(),
+                http::body::bounded,
+            ))
+            // `route_layer`, not `layer`: the merged fallback (404) must
+            // not sit behind the key check.
+            .route_layer(axum::middleware::from_fn_with_state(
+                self.shared.clone(),
+                http::api::require_api_key,
+            ));
         router
             // Bodies are buffered (limit + deadline) by `http::body`.
             .layer(axum::extract::DefaultBodyLimit::disable())
@@ -100,6 +115,7 @@ impl Gateway {
                 self.shared.clone(),
                 http::body::bounded,
             ))
+            .merge(api)
             .with_state(self.shared.clone())
     }
 

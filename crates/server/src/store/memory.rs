@@ -1,7 +1,7 @@
 //! In-process stores: the default [`StateStore`] of a single node, and a
 //! [`CredentialStore`] for tests and embedding.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -11,7 +11,8 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::{
-    CredentialStore, SessionRecord, StateStore, StoreError, StoreEvent, UserRecord, unix_now,
+    CredentialStore, ExchangeAdmission, ExchangeQuota, FailureLimit, SessionRecord, StateStore,
+    StoreError, StoreEvent, UserRecord, unix_now,
 };
 
 /// How many revocations a slow watcher may fall behind before it sees
@@ -70,8 +71,74 @@ impl<V> ExpiringMap<V> {
 }
 
 struct Exchange {
-    deadline: Instant,
+    /// Deadline and insertion number: the exchange's place in the indexes.
+    slot: Slot,
+    group: String,
     state: Zeroizing<Vec<u8>>,
+}
+
+/// An exchange's deadline, made unique by an insertion number.
+type Slot = (Instant, u64);
+
+/// The live exchanges, indexed so that every count is exact at every call:
+/// expired ones are dropped (oldest first, O(log n) each) before anything
+/// is read or counted, and a taken one leaves every index at once. Memory
+/// is bounded by the quotas of `put_exchange`, never by the traffic.
+#[derive(Default)]
+struct Exchanges {
+    by_sid: HashMap<String, Exchange>,
+    /// Every live exchange by deadline: the next to expire first.
+    by_deadline: BTreeMap<Slot, String>,
+    /// The live exchanges of each group, by deadline; no empty sets.
+    groups: HashMap<String, BTreeSet<Slot>>,
+    next_seq: u64,
+}
+
+impl Exchanges {
+    /// Drops every exchange whose deadline is `now` or earlier.
+    fn expire(&mut self, now: Instant) {
+        while let Some(entry) = self.by_deadline.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let sid = entry.remove();
+            self.remove(&sid);
+        }
+    }
+
+    /// Removes `sid` from every index.
+    fn remove(&mut self, sid: &str) -> Option<Exchange> {
+        let exchange = self.by_sid.remove(sid)?;
+        self.by_deadline.remove(&exchange.slot);
+        if let Some(group) = self.groups.get_mut(&exchange.group) {
+            group.remove(&exchange.slot);
+            if group.is_empty() {
+                self.groups.remove(&exchange.group);
+            }
+        }
+        Some(exchange)
+    }
+
+    fn insert(&mut self, sid: &str, deadline: Instant, group: &str, state: Zeroizing<Vec<u8>>) {
+        self.remove(sid);
+        let slot = (deadline, self.next_seq);
+        self.next_seq += 1;
+        self.by_deadline.insert(slot, sid.to_owned());
+        self.groups
+            .entry(group.to_owned())
+            .or_default()
+            .insert(slot);
+        let exchange = Exchange {
+            slot,
+            group: group.to_owned(),
+            state,
+        };
+        self.by_sid.insert(sid.to_owned(), exchange);
+    }
+
+    fn group_len(&self, group: &str) -> usize {
+        self.groups.get(group).map_or(0, BTreeSet::len)
+    }
 }
 
 struct FailureWindow {
@@ -80,7 +147,7 @@ struct FailureWindow {
 }
 
 struct State {
-    exchanges: ExpiringMap<Exchange>,
+    exchanges: Exchanges,
     sessions: ExpiringMap<SessionRecord>,
     failures: ExpiringMap<FailureWindow>,
 }
@@ -89,9 +156,12 @@ struct State {
 ///
 /// Exchange and failure-window TTLs run on [`tokio::time::Instant`] (so tests
 /// can pause time); session expiry on the wall clock
-/// ([`SessionRecord::expires_at`]). Expired entries are dropped when read and
-/// swept as the maps grow, so memory stays proportional to the live entries;
-/// [`sweep_expired`](Self::sweep_expired) sweeps on demand.
+/// ([`SessionRecord::expires_at`]). Expired exchanges are dropped before
+/// every exchange call, so the quotas of `put_exchange` count exactly the
+/// live ones; other expired entries are dropped when read and swept as the
+/// maps grow, so memory stays proportional to the live entries;
+/// [`sweep_expired`](Self::sweep_expired) sweeps on demand. Every call
+/// runs under one lock, so each is atomic.
 pub struct MemoryStateStore {
     state: Mutex<State>,
     revocations: broadcast::Sender<String>,
@@ -105,7 +175,7 @@ impl MemoryStateStore {
         let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
         Self {
             state: Mutex::new(State {
-                exchanges: ExpiringMap::new(),
+                exchanges: Exchanges::default(),
                 sessions: ExpiringMap::new(),
                 failures: ExpiringMap::new(),
             }),
@@ -120,7 +190,7 @@ impl MemoryStateStore {
         let now = Instant::now();
         let unix = unix_now();
         let mut state = lock(&self.state);
-        state.exchanges.sweep(|e| e.deadline <= now);
+        state.exchanges.expire(now);
         state.sessions.sweep(|s| s.is_expired_at(unix));
         state.failures.sweep(|f| f.window_end <= now);
     }
@@ -130,7 +200,7 @@ impl MemoryStateStore {
     pub fn entry_counts(&self) -> (usize, usize, usize) {
         let state = lock(&self.state);
         (
-            state.exchanges.entries.len(),
+            state.exchanges.by_sid.len(),
             state.sessions.entries.len(),
             state.failures.entries.len(),
         )
@@ -163,24 +233,54 @@ impl StateStore for MemoryStateStore {
         sid: &str,
         state: Vec<u8>,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+        quota: ExchangeQuota<'_>,
+    ) -> Result<ExchangeAdmission, StoreError> {
+        let state = Zeroizing::new(state);
         let now = Instant::now();
-        let exchange = Exchange {
-            deadline: now + ttl,
-            state: Zeroizing::new(state),
-        };
-        lock(&self.state)
-            .exchanges
-            .insert(sid.to_owned(), exchange, |e| e.deadline <= now);
-        Ok(())
+        let mut guard = lock(&self.state);
+        let exchanges = &mut guard.exchanges;
+        exchanges.expire(now);
+        // A sid stored again replaces its exchange: that one does not count.
+        let replaced = exchanges.by_sid.get(sid);
+        let in_group = exchanges.group_len(quota.group)
+            - usize::from(replaced.is_some_and(|e| e.group == quota.group));
+        let in_store = exchanges.by_sid.len() - usize::from(replaced.is_some());
+        let left = |slot: Option<&Slot>| slot.map_or(ttl, |(deadline, _)| *deadline - now);
+        if in_group >= usize::try_from(quota.max_per_group).unwrap_or(usize::MAX) {
+            let oldest = exchanges.groups.get(quota.group).and_then(BTreeSet::first);
+            return Ok(ExchangeAdmission::GroupFull {
+                retry_after: left(oldest),
+            });
+        }
+        if in_store >= usize::try_from(quota.max_total).unwrap_or(usize::MAX) {
+            let oldest = exchanges.by_deadline.keys().next();
+            return Ok(ExchangeAdmission::StoreFull {
+                retry_after: left(oldest),
+            });
+        }
+        if ttl.is_zero() {
+            // Expired at once: nothing to keep, but an older one must go.
+            exchanges.remove(sid);
+        } else {
+            exchanges.insert(sid, now + ttl, quota.group, state);
+        }
+        Ok(ExchangeAdmission::Stored)
     }
 
     async fn take_exchange(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
         let now = Instant::now();
-        let taken = lock(&self.state).exchanges.entries.remove(sid);
-        Ok(taken
-            .filter(|e| e.deadline > now)
+        let mut guard = lock(&self.state);
+        guard.exchanges.expire(now);
+        Ok(guard
+            .exchanges
+            .remove(sid)
             .map(|mut e| std::mem::take(&mut *e.state)))
+    }
+
+    async fn live_exchanges(&self) -> Result<u64, StoreError> {
+        let mut guard = lock(&self.state);
+        guard.exchanges.expire(Instant::now());
+        Ok(u64::try_from(guard.exchanges.by_sid.len()).unwrap_or(u64::MAX))
     }
 
     async fn put_session(&self, id: &str, record: &SessionRecord) -> Result<(), StoreError> {
@@ -235,6 +335,57 @@ impl StateStore for MemoryStateStore {
             .failures
             .insert(key.to_owned(), fresh, |f| f.window_end <= now);
         Ok((1, window))
+    }
+
+    async fn record_failure_within(
+        &self,
+        limits: &[FailureLimit<'_>],
+        window: Duration,
+    ) -> Result<Option<Duration>, StoreError> {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        // Check every counter, then count in every one, under one lock.
+        let mut wait: Option<Duration> = None;
+        for limit in limits {
+            if let Some(f) = state.failures.entries.get(limit.key)
+                && f.window_end > now
+                && f.count >= limit.limit
+            {
+                let left = f.window_end - now;
+                wait = Some(wait.map_or(left, |w| w.max(left)));
+            }
+        }
+        if wait.is_some() {
+            return Ok(wait);
+        }
+        for limit in limits {
+            match state.failures.entries.get_mut(limit.key) {
+                Some(f) if f.window_end > now => f.count = f.count.saturating_add(1),
+                _ => {
+                    let fresh = FailureWindow {
+                        count: 1,
+                        window_end: now + window,
+                    };
+                    state
+                        .failures
+                        .insert(limit.key.to_owned(), fresh, |f| f.window_end <= now);
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    async fn forgive_failure(&self, key: &str) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        if let Some(f) = state.failures.entries.get_mut(key) {
+            if f.window_end > now && f.count > 1 {
+                f.count -= 1;
+            } else {
+                state.failures.entries.remove(key);
+            }
+        }
+        Ok(())
     }
 
     async fn failures(&self, key: &str) -> Result<(u32, Duration), StoreError> {

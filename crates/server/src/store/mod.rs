@@ -21,6 +21,7 @@
 mod memory;
 mod persist;
 mod postgres;
+mod redact;
 mod redis;
 mod sqlite;
 
@@ -37,6 +38,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
 pub use self::postgres::PostgresCredentialStore;
+pub use self::redact::redact_url;
 pub use self::redis::RedisStateStore;
 pub use memory::{MemoryCredentialStore, MemoryStateStore};
 pub use persist::PersistentSessions;
@@ -209,20 +211,88 @@ pub fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The longest user name, in bytes of its SASLprep'd (stored) form, that a
+/// login may name (protocol.md §4.2); a longer one is refused with
+/// `e=invalid-encoding` before anything is stored.
+pub const MAX_USER_NAME_LEN: usize = 256;
+
+/// The bounds a [`StateStore::put_exchange`] checks, in the same atomic
+/// step as the insert, against the exchanges live at that moment (taken and
+/// expired ones no longer count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExchangeQuota<'a> {
+    /// The group the exchange counts against: the client's IP (IPv4) or IP
+    /// prefix (IPv6). Any string; not secret.
+    pub group: &'a str,
+    /// Live exchanges one group may hold.
+    pub max_per_group: u32,
+    /// Live exchanges the whole store may hold (every group, every node).
+    pub max_total: u32,
+}
+
+impl<'a> ExchangeQuota<'a> {
+    /// No bound worth the name (tests, tools): `u32::MAX` both ways.
+    pub fn unbounded(group: &'a str) -> Self {
+        Self {
+            group,
+            max_per_group: u32::MAX,
+            max_total: u32::MAX,
+        }
+    }
+}
+
+/// What [`StateStore::put_exchange`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use]
+pub enum ExchangeAdmission {
+    /// Stored.
+    Stored,
+    /// Not stored: the group already holds `max_per_group` live exchanges.
+    /// `retry_after`: until its oldest one expires (at most the TTL).
+    GroupFull {
+        /// Time until a slot of the group frees by expiry.
+        retry_after: Duration,
+    },
+    /// Not stored: the store already holds `max_total` live exchanges.
+    StoreFull {
+        /// Time until a slot frees by expiry.
+        retry_after: Duration,
+    },
+}
+
+/// One counter of [`StateStore::record_failure_within`]: `key` may count
+/// `limit` failures per window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureLimit<'a> {
+    /// The counter, as for [`StateStore::record_failure`].
+    pub key: &'a str,
+    /// Failures the window may count; the one that would make it
+    /// `limit + 1` is refused.
+    pub limit: u32,
+}
+
 /// Short-lived state shared by every node of a fleet.
 #[async_trait::async_trait]
 pub trait StateStore: Send + Sync + fmt::Debug + 'static {
-    /// Stores a SCRAM exchange for `ttl`; exactly one `take_exchange` gets it
-    /// (atomic take-once), later ones and expired ones get None.
+    /// Stores a SCRAM exchange for `ttl`, unless `quota` is full: the check
+    /// and the insert are one atomic step, so concurrent calls never hold
+    /// more than `quota.max_per_group` live exchanges in one group, nor
+    /// `quota.max_total` in the store. Exactly one `take_exchange` gets a
+    /// stored exchange (atomic take-once); later ones and expired ones get
+    /// None. Storing a `sid` again replaces its exchange.
     async fn put_exchange(
         &self,
         sid: &str,
         state: Vec<u8>,
         ttl: Duration,
-    ) -> Result<(), StoreError>;
+        quota: ExchangeQuota<'_>,
+    ) -> Result<ExchangeAdmission, StoreError>;
     /// Takes the exchange `sid`: `Some` at most once, `None` if unknown,
-    /// already taken or expired.
+    /// already taken or expired. A taken exchange stops counting against
+    /// its group and the store at once.
     async fn take_exchange(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError>;
+    /// Exchanges live now, in the whole store (on Redis: every node's).
+    async fn live_exchanges(&self) -> Result<u64, StoreError>;
     /// Stores a session; it lives until its `expires_at`.
     async fn put_session(&self, id: &str, record: &SessionRecord) -> Result<(), StoreError>;
     /// The session `id`; None if unknown, expired or revoked.
@@ -247,6 +317,21 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
         key: &str,
         window: Duration,
     ) -> Result<(u32, Duration), StoreError>;
+    /// Counts one failure for every counter of `limits` (windows as for
+    /// [`record_failure`](Self::record_failure)) in one atomic step — unless
+    /// one of them already holds its `limit`: then nothing is counted and
+    /// the result is `Some(time left)`, the longest window left among the
+    /// full ones. Concurrent calls never count past a limit, so at most
+    /// `limit` attempts per window get `None` (the check-and-count a rate
+    /// limit needs; `failures` then `record_failure` would race).
+    async fn record_failure_within(
+        &self,
+        limits: &[FailureLimit<'_>],
+        window: Duration,
+    ) -> Result<Option<Duration>, StoreError>;
+    /// Takes back one failure of `key` (an attempt counted in advance that
+    /// turned out well); nothing if it counts none. Keeps the window.
+    async fn forgive_failure(&self, key: &str) -> Result<(), StoreError>;
     /// (count, time left in the window) for `key`; (0, 0) if none.
     async fn failures(&self, key: &str) -> Result<(u32, Duration), StoreError>;
     /// Forgets the failures of `key`.
@@ -382,22 +467,6 @@ pub(crate) fn create_private_file(path: &Path) -> std::io::Result<()> {
         Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
         _ => Ok(()),
     }
-}
-
-/// `url` with any password, user name and query removed, for error messages
-/// and logs: `redis://:secret@host:6379/0?x=y` → `redis://host:6379/0`.
-pub(crate) fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        // Not a URL: it may be anything, including a key=value connection
-        // string with a password. Show only its length.
-        return format!("<{} characters, not a URL>", url.chars().count());
-    };
-    let rest = rest.split(['?', '#']).next().unwrap_or_default();
-    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let host = authority
-        .rsplit_once('@')
-        .map_or(authority, |(_, host)| host);
-    format!("{scheme}://{host}{path}")
 }
 
 /// Serde for the session key as b64u, so a JSON-encoded record (Redis) stays

@@ -16,7 +16,10 @@ use std::time::Duration;
 use rusqlite::{Connection, params};
 use tokio::sync::{broadcast, mpsc};
 
-use super::{SessionRecord, StateStore, StoreError, StoreEvent, unix_now};
+use super::{
+    ExchangeAdmission, ExchangeQuota, FailureLimit, SessionRecord, StateStore, StoreError,
+    StoreEvent, unix_now,
+};
 
 enum Op {
     Put {
@@ -190,11 +193,15 @@ impl<S: StateStore> StateStore for PersistentSessions<S> {
         sid: &str,
         state: Vec<u8>,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
-        self.inner.put_exchange(sid, state, ttl).await
+        quota: ExchangeQuota<'_>,
+    ) -> Result<ExchangeAdmission, StoreError> {
+        self.inner.put_exchange(sid, state, ttl, quota).await
     }
     async fn take_exchange(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
         self.inner.take_exchange(sid).await
+    }
+    async fn live_exchanges(&self) -> Result<u64, StoreError> {
+        self.inner.live_exchanges().await
     }
     async fn put_session(&self, id: &str, record: &SessionRecord) -> Result<(), StoreError> {
         self.inner.put_session(id, record).await?;
@@ -225,6 +232,16 @@ impl<S: StateStore> StateStore for PersistentSessions<S> {
         window: Duration,
     ) -> Result<(u32, Duration), StoreError> {
         self.inner.record_failure(key, window).await
+    }
+    async fn record_failure_within(
+        &self,
+        limits: &[FailureLimit<'_>],
+        window: Duration,
+    ) -> Result<Option<Duration>, StoreError> {
+        self.inner.record_failure_within(limits, window).await
+    }
+    async fn forgive_failure(&self, key: &str) -> Result<(), StoreError> {
+        self.inner.forgive_failure(key).await
     }
     async fn failures(&self, key: &str) -> Result<(u32, Duration), StoreError> {
         self.inner.failures(key).await

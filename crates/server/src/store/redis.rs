@@ -7,9 +7,32 @@
 //!
 //! | key | value | expiry |
 //! |---|---|---|
-//! | `{prefix}exchange:{sid}` | the SCRAM exchange state | `SET … PX ttl`; taken with `GETDEL` (atomic take-once) |
+//! | `{prefix}exchange:{sid}` | a hash: `s` the SCRAM exchange state, `g` its quota group | `PEXPIREAT deadline`; stored and taken (atomic take-once) by Lua scripts, below |
+//! | `{prefix}exchange-index` | a sorted set: every live exchange's sid, scored by its deadline (Redis clock, ms) | `PEXPIREAT` the latest deadline |
+//! | `{prefix}exchange-group:{group}` | the same, for the exchanges of one quota group (an IP or IPv6 prefix) | `PEXPIREAT` the group's latest deadline |
 //! | `{prefix}session:{id}` | the [`SessionRecord`] as JSON | `SET … PXAT expires_at` |
 //! | `{prefix}failures:{key}` | the failure count | a Lua script: `INCR`, then `PEXPIRE window` on the first failure; returns the count and `PTTL` |
+//!
+//! **Exchange quotas are exact.** `put_exchange` is one script: it reads
+//! Redis's clock (`TIME`), drops the index members whose deadline has
+//! passed (`ZREMRANGEBYSCORE`), refuses if the group or the whole index
+//! already holds its quota (`ZCARD`), and otherwise writes the hash and
+//! adds the sid to both sorted sets. `take_exchange` is one script too:
+//! it reads and deletes the hash and removes the sid from both sets, so a
+//! consumed exchange stops counting at once, and one never consumed stops
+//! counting at its deadline. Neither needs a node's clock, and concurrent
+//! nodes cannot overshoot a quota: every script runs alone. (The take
+//! script names the group's set from the hash, not from `KEYS`: fine on
+//! one Redis, which is what this store speaks; it is not Redis Cluster
+//! safe.) An exchange key that is a plain string — written by a node of an
+//! earlier version during a rolling upgrade — is still taken (`GETDEL`),
+//! outside the quotas.
+//!
+//! **Failure limits are checked and counted in one step.**
+//! `record_failure_within` is one script over all its counters: if any
+//! holds its limit it counts nothing and returns the longest `PTTL` among
+//! the full ones, else it `INCR`s every one. Concurrent logins of a fleet
+//! therefore never count (or evaluate) more than the limit.
 //!
 //! Fan-out uses two pub/sub channels:
 //!
@@ -61,7 +84,10 @@ use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
 
 use super::memory::{EVENT_CHANNEL_CAPACITY, REVOCATION_CHANNEL_CAPACITY};
-use super::{SessionRecord, StateStore, StoreError, StoreEvent, redact_url, unix_now};
+use super::{
+    ExchangeAdmission, ExchangeQuota, FailureLimit, SessionRecord, StateStore, StoreError,
+    StoreEvent, redact_url, unix_now,
+};
 
 /// The deadline of every command, including waiting for a reconnection.
 pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -99,6 +125,131 @@ end
 return {count, ttl}
 ";
 
+/// Checks and counts failures in one step. `KEYS`: the counters;
+/// `ARGV[1]`: the window in milliseconds; `ARGV[1 + i]`: the limit of
+/// `KEYS[i]`. Returns -1 when every counter was under its limit and each
+/// was counted; else the longest time left (ms) among the full ones, having
+/// counted nothing.
+const RECORD_FAILURE_WITHIN_LUA: &str = r"
+local window = tonumber(ARGV[1])
+local wait = -1
+for i, key in ipairs(KEYS) do
+  local count = tonumber(redis.call('GET', key) or '0')
+  if count >= tonumber(ARGV[i + 1]) then
+    local ttl = redis.call('PTTL', key)
+    if ttl < 0 then
+      redis.call('PEXPIRE', key, window)
+      ttl = window
+    end
+    if ttl > wait then wait = ttl end
+  end
+end
+if wait >= 0 then return wait end
+for _, key in ipairs(KEYS) do
+  redis.call('INCR', key)
+  if redis.call('PTTL', key) < 0 then redis.call('PEXPIRE', key, window) end
+end
+return -1
+";
+
+/// Takes back one failure of `KEYS[1]`: a count of 1 is deleted, a higher
+/// one decremented (`DECR` keeps the expiry).
+const FORGIVE_FAILURE_LUA: &str = r"
+local count = tonumber(redis.call('GET', KEYS[1]) or '0')
+if count > 1 then
+  redis.call('DECR', KEYS[1])
+elseif count == 1 then
+  redis.call('DEL', KEYS[1])
+end
+return count
+";
+
+/// The current time of Redis in milliseconds, in a script.
+const LUA_NOW_MS: &str = r"
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+";
+
+/// Stores an exchange within its quotas. `KEYS`: the exchange, the index,
+/// the group's set. `ARGV`: state, TTL (ms), max per group, max total, sid,
+/// group, the prefix of group-set keys. Returns `{0}` (stored), `{1, ms}`
+/// (group full; ms until its oldest expires) or `{2, ms}` (store full).
+/// Members whose deadline is before now are gone; a key lives while
+/// `now <= deadline` (Redis's rule), and so does its member.
+const PUT_EXCHANGE_LUA: &str = r"
+local now = now_ms()
+local ttl = tonumber(ARGV[2])
+local sid = ARGV[5]
+if redis.call('TYPE', KEYS[1]).ok == 'hash' then
+  local old = redis.call('HGET', KEYS[1], 'g')
+  if old then redis.call('ZREM', ARGV[7] .. old, sid) end
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], sid)
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. now)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. now)
+local function oldest(key)
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if first[2] then return math.max(tonumber(first[2]) - now, 0) end
+  return ttl
+end
+if redis.call('ZCARD', KEYS[3]) >= tonumber(ARGV[3]) then return {1, oldest(KEYS[3])} end
+if redis.call('ZCARD', KEYS[2]) >= tonumber(ARGV[4]) then return {2, oldest(KEYS[2])} end
+local deadline = now + ttl
+redis.call('HSET', KEYS[1], 's', ARGV[1], 'g', ARGV[6])
+redis.call('PEXPIREAT', KEYS[1], deadline)
+for i = 2, 3 do
+  redis.call('ZADD', KEYS[i], deadline, sid)
+  if redis.call('PTTL', KEYS[i]) < ttl then redis.call('PEXPIREAT', KEYS[i], deadline) end
+end
+return {0}
+";
+
+/// Takes an exchange. `KEYS`: the exchange, the index. `ARGV`: sid, the
+/// prefix of group-set keys. Returns the state, or nil.
+const TAKE_EXCHANGE_LUA: &str = r"
+local kind = redis.call('TYPE', KEYS[1]).ok
+if kind == 'none' then return false end
+if kind ~= 'hash' then return redis.call('GETDEL', KEYS[1]) end
+local v = redis.call('HMGET', KEYS[1], 's', 'g')
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[1])
+if v[2] then redis.call('ZREM', ARGV[2] .. v[2], ARGV[1]) end
+return v[1]
+";
+
+/// Live exchanges: the index members whose deadline has not passed.
+/// `KEYS[1]`: the index. Read-only.
+const LIVE_EXCHANGES_LUA: &str = r"
+return redis.call('ZCOUNT', KEYS[1], now_ms(), '+inf')
+";
+
+/// The scripts of the store.
+struct Scripts {
+    record_failure: Script,
+    record_failure_within: Script,
+    forgive_failure: Script,
+    put_exchange: Script,
+    take_exchange: Script,
+    live_exchanges: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        let with_now = |body: &str| Script::new(&format!("{LUA_NOW_MS}{body}"));
+        Self {
+            record_failure: Script::new(RECORD_FAILURE_LUA),
+            record_failure_within: Script::new(RECORD_FAILURE_WITHIN_LUA),
+            forgive_failure: Script::new(FORGIVE_FAILURE_LUA),
+            put_exchange: with_now(PUT_EXCHANGE_LUA),
+            take_exchange: Script::new(TAKE_EXCHANGE_LUA),
+            live_exchanges: with_now(LIVE_EXCHANGES_LUA),
+        }
+    }
+}
+
 /// The key and channel names under one prefix.
 #[derive(Clone, Debug)]
 struct Keys {
@@ -118,6 +269,15 @@ impl Keys {
 
     fn exchange(&self, sid: &str) -> String {
         format!("{}exchange:{sid}", self.prefix)
+    }
+
+    fn exchange_index(&self) -> String {
+        format!("{}exchange-index", self.prefix)
+    }
+
+    /// The prefix of the group sets; a group's set is this and its name.
+    fn exchange_group_prefix(&self) -> String {
+        format!("{}exchange-group:", self.prefix)
     }
 
     fn session(&self, id: &str) -> String {
@@ -248,7 +408,7 @@ pub struct RedisStateStore {
     conn: ConnectionManager,
     fanout: Arc<Fanout>,
     location: Arc<str>,
-    record_failure: Script,
+    scripts: Scripts,
     feed: JoinHandle<()>,
 }
 
@@ -328,7 +488,7 @@ impl RedisStateStore {
             conn,
             fanout,
             location,
-            record_failure: Script::new(RECORD_FAILURE_LUA),
+            scripts: Scripts::new(),
             feed,
         })
     }
@@ -373,6 +533,27 @@ impl RedisStateStore {
     ) -> Result<T, StoreError> {
         self.run(what, async |conn| cmd.query_async(conn).await)
             .await
+    }
+
+    /// Runs `script` with `keys` and `args` (as Redis strings).
+    async fn eval<T: FromRedisValue>(
+        &self,
+        what: &str,
+        script: &Script,
+        keys: &[&str],
+        args: &[&[u8]],
+    ) -> Result<T, StoreError> {
+        self.run(what, async |conn| {
+            let mut invocation = script.prepare_invoke();
+            for key in keys {
+                invocation.key(*key);
+            }
+            for arg in args {
+                invocation.arg(*arg);
+            }
+            invocation.invoke_async(conn).await
+        })
+        .await
     }
 
     async fn query_pipe<T: FromRedisValue>(
@@ -637,27 +818,79 @@ impl StateStore for RedisStateStore {
         sid: &str,
         state: Vec<u8>,
         ttl: Duration,
-    ) -> Result<(), StoreError> {
+        quota: ExchangeQuota<'_>,
+    ) -> Result<ExchangeAdmission, StoreError> {
         let state = Zeroizing::new(state);
-        let key = self.fanout.keys.exchange(sid);
         if ttl.is_zero() {
             // Expired at once: nothing to keep, but an older one must go.
-            return self.query::<()>("DEL", redis::cmd("DEL").arg(&key)).await;
+            self.take_exchange(sid).await.map(drop)?;
+            return Ok(ExchangeAdmission::Stored);
         }
-        self.query::<()>(
-            "SET",
-            redis::cmd("SET")
-                .arg(&key)
-                .arg(&state[..])
-                .arg("PX")
-                .arg(millis(ttl)),
+        let keys = &self.fanout.keys;
+        let ttl_ms = millis(ttl);
+        let number = |n: u64| n.to_string().into_bytes();
+        let (ttl_arg, group_max, total_max) = (
+            number(ttl_ms),
+            number(quota.max_per_group.into()),
+            number(quota.max_total.into()),
+        );
+        let group_prefix = keys.exchange_group_prefix();
+        let reply: Vec<u64> = self
+            .eval(
+                "the exchange quota script",
+                &self.scripts.put_exchange,
+                &[
+                    &keys.exchange(sid),
+                    &keys.exchange_index(),
+                    &format!("{group_prefix}{}", quota.group),
+                ],
+                &[
+                    &state[..],
+                    &ttl_arg,
+                    &group_max,
+                    &total_max,
+                    sid.as_bytes(),
+                    quota.group.as_bytes(),
+                    group_prefix.as_bytes(),
+                ],
+            )
+            .await?;
+        let retry_after = || Duration::from_millis(reply.get(1).copied().unwrap_or(ttl_ms));
+        match reply.first() {
+            Some(0) => Ok(ExchangeAdmission::Stored),
+            Some(1) => Ok(ExchangeAdmission::GroupFull {
+                retry_after: retry_after(),
+            }),
+            Some(2) => Ok(ExchangeAdmission::StoreFull {
+                retry_after: retry_after(),
+            }),
+            _ => Err(StoreError::Corrupt(format!(
+                "Redis at {} answered the exchange quota script with {reply:?}",
+                self.location
+            ))),
+        }
+    }
+
+    async fn take_exchange(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let keys = &self.fanout.keys;
+        let group_prefix = keys.exchange_group_prefix();
+        self.eval(
+            "the exchange take script",
+            &self.scripts.take_exchange,
+            &[&keys.exchange(sid), &keys.exchange_index()],
+            &[sid.as_bytes(), group_prefix.as_bytes()],
         )
         .await
     }
 
-    async fn take_exchange(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError> {
-        let key = self.fanout.keys.exchange(sid);
-        self.query("GETDEL", redis::cmd("GETDEL").arg(&key)).await
+    async fn live_exchanges(&self) -> Result<u64, StoreError> {
+        self.eval(
+            "the live exchange count",
+            &self.scripts.live_exchanges,
+            &[&self.fanout.keys.exchange_index()],
+            &[],
+        )
+        .await
     }
 
     async fn put_session(&self, id: &str, record: &SessionRecord) -> Result<(), StoreError> {
@@ -731,7 +964,8 @@ impl StateStore for RedisStateStore {
         let window_ms = millis(window);
         let (count, ttl): (u64, i64) = self
             .run("the failure counter script", async |conn| {
-                self.record_failure
+                self.scripts
+                    .record_failure
                     .key(&key)
                     .arg(window_ms)
                     .invoke_async(conn)
@@ -743,6 +977,48 @@ impl StateStore for RedisStateStore {
             u32::try_from(count).unwrap_or(u32::MAX),
             Duration::from_millis(left),
         ))
+    }
+
+    async fn record_failure_within(
+        &self,
+        limits: &[FailureLimit<'_>],
+        window: Duration,
+    ) -> Result<Option<Duration>, StoreError> {
+        if limits.is_empty() {
+            return Ok(None);
+        }
+        let keys: Vec<String> = limits
+            .iter()
+            .map(|l| self.fanout.keys.failures(l.key))
+            .collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let window_ms = millis(window);
+        let mut args = vec![window_ms.to_string().into_bytes()];
+        args.extend(limits.iter().map(|l| l.limit.to_string().into_bytes()));
+        let args: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
+        let wait: i64 = self
+            .eval(
+                "the failure limit script",
+                &self.scripts.record_failure_within,
+                &keys,
+                &args,
+            )
+            .await?;
+        Ok(u64::try_from(wait)
+            .ok()
+            .map(|ms| Duration::from_millis(ms.min(window_ms))))
+    }
+
+    async fn forgive_failure(&self, key: &str) -> Result<(), StoreError> {
+        let key = self.fanout.keys.failures(key);
+        self.eval::<i64>(
+            "the failure forgiving script",
+            &self.scripts.forgive_failure,
+            &[&key],
+            &[],
+        )
+        .await
+        .map(drop)
     }
 
     async fn failures(&self, key: &str) -> Result<(u32, Duration), StoreError> {

@@ -235,15 +235,310 @@ pub(crate) use credential_store_suite;
 const EXCHANGE_TTL: Duration = Duration::from_secs(2);
 const WINDOW: Duration = Duration::from_secs(4);
 
+/// Test shorthand: a `put_exchange` that must have stored.
+pub(crate) trait Stored {
+    fn stored(self);
+}
+
+impl Stored for ExchangeAdmission {
+    #[track_caller]
+    fn stored(self) {
+        assert_eq!(self, ExchangeAdmission::Stored);
+    }
+}
+
+fn quota(group: &str, max_per_group: u32, max_total: u32) -> ExchangeQuota<'_> {
+    ExchangeQuota {
+        group,
+        max_per_group,
+        max_total,
+    }
+}
+
+pub(crate) async fn exchange_quotas_bound_each_group_and_the_store<S: StateStore>(store: S) {
+    let ttl = Duration::from_secs(60);
+    assert_eq!(store.live_exchanges().await.unwrap(), 0);
+    for i in 0..3 {
+        store
+            .put_exchange(&format!("a{i}"), vec![1], ttl, quota("A", 3, 5))
+            .await
+            .unwrap()
+            .stored();
+    }
+    // The group is full: refused, not stored, with the time until a slot frees.
+    match store
+        .put_exchange("a3", vec![1], ttl, quota("A", 3, 5))
+        .await
+        .unwrap()
+    {
+        ExchangeAdmission::GroupFull { retry_after } => {
+            assert!(
+                retry_after <= ttl && retry_after > ttl / 2,
+                "{retry_after:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.take_exchange("a3").await.unwrap(), None);
+    // Other groups are not affected, up to the store's total.
+    for i in 0..2 {
+        store
+            .put_exchange(&format!("b{i}"), vec![2], ttl, quota("B", 3, 5))
+            .await
+            .unwrap()
+            .stored();
+    }
+    assert_eq!(store.live_exchanges().await.unwrap(), 5);
+    match store
+        .put_exchange("c0", vec![3], ttl, quota("C", 3, 5))
+        .await
+        .unwrap()
+    {
+        ExchangeAdmission::StoreFull { retry_after } => {
+            assert!(
+                retry_after <= ttl && retry_after > ttl / 2,
+                "{retry_after:?}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(store.take_exchange("c0").await.unwrap(), None);
+    // A taken exchange stops counting at once, in its group and in all.
+    assert_eq!(store.take_exchange("a1").await.unwrap(), Some(vec![1]));
+    assert_eq!(store.live_exchanges().await.unwrap(), 4);
+    store
+        .put_exchange("a4", vec![4], ttl, quota("A", 3, 5))
+        .await
+        .unwrap()
+        .stored();
+    assert_eq!(store.take_exchange("a4").await.unwrap(), Some(vec![4]));
+    store
+        .put_exchange("c1", vec![5], ttl, quota("C", 3, 5))
+        .await
+        .unwrap()
+        .stored();
+    // Taking an unknown or already taken exchange frees nothing.
+    assert_eq!(store.take_exchange("a1").await.unwrap(), None);
+    assert_eq!(store.take_exchange("nope").await.unwrap(), None);
+    assert_eq!(store.live_exchanges().await.unwrap(), 5);
+    assert!(matches!(
+        store
+            .put_exchange("c2", vec![6], ttl, quota("C", 3, 5))
+            .await
+            .unwrap(),
+        ExchangeAdmission::StoreFull { .. }
+    ));
+    // Storing a sid again replaces it and counts once.
+    store
+        .put_exchange("c1", vec![7], ttl, quota("C", 1, 5))
+        .await
+        .unwrap()
+        .stored();
+    assert_eq!(store.live_exchanges().await.unwrap(), 5);
+    assert_eq!(store.take_exchange("c1").await.unwrap(), Some(vec![7]));
+    assert_eq!(store.live_exchanges().await.unwrap(), 4);
+}
+
+pub(crate) async fn expired_exchanges_stop_counting<S: StateStore>(store: S) {
+    for i in 0..2 {
+        store
+            .put_exchange(&format!("e{i}"), vec![1], EXCHANGE_TTL, quota("E", 2, 3))
+            .await
+            .unwrap()
+            .stored();
+    }
+    assert!(matches!(
+        store
+            .put_exchange("e2", vec![1], EXCHANGE_TTL, quota("E", 2, 3))
+            .await
+            .unwrap(),
+        ExchangeAdmission::GroupFull { .. }
+    ));
+    store
+        .put_exchange("f0", vec![1], EXCHANGE_TTL, quota("F", 2, 3))
+        .await
+        .unwrap()
+        .stored();
+    assert_eq!(store.live_exchanges().await.unwrap(), 3);
+    tokio::time::sleep(EXCHANGE_TTL + Duration::from_millis(500)).await;
+    // Never taken, they expired: they no longer count anywhere.
+    assert_eq!(store.live_exchanges().await.unwrap(), 0);
+    for i in 3..5 {
+        store
+            .put_exchange(&format!("e{i}"), vec![1], EXCHANGE_TTL, quota("E", 2, 3))
+            .await
+            .unwrap()
+            .stored();
+    }
+    store
+        .put_exchange("f1", vec![1], EXCHANGE_TTL, quota("F", 2, 3))
+        .await
+        .unwrap()
+        .stored();
+    assert_eq!(store.take_exchange("e0").await.unwrap(), None);
+    assert_eq!(store.live_exchanges().await.unwrap(), 3);
+}
+
+/// Many concurrent first requests of one group: exactly the quota is stored.
+pub(crate) async fn exchange_quotas_hold_under_concurrency<S: StateStore>(store: S) {
+    const TASKS: usize = 64;
+    let store = Arc::new(store);
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|i| {
+            let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let group = if i % 2 == 0 { "even" } else { "odd" };
+                store
+                    .put_exchange(
+                        &format!("q{i}"),
+                        vec![1],
+                        Duration::from_secs(60),
+                        quota(group, 10, 15),
+                    )
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for task in tasks {
+        if task.await.unwrap() == ExchangeAdmission::Stored {
+            stored += 1;
+        }
+    }
+    assert_eq!(stored, 15);
+    assert_eq!(store.live_exchanges().await.unwrap(), 15);
+}
+
+/// Many concurrent attempts for one user from one IP: exactly the user's
+/// limit is counted (and so evaluated), the rest refused without counting.
+pub(crate) async fn failure_limits_hold_under_concurrency<S: StateStore>(store: S) {
+    const TASKS: usize = 64;
+    let store = Arc::new(store);
+    let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|_| {
+            let (store, barrier) = (Arc::clone(&store), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                barrier.wait().await;
+                let limits = [
+                    FailureLimit {
+                        key: "user:alice",
+                        limit: 10,
+                    },
+                    FailureLimit {
+                        key: "ip:192.0.2.1",
+                        limit: 50,
+                    },
+                ];
+                store.record_failure_within(&limits, WINDOW).await.unwrap()
+            })
+        })
+        .collect();
+    let mut admitted = 0;
+    for task in tasks {
+        match task.await.unwrap() {
+            None => admitted += 1,
+            Some(left) => assert!(left <= WINDOW && !left.is_zero(), "{left:?}"),
+        }
+    }
+    assert_eq!(admitted, 10);
+    assert_eq!(store.failures("user:alice").await.unwrap().0, 10);
+    assert_eq!(store.failures("ip:192.0.2.1").await.unwrap().0, 10);
+}
+
+pub(crate) async fn failure_limits_count_all_or_nothing<S: StateStore>(store: S) {
+    let limit = |key, limit| FailureLimit { key, limit };
+    assert_eq!(
+        store.record_failure_within(&[], WINDOW).await.unwrap(),
+        None
+    );
+    for _ in 0..2 {
+        let limits = [limit("user:a", 2), limit("ip:x", 3)];
+        assert_eq!(
+            store.record_failure_within(&limits, WINDOW).await.unwrap(),
+            None
+        );
+    }
+    // The user is full: refused, and the IP is not counted either.
+    let limits = [limit("user:a", 2), limit("ip:x", 3)];
+    let left = store
+        .record_failure_within(&limits, WINDOW)
+        .await
+        .unwrap()
+        .expect("the user is at its limit");
+    assert!(left <= WINDOW && left > WINDOW / 2, "{left:?}");
+    assert_eq!(store.failures("user:a").await.unwrap().0, 2);
+    assert_eq!(store.failures("ip:x").await.unwrap().0, 2);
+    // Another user from that IP: counted, until the IP is full.
+    let limits = [limit("user:b", 2), limit("ip:x", 3)];
+    assert_eq!(
+        store.record_failure_within(&limits, WINDOW).await.unwrap(),
+        None
+    );
+    assert!(
+        store
+            .record_failure_within(&limits, WINDOW)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(store.failures("user:b").await.unwrap().0, 1);
+    assert_eq!(store.failures("ip:x").await.unwrap().0, 3);
+    // The counters are the ones `record_failure` and `failures` see.
+    assert_eq!(store.record_failure("user:b", WINDOW).await.unwrap().0, 2);
+    // Once the window is over, counting starts afresh.
+    tokio::time::sleep(WINDOW + Duration::from_millis(500)).await;
+    assert_eq!(
+        store.record_failure_within(&limits, WINDOW).await.unwrap(),
+        None
+    );
+    assert_eq!(store.failures("ip:x").await.unwrap().0, 1);
+}
+
+pub(crate) async fn forgiving_a_failure_takes_one_back<S: StateStore>(store: S) {
+    for _ in 0..3 {
+        store.record_failure("ip:y", WINDOW).await.unwrap();
+    }
+    store.forgive_failure("ip:y").await.unwrap();
+    let (count, left) = store.failures("ip:y").await.unwrap();
+    assert_eq!(count, 2);
+    assert!(
+        left <= WINDOW && !left.is_zero(),
+        "the window stays: {left:?}"
+    );
+    store.forgive_failure("ip:y").await.unwrap();
+    store.forgive_failure("ip:y").await.unwrap();
+    assert_eq!(store.failures("ip:y").await.unwrap(), (0, Duration::ZERO));
+    // Never below zero, and an unknown key is fine.
+    store.forgive_failure("ip:y").await.unwrap();
+    store.forgive_failure("never").await.unwrap();
+    assert_eq!(store.record_failure("ip:y", WINDOW).await.unwrap().0, 1);
+}
+
 pub(crate) async fn exchange_round_trips_once<S: StateStore>(store: S) {
     store
-        .put_exchange("sid-1", b"state one".to_vec(), EXCHANGE_TTL)
+        .put_exchange(
+            "sid-1",
+            b"state one".to_vec(),
+            EXCHANGE_TTL,
+            ExchangeQuota::unbounded("g"),
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .stored();
     store
-        .put_exchange("sid-2", b"state two".to_vec(), EXCHANGE_TTL)
+        .put_exchange(
+            "sid-2",
+            b"state two".to_vec(),
+            EXCHANGE_TTL,
+            ExchangeQuota::unbounded("g"),
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .stored();
     assert_eq!(
         store.take_exchange("sid-2").await.unwrap().as_deref(),
         Some(&b"state two"[..])
@@ -263,9 +558,15 @@ pub(crate) async fn exchange_take_is_atomic_under_concurrency<S: StateStore>(sto
     for round in 0..8 {
         let sid = format!("race-{round}");
         store
-            .put_exchange(&sid, vec![round; 100], Duration::from_secs(60))
+            .put_exchange(
+                &sid,
+                vec![round; 100],
+                Duration::from_secs(60),
+                ExchangeQuota::unbounded("g"),
+            )
             .await
-            .unwrap();
+            .unwrap()
+            .stored();
         let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
         let tasks: Vec<_> = (0..TASKS)
             .map(|_| {
@@ -288,13 +589,25 @@ pub(crate) async fn exchange_take_is_atomic_under_concurrency<S: StateStore>(sto
 
 pub(crate) async fn exchange_expires_after_its_ttl<S: StateStore>(store: S) {
     store
-        .put_exchange("early", b"a".to_vec(), EXCHANGE_TTL)
+        .put_exchange(
+            "early",
+            b"a".to_vec(),
+            EXCHANGE_TTL,
+            ExchangeQuota::unbounded("g"),
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .stored();
     store
-        .put_exchange("late", b"b".to_vec(), EXCHANGE_TTL)
+        .put_exchange(
+            "late",
+            b"b".to_vec(),
+            EXCHANGE_TTL,
+            ExchangeQuota::unbounded("g"),
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .stored();
     tokio::time::sleep(EXCHANGE_TTL / 2).await;
     assert_eq!(
         store.take_exchange("early").await.unwrap().as_deref(),
@@ -448,9 +761,15 @@ pub(crate) async fn state_store_debug_shows_no_key_bytes<S: StateStore>(store: S
     let record = live_session("alice");
     store.put_session("s1", &record).await.unwrap();
     store
-        .put_exchange("x", SESSION_KEY.to_vec(), EXCHANGE_TTL)
+        .put_exchange(
+            "x",
+            SESSION_KEY.to_vec(),
+            EXCHANGE_TTL,
+            ExchangeQuota::unbounded("g"),
+        )
         .await
-        .unwrap();
+        .unwrap()
+        .stored();
     let text = format!("{record:?} {record:#?} {store:?} {store:#?}");
     assert!(text.contains("alice"), "{text}");
     assert_no_key_bytes(&text);
@@ -559,9 +878,13 @@ macro_rules! state_store_suite {
             expired_session_is_none,
             revocation_removes_the_session_and_notifies_watchers,
             watchers_see_only_later_revocations,
+            exchange_quotas_bound_each_group_and_the_store,
+            expired_exchanges_stop_counting,
             failures_count_within_a_window,
             failure_window_is_fixed_from_the_first_failure,
             reset_failures_forgets_the_count,
+            failure_limits_count_all_or_nothing,
+            forgiving_a_failure_takes_one_back,
             state_store_debug_shows_no_key_bytes,
             events_reach_every_watcher,
             events_of_one_publisher_keep_their_order,
@@ -574,6 +897,16 @@ macro_rules! state_store_suite {
         async fn exchange_take_is_atomic_under_concurrency() {
             $crate::store::tests::get_store!($mode, $make, _guard, store);
             $crate::store::tests::exchange_take_is_atomic_under_concurrency(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+        async fn exchange_quotas_hold_under_concurrency() {
+            $crate::store::tests::get_store!($mode, $make, _guard, store);
+            $crate::store::tests::exchange_quotas_hold_under_concurrency(store).await;
+        }
+        #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+        async fn failure_limits_hold_under_concurrency() {
+            $crate::store::tests::get_store!($mode, $make, _guard, store);
+            $crate::store::tests::failure_limits_hold_under_concurrency(store).await;
         }
     };
     (@tests always, $make:expr; $($name:ident),* $(,)?) => {
@@ -664,9 +997,15 @@ mod memory_specific {
         let store = MemoryStateStore::default();
         for i in 0..1000 {
             store
-                .put_exchange(&format!("a{i}"), vec![1], Duration::from_secs(1))
+                .put_exchange(
+                    &format!("a{i}"),
+                    vec![1],
+                    Duration::from_secs(1),
+                    ExchangeQuota::unbounded("g"),
+                )
                 .await
-                .unwrap();
+                .unwrap()
+                .stored();
             store
                 .record_failure(&format!("k{i}"), Duration::from_secs(1))
                 .await
@@ -679,9 +1018,15 @@ mod memory_specific {
         tokio::time::sleep(Duration::from_secs(2)).await;
         for i in 0..1000 {
             store
-                .put_exchange(&format!("b{i}"), vec![1], Duration::from_secs(60))
+                .put_exchange(
+                    &format!("b{i}"),
+                    vec![1],
+                    Duration::from_secs(60),
+                    ExchangeQuota::unbounded("g"),
+                )
                 .await
-                .unwrap();
+                .unwrap()
+                .stored();
             store
                 .record_failure(&format!("j{i}"), Duration::from_secs(60))
                 .await
@@ -704,9 +1049,15 @@ mod memory_specific {
     async fn reading_expired_entries_drops_them() {
         let store = MemoryStateStore::new();
         store
-            .put_exchange("x", vec![1], Duration::from_secs(1))
+            .put_exchange(
+                "x",
+                vec![1],
+                Duration::from_secs(1),
+                ExchangeQuota::unbounded("g"),
+            )
             .await
-            .unwrap();
+            .unwrap()
+            .stored();
         store
             .record_failure("k", Duration::from_secs(1))
             .await
@@ -834,9 +1185,15 @@ mod redis_specific {
         let (mut a_events, mut b_events) = (a.watch_events(), b.watch_events());
 
         // A login on one node is a session on every node.
-        a.put_exchange("x", b"state".to_vec(), Duration::from_secs(60))
-            .await
-            .unwrap();
+        a.put_exchange(
+            "x",
+            b"state".to_vec(),
+            Duration::from_secs(60),
+            ExchangeQuota::unbounded("g"),
+        )
+        .await
+        .unwrap()
+        .stored();
         assert_eq!(b.take_exchange("x").await.unwrap().unwrap(), b"state");
         assert_eq!(a.take_exchange("x").await.unwrap(), None);
         a.put_session("s1", &live_session("alice")).await.unwrap();
@@ -872,6 +1229,85 @@ mod redis_specific {
         assert!(matches!(a_revoked.try_recv(), Err(TryRecvError::Empty)));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn quotas_and_failure_limits_hold_across_the_fleet() {
+        let Some((a, b)) = fleet().await else { return };
+        let (a, b) = (Arc::new(a), Arc::new(b));
+        const TASKS: usize = 100;
+        let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|i| {
+                let node = Arc::clone(if i % 2 == 0 { &a } else { &b });
+                let barrier = Arc::clone(&barrier);
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let stored = node
+                        .put_exchange(
+                            &format!("x{i}"),
+                            vec![1],
+                            Duration::from_secs(60),
+                            quota("198.51.100.7", 7, 1000),
+                        )
+                        .await
+                        .unwrap()
+                        == ExchangeAdmission::Stored;
+                    let limits = [
+                        FailureLimit {
+                            key: "user:alice",
+                            limit: 10,
+                        },
+                        FailureLimit {
+                            key: "ip:198.51.100.7",
+                            limit: 50,
+                        },
+                    ];
+                    let counted = node
+                        .record_failure_within(&limits, WINDOW)
+                        .await
+                        .unwrap()
+                        .is_none();
+                    (stored, counted)
+                })
+            })
+            .collect();
+        let (mut stored, mut counted) = (0, 0);
+        for task in tasks {
+            let (s, c) = task.await.unwrap();
+            stored += usize::from(s);
+            counted += usize::from(c);
+        }
+        assert_eq!((stored, counted), (7, 10));
+        assert_eq!(a.live_exchanges().await.unwrap(), 7);
+        assert_eq!(b.failures("user:alice").await.unwrap().0, 10);
+    }
+
+    #[tokio::test]
+    async fn an_exchange_stored_by_an_earlier_version_is_still_taken() {
+        if skipped() {
+            return;
+        }
+        let (url, prefix) = (shared_redis().url(), unique_prefix());
+        let store = RedisStateStore::connect_with_prefix(&url, &prefix)
+            .await
+            .unwrap();
+        // What a node of the previous version wrote: a plain string.
+        let mut conn = raw(&url).await;
+        let () = ::redis::cmd("SET")
+            .arg(format!("{prefix}exchange:old"))
+            .arg(&b"old state"[..])
+            .arg("PX")
+            .arg(60_000)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert_eq!(
+            store.take_exchange("old").await.unwrap().as_deref(),
+            Some(&b"old state"[..])
+        );
+        assert_eq!(store.take_exchange("old").await.unwrap(), None);
+        assert_eq!(store.live_exchanges().await.unwrap(), 0);
+    }
+
     #[tokio::test]
     async fn every_key_lives_under_the_prefix_and_expires() {
         if skipped() {
@@ -883,9 +1319,15 @@ mod redis_specific {
             .unwrap();
         assert_eq!(store.prefix(), prefix);
         store
-            .put_exchange("x1", b"s".to_vec(), Duration::from_secs(60))
+            .put_exchange(
+                "x1",
+                b"s".to_vec(),
+                Duration::from_secs(60),
+                ExchangeQuota::unbounded("g"),
+            )
             .await
-            .unwrap();
+            .unwrap()
+            .stored();
         store.put_session("s1", &live_session("a")).await.unwrap();
         store.record_failure("ip:192.0.2.1", WINDOW).await.unwrap();
         let mut conn = raw(&url).await;
@@ -898,6 +1340,8 @@ mod redis_specific {
         assert_eq!(
             keys,
             [
+                format!("{prefix}exchange-group:g"),
+                format!("{prefix}exchange-index"),
                 format!("{prefix}exchange:x1"),
                 format!("{prefix}failures:ip:192.0.2.1"),
                 format!("{prefix}session:s1"),
@@ -1039,7 +1483,10 @@ mod redis_specific {
         let calls: Vec<(&str, Result<(), StoreError>)> = vec![
             ("put_exchange", {
                 let started = Instant::now();
-                let r = store.put_exchange("x", vec![1], ttl).await;
+                let r = store
+                    .put_exchange("x", vec![1], ttl, ExchangeQuota::unbounded("g"))
+                    .await
+                    .map(drop);
                 assert!(
                     started.elapsed() < Duration::from_secs(3),
                     "{:?}",
@@ -1070,6 +1517,27 @@ mod redis_specific {
             ("record_failure", {
                 let started = Instant::now();
                 let r = store.record_failure("k", WINDOW).await.map(drop);
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "{:?}",
+                    started.elapsed()
+                );
+                r
+            }),
+            ("record_failure_within", {
+                let started = Instant::now();
+                let limits = [FailureLimit { key: "k", limit: 5 }];
+                let r = store.record_failure_within(&limits, WINDOW).await.map(drop);
+                assert!(
+                    started.elapsed() < Duration::from_secs(3),
+                    "{:?}",
+                    started.elapsed()
+                );
+                r
+            }),
+            ("live_exchanges", {
+                let started = Instant::now();
+                let r = store.live_exchanges().await.map(drop);
                 assert!(
                     started.elapsed() < Duration::from_secs(3),
                     "{:?}",
@@ -1474,17 +1942,18 @@ mod factories {
     #[test]
     fn urls_lose_their_credentials_in_messages() {
         for (url, shown) in [
-            ("redis://:secret@host:6379/0", "redis://host:6379/0"),
-            ("redis://user:secret@host", "redis://host"),
+            ("redis://:secret@host:6379/0", "redis://:***@host:6379/0"),
+            ("redis://user:secret@host", "redis://user:***@host"),
             (
-                "postgres://u:p%40ss@db.example:5432/wsgate?password=x",
-                "postgres://db.example:5432/wsgate",
+                "postgres://u:p%40ss@db.example:5432/wsgate?password=secret",
+                "postgres://u:***@db.example:5432/wsgate?password=***",
             ),
-            ("postgresql://db/wsgate#frag", "postgresql://db/wsgate"),
+            ("postgresql://db/wsgate#frag", "postgresql://db/wsgate#frag"),
             ("redis://host:6379", "redis://host:6379"),
-            ("host=db password=secret", "<23 characters, not a URL>"),
+            ("host=db password=secret", "host=db password=***"),
         ] {
             assert_eq!(redact_url(url), shown, "{url}");
+            assert!(!redact_url(url).contains("secret"), "{url}");
         }
     }
 

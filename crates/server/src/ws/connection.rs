@@ -100,6 +100,10 @@ pub(crate) mod close {
     pub(crate) const KEY_INIT_TIMEOUT: u16 = 4408;
 }
 
+/// The reason of every 4401 close, whatever the cause (protocol.md §5.2,
+/// §5.5): the cause is logged and counted, never sent.
+const AUTH_FAILED_REASON: &str = "authentication failed; log in again";
+
 // ---------------------------------------------------------------------------
 // The byte stream under the WebSocket.
 
@@ -853,10 +857,24 @@ impl Conn {
     async fn on_key_init(&mut self, message: &[u8], nonce: &[u8; 32]) -> Step {
         let violation = || Ending::new(close::PROTOCOL_VIOLATION, "expected KEY_INIT");
         let shared = self.shared.clone();
-        let auth_failed = |reason| {
+        // One close for every cause (issue 11, item 9): a reason that told
+        // "unknown session" from "did not open" would let anyone who saw a
+        // session id test whether it is still live. The cause goes to the
+        // log (escaped: the session id is the client's) and the metrics.
+        let ip_text = self.ip_text.clone();
+        let auth_failed = |cause: crate::metrics::KeyInitRefusal, session_id: &str| {
             shared.metrics.key_establishments_failed.inc();
-            Ending::new(close::AUTH_FAILED, reason)
+            shared.metrics.key_init_refusals.inc(cause);
+            let shown: String = session_id.chars().take(64).collect();
+            tracing::info!(
+                session = ?shown,
+                ip = %ip_text,
+                cause = cause.label(),
+                "KEY_INIT refused (4401)"
+            );
+            Ending::new(close::AUTH_FAILED, AUTH_FAILED_REASON)
         };
+        use crate::metrics::KeyInitRefusal as Cause;
         let env = envelope::decode(message).map_err(|_| violation())?;
         if env.msg_type != MessageType::KeyInit as u8 || env.flags != 0 || env.id != 0 {
             return Err(violation());
@@ -865,7 +883,7 @@ impl Conn {
         let session_id = env.name;
         let record = match self.shared.state.get_session(session_id).await {
             Ok(Some(r)) => r,
-            Ok(None) => return Err(auth_failed("unknown or expired session")),
+            Ok(None) => return Err(auth_failed(Cause::UnknownSession, session_id)),
             Err(e) => {
                 tracing::error!(error = %e, "state store unavailable at KEY_INIT");
                 return Err(Ending::new(
@@ -876,10 +894,10 @@ impl Conn {
         };
         let now = crate::store::unix_now();
         if record.expires_at <= now {
-            return Err(auth_failed("session expired"));
+            return Err(auth_failed(Cause::Expired, session_id));
         }
         if self.shared.config.session_ip_check && record.ip != self.ip_text {
-            return Err(auth_failed("connection IP differs from the login IP"));
+            return Err(auth_failed(Cause::IpMismatch, session_id));
         }
         let Some(key) = self
             .shared
@@ -887,13 +905,11 @@ impl Conn {
             .by_kid(&key_init.kid)
             .filter(|k| k.fingerprint() == record.key_fp)
         else {
-            return Err(auth_failed(
-                "KEY_INIT names another key than the login bound",
-            ));
+            return Err(auth_failed(Cause::WrongKey, session_id));
         };
         let dp =
             key_exchange::open_key_init(key, &key_init, session_id, &record.session_key, nonce)
-                .map_err(|_| auth_failed("KEY_INIT did not open"))?;
+                .map_err(|_| auth_failed(Cause::OpenFailed, session_id))?;
         self.shared.metrics.key_establishments_ok.inc();
         let keys = TrafficKeys::derive(&dp, nonce);
         let (sealer, opener) = keys.server_pair();

@@ -12,6 +12,8 @@ mod client;
 mod embedding;
 mod fleet;
 mod fleet_load;
+mod hardening;
+mod limits;
 mod login;
 mod logs;
 mod metrics;

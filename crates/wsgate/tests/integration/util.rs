@@ -79,17 +79,21 @@ impl TestGateway {
     }
 
     /// A node of `fleet` running `config`.
-    pub(crate) async fn start_in(fleet: &Fleet, mut config: Config) -> Self {
+    pub(crate) async fn start_in(fleet: &Fleet, config: Config) -> Self {
+        Self::start_with_state(fleet, config, fleet.state.clone()).await
+    }
+
+    /// A node of `fleet` (its keys and users) running `config` on `state`
+    /// instead of the fleet's in-memory one (e.g. a Redis store).
+    pub(crate) async fn start_with_state(
+        fleet: &Fleet,
+        mut config: Config,
+        state: Arc<dyn wsgate_server::store::StateStore>,
+    ) -> Self {
         config.data_dir = fleet.data.path().to_owned();
         let (keys, secret) = DataDir::new(fleet.data.path()).load().unwrap();
         let fingerprint = keys.current().fingerprint().to_owned();
-        let gateway = Gateway::new(
-            config,
-            keys,
-            secret,
-            fleet.credentials.clone(),
-            fleet.state.clone(),
-        );
+        let gateway = Gateway::new(config, keys, secret, fleet.credentials.clone(), state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -127,6 +131,9 @@ pub(crate) struct RawHttp {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     /// The gateway's current public key, fetched on first use.
     server_pk: Option<[u8; 32]>,
+    /// An `X-Forwarded-For` sent with every request (see
+    /// [`forwarded_for`](Self::forwarded_for)).
+    forwarded_for: Option<String>,
 }
 
 /// An exchange begun by a sealed first request, its reply 1 opened.
@@ -159,7 +166,16 @@ impl RawHttp {
         Self {
             sender,
             server_pk: None,
+            forwarded_for: None,
         }
+    }
+
+    /// Sends `X-Forwarded-For: <ip>` with every request: the gateway takes
+    /// it for the client's address when the connection comes from a trusted
+    /// proxy (configure `trusted_proxies = ["127.0.0.1"]`).
+    pub(crate) fn forwarded_for(mut self, ip: IpAddr) -> Self {
+        self.forwarded_for = Some(ip.to_string());
+        self
     }
 
     /// The current key of `GET /auth/key`.
@@ -222,12 +238,14 @@ impl RawHttp {
     }
 
     pub(crate) async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Reply {
-        let req = http::Request::builder()
+        let mut req = http::Request::builder()
             .method(method)
             .uri(path)
-            .header("host", "127.0.0.1")
-            .body(Full::new(Bytes::copy_from_slice(body)))
-            .unwrap();
+            .header("host", "127.0.0.1");
+        if let Some(ip) = &self.forwarded_for {
+            req = req.header("x-forwarded-for", ip);
+        }
+        let req = req.body(Full::new(Bytes::copy_from_slice(body))).unwrap();
         self.sender.ready().await.unwrap();
         let resp = self.sender.send_request(req).await.unwrap();
         let status = resp.status().as_u16();
