@@ -12,6 +12,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::channels::{ChannelRule, ChannelTable, PublishPolicy, SubscribePolicy};
+pub use crate::forwarded::{ClientIpHeader, TrustedProxies};
 use crate::routes::{Builtin, Route, RouteTable, Target};
 
 /// A configuration problem, worded for the person fixing it.
@@ -60,10 +61,16 @@ pub struct FileConfig {
     pub listen: Option<String>,
     /// `data_dir = "wsgate-data"`.
     pub data_dir: Option<PathBuf>,
-    /// `trusted_proxies = ["127.0.0.1/32"]`: peers whose `Forwarded` /
-    /// `X-Forwarded-For` headers are believed.
+    /// `trusted_proxies = ["127.0.0.1/32"]`: peers whose client-IP header
+    /// (`[proxy] client_ip_header`) is believed.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// `[proxy]`: what the trusted proxies write.
+    #[serde(default)]
+    pub proxy: FileProxy,
+    /// `metrics_listen = "127.0.0.1:9090"`: where `GET /metrics` is served,
+    /// apart from the client-facing listener. `"off"`: nowhere.
+    pub metrics_listen: Option<String>,
     /// `session_ip_check = true`: a WebSocket must come from the login's IP.
     pub session_ip_check: Option<bool>,
     /// `state = "memory"` or `"redis://host:port"`.
@@ -136,6 +143,15 @@ fn tls_from_file(tls: Option<&FileTls>) -> Result<Option<TlsFiles>, ConfigError>
             "[tls] needs `key = \"key.pem\"` (PEM private key) next to `cert`",
         )),
     }
+}
+
+/// `[proxy]` as written.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileProxy {
+    /// `client_ip_header = "x-forwarded-for"` or `"forwarded"`: the one
+    /// header the trusted proxies write the client's address into.
+    pub client_ip_header: Option<String>,
 }
 
 /// `[upstream]` as written.
@@ -441,8 +457,13 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Key set, server secret and SQLite credentials. Default `wsgate-data`.
     pub data_dir: PathBuf,
-    /// Proxies whose forwarding headers are believed. Default none.
-    pub trusted_proxies: Vec<IpNet>,
+    /// Proxies whose client-IP header is believed, and which header that
+    /// is. Default none.
+    pub trusted_proxies: TrustedProxies,
+    /// Where `/metrics` is served: its own listener, loopback by default
+    /// (`127.0.0.1:9090`); `None` (`metrics_listen = "off"`): nowhere.
+    /// Never on the client-facing listener.
+    pub metrics_listen: Option<SocketAddr>,
     /// Whether KEY_INIT must come from the login's IP. Default true.
     pub session_ip_check: bool,
     /// Sizes, counts and waits.
@@ -480,7 +501,8 @@ impl Default for Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: PathBuf::from("wsgate-data"),
-            trusted_proxies: Vec::new(),
+            trusted_proxies: TrustedProxies::default(),
+            metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
             session_ip_check: true,
             limits: Limits::default(),
             login: LoginPolicy::default(),
@@ -568,6 +590,15 @@ impl Config {
                     })
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let trusted_proxies = trusted_proxies_from_file(trusted_proxies, &file.proxy)?;
+        let metrics_listen = match file.metrics_listen.as_deref().map(str::trim) {
+            None => d.metrics_listen,
+            Some("off") => None,
+            Some(s) => Some(parse_listen(s).map_err(|e| match e {
+                ConfigError::Invalid { message, .. } => invalid("metrics_listen", message),
+                other => other,
+            })?),
+        };
         let l = &file.limits;
         let dl = Limits::default();
         let limits = Limits {
@@ -830,6 +861,7 @@ impl Config {
             listen,
             data_dir: file.data_dir.unwrap_or(d.data_dir),
             trusted_proxies,
+            metrics_listen,
             session_ip_check: file.session_ip_check.unwrap_or(true),
             limits,
             login,
@@ -839,6 +871,36 @@ impl Config {
             tls: tls_from_file(file.tls.as_ref())?,
         })
     }
+}
+
+/// The trusted proxies with the header they write: `[proxy]
+/// client_ip_header` must be named whenever a proxy is trusted, since
+/// reading the header the proxy does not write lets clients choose their IP.
+fn trusted_proxies_from_file(
+    nets: Vec<IpNet>,
+    proxy: &FileProxy,
+) -> Result<TrustedProxies, ConfigError> {
+    let header = match proxy.client_ip_header.as_deref().map(str::trim) {
+        Some(h) if h.eq_ignore_ascii_case("x-forwarded-for") => ClientIpHeader::XForwardedFor,
+        Some(h) if h.eq_ignore_ascii_case("forwarded") => ClientIpHeader::Forwarded,
+        Some(other) => {
+            return Err(invalid(
+                "proxy.client_ip_header",
+                format!("{other:?}: use \"x-forwarded-for\" or \"forwarded\" (RFC 7239)"),
+            ));
+        }
+        None if nets.is_empty() => ClientIpHeader::XForwardedFor,
+        None => {
+            return Err(invalid(
+                "proxy.client_ip_header",
+                "trusted_proxies is set: name the one header your proxy writes the client's \
+                 address into, under [proxy]: client_ip_header = \"x-forwarded-for\" (nginx \
+                 $proxy_add_x_forwarded_for, HAProxy option forwardfor) or \"forwarded\" \
+                 (RFC 7239); the other header is then ignored",
+            ));
+        }
+    };
+    Ok(TrustedProxies { nets, header })
 }
 
 /// Parses a listen address, with a hint for the common mistakes.
@@ -936,6 +998,8 @@ mod tests {
             listen = "127.0.0.1:9090"
             data_dir = "somewhere"
             trusted_proxies = ["127.0.0.1/32", "10.1.2.3"]
+            [proxy]
+            client_ip_header = "x-forwarded-for"
             [[routes]]
             name = "secret.echo"
             builtin = "echo"
@@ -947,7 +1011,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen, "127.0.0.1:9090".parse().unwrap());
-        assert_eq!(c.trusted_proxies.len(), 2);
+        assert_eq!(c.trusted_proxies.nets.len(), 2);
+        assert_eq!(c.trusted_proxies.header, ClientIpHeader::XForwardedFor);
         let r = c.routes.lookup("secret.echo").unwrap();
         assert!(r.sensitive);
         assert_eq!(
@@ -976,6 +1041,34 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("trusted_proxies[0]"), "{e}");
+        // A trusted proxy without the header it writes: refused, saying
+        // which setting to add (a guess would let clients choose their IP).
+        let e = parse("trusted_proxies = [\"10.0.0.1\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("proxy.client_ip_header") && e.contains("x-forwarded-for"),
+            "{e}"
+        );
+        let e = parse("[proxy]\nclient_ip_header = \"x-real-ip\"")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("proxy.client_ip_header"), "{e}");
+        let c =
+            parse("trusted_proxies = [\"10.0.0.1\"]\n[proxy]\nclient_ip_header = \"Forwarded\"")
+                .unwrap();
+        assert_eq!(c.trusted_proxies.header, ClientIpHeader::Forwarded);
+        // /metrics: loopback by default, configurable, or off.
+        assert_eq!(
+            parse("").unwrap().metrics_listen,
+            Some("127.0.0.1:9090".parse().unwrap())
+        );
+        assert_eq!(
+            parse("metrics_listen = \"off\"").unwrap().metrics_listen,
+            None
+        );
+        let e = parse("metrics_listen = \"9090\"").unwrap_err().to_string();
+        assert!(e.contains("metrics_listen"), "{e}");
         let e = parse("[[routes]]\nname = \"a\"\nupstream = \"ftp://127.0.0.1:1\"")
             .unwrap_err()
             .to_string();

@@ -1,10 +1,11 @@
 //! The observed IP of a request (protocol.md §2).
 //!
 //! The observed IP is the TCP peer — unless the peer is a configured trusted
-//! proxy, in which case the client address is taken from `Forwarded`
-//! (RFC 7239; preferred when present) or else `X-Forwarded-For`: the list
-//! (all header lines, in order, as one list) is walked from the right,
-//! skipping trusted proxies, and the first untrusted hop is the client.
+//! proxy, in which case the client address is taken from the one header the
+//! configuration names (`[proxy] client_ip_header`): `X-Forwarded-For` or
+//! `Forwarded` (RFC 7239), never the other. The list (all header lines, in
+//! order, as one list) is walked from the right, skipping trusted proxies,
+//! and the first untrusted hop is the client.
 //!
 //! Choices worth knowing:
 //!
@@ -18,10 +19,12 @@
 //!   proxy's address for login binding and rate limits.
 //! * If every hop is trusted, the result is the leftmost one (again the last
 //!   trusted address seen).
-//! * `Forwarded` is used whenever present, even if `X-Forwarded-For` is also
-//!   there. A trusted proxy that only writes `X-Forwarded-For` must therefore
-//!   remove any `Forwarded` header a client sent, or the client could choose
-//!   its own observed IP.
+//! * **One header, named by the operator, no fallback.** A proxy appends to
+//!   the header it writes and passes any other through untouched, so the
+//!   header it does not write is entirely the client's. Reading whichever
+//!   is present (as earlier versions did, preferring `Forwarded`) let a
+//!   client behind an `X-Forwarded-For` proxy choose its own IP with one
+//!   `Forwarded: for=…` line. A missing header yields the proxy's address.
 //! * Parsing is lenient where it costs nothing: parameter names are
 //!   case-insensitive, whitespace around elements, `;` and `=` is ignored,
 //!   ports (`1.2.3.4:80`, `"[2001:db8::1]:4711"`) and IPv6 zone identifiers
@@ -41,23 +44,62 @@ use wsgate_proto::ip::canonical;
 /// `X-Forwarded-For`.
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
 
+/// The header a trusted proxy writes the client's address into
+/// (`[proxy] client_ip_header`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIpHeader {
+    /// `X-Forwarded-For` (nginx `$proxy_add_x_forwarded_for`, HAProxy
+    /// `option forwardfor`, most load balancers).
+    XForwardedFor,
+    /// `Forwarded` (RFC 7239).
+    Forwarded,
+}
+
+impl ClientIpHeader {
+    /// The configuration value: `"x-forwarded-for"` or `"forwarded"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::XForwardedFor => X_FORWARDED_FOR,
+            Self::Forwarded => "forwarded",
+        }
+    }
+}
+
+/// Which peers are proxies, and which header they write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrustedProxies {
+    /// Peers whose header is believed. Empty: nobody's.
+    pub nets: Vec<IpNet>,
+    /// The one header read from them.
+    pub header: ClientIpHeader,
+}
+
+impl Default for TrustedProxies {
+    /// No trusted proxy: the observed IP is always the TCP peer.
+    fn default() -> Self {
+        Self {
+            nets: Vec::new(),
+            header: ClientIpHeader::XForwardedFor,
+        }
+    }
+}
+
 /// The observed IP (protocol.md §2): the TCP peer, or — only when the peer is a
-/// trusted proxy — the client from `Forwarded` (preferred when present) or
-/// `X-Forwarded-For`, walking right to left, skipping trusted proxies; the
-/// first untrusted hop is the client.
+/// trusted proxy — the client from the configured header, walking right to
+/// left, skipping trusted proxies; the first untrusted hop is the client.
 ///
 /// An element that names no usable address (`unknown`, an obfuscated
 /// identifier, garbage) stops the walk and yields the last trusted address
 /// seen: the proxy that reported it. IPv4-mapped addresses come back as IPv4.
-pub fn observed_ip(peer: IpAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
+pub fn observed_ip(peer: IpAddr, headers: &HeaderMap, proxies: &TrustedProxies) -> IpAddr {
+    let trusted = proxies.nets.as_slice();
     let peer = canonical(peer);
     if !is_trusted(peer, trusted) {
         return peer;
     }
-    let hops = if headers.contains_key(FORWARDED) {
-        forwarded_hops(headers)
-    } else {
-        x_forwarded_for_hops(headers)
+    let hops = match proxies.header {
+        ClientIpHeader::Forwarded => forwarded_hops(headers),
+        ClientIpHeader::XForwardedFor => x_forwarded_for_hops(headers),
     };
     let mut last_trusted = peer;
     for hop in hops.into_iter().rev() {
@@ -248,6 +290,30 @@ mod tests {
         map
     }
 
+    /// `super::observed_ip` with the header the test's request carries;
+    /// a request with both names none (only an untrusted peer may send
+    /// both here: the header rule has its own test).
+    fn observed_ip(peer: IpAddr, headers: &HeaderMap, nets: &[IpNet]) -> IpAddr {
+        let header = if headers.contains_key(FORWARDED) && !headers.contains_key(X_FORWARDED_FOR) {
+            ClientIpHeader::Forwarded
+        } else {
+            ClientIpHeader::XForwardedFor
+        };
+        let proxies = TrustedProxies {
+            nets: nets.to_vec(),
+            header,
+        };
+        let seen = super::observed_ip(peer, headers, &proxies);
+        if headers.contains_key(FORWARDED) && headers.contains_key(X_FORWARDED_FOR) {
+            let other = TrustedProxies {
+                header: ClientIpHeader::Forwarded,
+                ..proxies
+            };
+            assert_eq!(seen, super::observed_ip(peer, headers, &other), "ambiguous");
+        }
+        seen
+    }
+
     /// The usual deployment: a proxy at 10.0.0.1, more proxies in 10/8.
     fn through_proxy(pairs: &[(&str, &str)]) -> IpAddr {
         observed_ip(ip("10.0.0.1"), &headers(pairs), &nets(&["10.0.0.0/8"]))
@@ -394,23 +460,35 @@ mod tests {
     }
 
     #[test]
-    fn forwarded_is_preferred_over_x_forwarded_for() {
-        assert_eq!(
-            through_proxy(&[
-                ("x-forwarded-for", "192.0.2.1"),
-                ("forwarded", "for=198.51.100.2"),
-            ]),
-            ip("198.51.100.2")
-        );
-        // Present but naming nobody: still preferred, so the proxy's own
-        // address, not the other header's.
-        assert_eq!(
-            through_proxy(&[
-                ("x-forwarded-for", "192.0.2.1"),
-                ("forwarded", "proto=https")
-            ]),
-            ip("10.0.0.1")
-        );
+    fn only_the_configured_header_is_read_never_the_other() {
+        let both = headers(&[
+            ("x-forwarded-for", "192.0.2.1"),
+            ("forwarded", "for=198.51.100.2"),
+        ]);
+        let via = |header| {
+            let proxies = TrustedProxies {
+                nets: nets(&["10.0.0.0/8"]),
+                header,
+            };
+            move |map: &HeaderMap| super::observed_ip(ip("10.0.0.1"), map, &proxies)
+        };
+        let xff = via(ClientIpHeader::XForwardedFor);
+        let fwd = via(ClientIpHeader::Forwarded);
+        assert_eq!(xff(&both), ip("192.0.2.1"));
+        assert_eq!(fwd(&both), ip("198.51.100.2"));
+        // A client behind a proxy that appends only X-Forwarded-For sends
+        // its own `Forwarded`: it is not read.
+        let spoof = headers(&[
+            ("forwarded", "for=203.0.113.66"),
+            ("x-forwarded-for", "192.0.2.1"),
+        ]);
+        assert_eq!(xff(&spoof), ip("192.0.2.1"));
+        // The configured header missing: the proxy's own address, never the
+        // other header's.
+        let only_fwd = headers(&[("forwarded", "for=203.0.113.66")]);
+        assert_eq!(xff(&only_fwd), ip("10.0.0.1"));
+        let only_xff = headers(&[("x-forwarded-for", "203.0.113.66")]);
+        assert_eq!(fwd(&only_xff), ip("10.0.0.1"));
     }
 
     #[test]

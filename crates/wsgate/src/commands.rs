@@ -116,6 +116,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     let addr = listener.local_addr()?;
     let fingerprint = keys.current().fingerprint().to_owned();
     let demo = config.demo;
+    let metrics_listen = config.metrics_listen;
     let role = if config.auth_module {
         "authentication module on"
     } else {
@@ -141,7 +142,29 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
     if demo {
         println!("  demo: open {scheme}://{addr}/ and log in as {DEMO_USER} / {DEMO_PASSWORD}");
     }
-    gateway.serve(listener, shutdown_signal()).await?;
+    let metrics = match metrics_listen {
+        None => None,
+        Some(at) => match tokio::net::TcpListener::bind(at).await {
+            Ok(l) => {
+                println!("  metrics: http://{}/metrics", l.local_addr()?);
+                Some(tokio::spawn(gateway.serve_metrics(l)))
+            }
+            // The default port taken (a second gateway on this host): run
+            // without metrics rather than not at all, and say so.
+            Err(e) if at == Config::default().metrics_listen.unwrap_or(at) => {
+                tracing::warn!(address = %at, error = %e, "/metrics is not served: set metrics_listen to a free address, or \"off\"");
+                None
+            }
+            Err(e) => bail!(
+                "cannot listen on metrics_listen {at}: {e}; pick a free address or set metrics_listen = \"off\""
+            ),
+        },
+    };
+    let served = gateway.serve(listener, shutdown_signal()).await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
+    served?;
     println!("wsgate stopped");
     Ok(ExitCode::SUCCESS)
 }

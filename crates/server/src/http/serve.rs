@@ -19,6 +19,9 @@ use crate::store::{CredentialStore, StateStore};
 use crate::ws::registry::SessionRegistry;
 use crate::{Shared, http, ws};
 
+/// Concurrent connections the metrics listener serves.
+pub(crate) const METRICS_CONNECTIONS: usize = 16;
+
 /// How long a graceful stop waits for WebSocket connections to answer what
 /// is in flight and close (1001) before it stops anyway: each connection
 /// fits its close handshake inside this (`ws::connection`).
@@ -78,8 +81,7 @@ impl Gateway {
             .route("/auth/session", put(http::auth::put_session))
             .route("/ws", get(ws::upgrade))
             .route("/sm.js", get(http::assets::sm_js))
-            .route("/healthz", get(|| async { "ok" }))
-            .route("/metrics", get(http::metrics));
+            .route("/healthz", get(|| async { "ok" }));
         if self.shared.config.raw_echo {
             tracing::warn!(
                 "[testing] raw_echo is on: /raw-echo and /raw-echo-frames echo anything, unauthenticated"
@@ -116,7 +118,68 @@ impl Gateway {
                 http::body::bounded,
             ))
             .merge(api)
+            // Outermost: every answer, the 404s and the API's 401s included.
+            .layer(axum::middleware::from_fn(http::headers::security_headers))
             .with_state(self.shared.clone())
+    }
+
+    /// The router of `GET /metrics` alone (Prometheus text format), to be
+    /// served on its own listener (`metrics_listen`, loopback by default),
+    /// never on the client-facing one: the counters tell an outsider how
+    /// many logins fail, how many sessions live, which causes close
+    /// connections.
+    pub fn metrics_router(&self) -> Router {
+        Router::new()
+            .route("/metrics", get(http::metrics))
+            .layer(axum::middleware::from_fn(http::headers::security_headers))
+            .with_state(self.shared.clone())
+    }
+
+    /// Serves [`metrics_router`](Self::metrics_router) on `listener` (the
+    /// `metrics_listen` address) until the returned future is dropped. Its
+    /// own small accept loop: the header deadline of `[limits]` and at most
+    /// 16 scrapers at once, so a stuck client cannot
+    /// pile up connections on it either.
+    pub fn serve_metrics(
+        &self,
+        listener: TcpListener,
+    ) -> impl Future<Output = std::io::Result<()>> + Send + 'static {
+        let router = self.metrics_router();
+        let header_timeout = self.shared.config.limits.http_header_timeout;
+        async move {
+            let slots = Arc::new(tokio::sync::Semaphore::new(METRICS_CONNECTIONS));
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "metrics listener: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "metrics listener busy: connection refused");
+                    continue;
+                };
+                let router = router.clone();
+                let service = hyper::service::service_fn(
+                    move |mut req: hyper::Request<hyper::body::Incoming>| {
+                        req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
+                        router.clone().call(req)
+                    },
+                );
+                tokio::spawn(async move {
+                    let _slot = slot;
+                    let conn = hyper::server::conn::http1::Builder::new()
+                        .timer(TokioTimer::new())
+                        .header_read_timeout(header_timeout)
+                        .max_buf_size(16 * 1024)
+                        .serve_connection(TokioIo::new(tcp), service);
+                    // A scrape takes milliseconds; a minute bounds a stuck one.
+                    let _ = tokio::time::timeout(std::time::Duration::from_secs(60), conn).await;
+                });
+            }
+        }
     }
 
     /// Serves connections from `listener` until `shutdown` completes, then

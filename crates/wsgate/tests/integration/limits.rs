@@ -236,7 +236,8 @@ fn limited(outcome: (u16, Option<u16>)) -> bool {
     outcome.0 == 429 || outcome.1 == Some(429)
 }
 
-const PROXIED: &str = "trusted_proxies = [\"127.0.0.1\"]\n";
+const PROXIED: &str =
+    "trusted_proxies = [\"127.0.0.1\"]\n[proxy]\nclient_ip_header = \"x-forwarded-for\"\n";
 
 #[tokio::test]
 async fn ipv6_addresses_rotated_inside_one_64_share_the_failure_limit() {
@@ -443,7 +444,7 @@ async fn assert_the_exchange_caps_hold(nodes: &[&TestGateway]) {
     }
 }
 
-const CAPPED: &str = "trusted_proxies = [\"127.0.0.1\"]\n[login]\nmax_exchanges = 50\nmax_exchanges_per_ip = 20\nexchange_ttl_secs = 5";
+const CAPPED: &str = "trusted_proxies = [\"127.0.0.1\"]\n[proxy]\nclient_ip_header = \"x-forwarded-for\"\n[login]\nmax_exchanges = 50\nmax_exchanges_per_ip = 20\nexchange_ttl_secs = 5";
 
 #[tokio::test]
 async fn live_exchanges_are_capped_per_ip_prefix_and_in_all_in_memory() {

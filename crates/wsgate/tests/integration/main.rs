@@ -10,6 +10,7 @@ mod channels;
 mod cli;
 mod client;
 mod embedding;
+mod exposure;
 mod fleet;
 mod fleet_load;
 mod hardening;

@@ -13,7 +13,9 @@ pub(crate) fn value(text: &str, series: &str) -> u64 {
 }
 
 pub(crate) async fn scrape(gw: &TestGateway) -> String {
-    let mut tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(gw.metrics_addr)
+        .await
+        .unwrap();
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     tcp.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .await

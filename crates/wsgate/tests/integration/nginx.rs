@@ -118,7 +118,8 @@ http {{
 async fn full_flow_through_nginx(trusted: bool) -> (String, String) {
     let fleet = Fleet::new().await;
     let toml = if trusted {
-        format!("trusted_proxies = [\"{NGINX_IP}/32\"]")
+        // nginx writes both headers here; the gateway reads only the one named.
+        format!("trusted_proxies = [\"{NGINX_IP}/32\"]\n[proxy]\nclient_ip_header = \"forwarded\"")
     } else {
         String::new()
     };

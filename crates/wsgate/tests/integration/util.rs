@@ -25,6 +25,8 @@ pub(crate) const SECOND_CLIENT_IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(1
 /// A running gateway; stops when dropped.
 pub(crate) struct TestGateway {
     pub(crate) addr: SocketAddr,
+    /// Where its `/metrics` is served (never on `addr`).
+    pub(crate) metrics_addr: SocketAddr,
     pub(crate) fingerprint: String,
     _data: Arc<tempfile::TempDir>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -96,12 +98,21 @@ impl TestGateway {
         let gateway = Gateway::new(config, keys, secret, fleet.credentials.clone(), state);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
+        let metrics_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics_addr = metrics_listener.local_addr().unwrap();
+        let metrics = gateway.serve_metrics(metrics_listener);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(gateway.serve(listener, async {
-            let _ = stopped.await;
-        }));
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = gateway.serve(listener, async {
+                    let _ = stopped.await;
+                }) => {}
+                _ = metrics => {}
+            }
+        });
         Self {
             addr,
+            metrics_addr,
             fingerprint,
             _data: fleet.data.clone(),
             stop: Some(stop),
@@ -172,7 +183,8 @@ impl RawHttp {
 
     /// Sends `X-Forwarded-For: <ip>` with every request: the gateway takes
     /// it for the client's address when the connection comes from a trusted
-    /// proxy (configure `trusted_proxies = ["127.0.0.1"]`).
+    /// proxy (configure `trusted_proxies = ["127.0.0.1"]` and `[proxy]
+    /// client_ip_header = "x-forwarded-for"`).
     pub(crate) fn forwarded_for(mut self, ip: IpAddr) -> Self {
         self.forwarded_for = Some(ip.to_string());
         self
