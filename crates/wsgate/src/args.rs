@@ -48,7 +48,8 @@ pub(crate) struct ServeArgs {
     /// Data directory [default: wsgate-data].
     #[arg(long, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
-    /// Serve the demo page at / and create the demo user (demo / wsgate-demo).
+    /// Serve the demo page at / with the demo user (demo / wsgate-demo), held
+    /// in memory while this runs and never stored.
     #[arg(long)]
     pub(crate) demo: bool,
 }

@@ -16,11 +16,7 @@ use wsgate_server::store::{self as store, CredentialStore, StoreError, UserRecor
 
 use crate::args::{Cli, Command, DataDirArgs, ServeArgs, UserCommand};
 
-/// The demo user's name and password (public by design; see README).
-const DEMO_USER: &str = "demo";
-const DEMO_PASSWORD: &str = "wsgate-demo";
-/// The demo password is public, so its iteration count only costs time.
-const DEMO_ITERATIONS: u32 = scram::MIN_ITERATIONS;
+use crate::demo::{DEMO_PASSWORD, DEMO_USER, DemoOverlay, refuse_leftover_demo_account};
 
 pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -99,9 +95,15 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
             )
         })?
     };
-    if config.demo {
-        ensure_demo_user(credentials.as_ref()).await?;
-    }
+    // The demo account lives in memory while --demo runs, never in the
+    // store; a store that still holds it (an older version put it there)
+    // is refused without --demo.
+    let credentials: Arc<dyn CredentialStore> = if config.demo {
+        Arc::new(DemoOverlay::new(credentials).await?)
+    } else {
+        refuse_leftover_demo_account(credentials.as_ref()).await?;
+        credentials
+    };
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => anyhow::anyhow!(
             "{} is already in use: stop the other process or pick another address with --listen 127.0.0.1:8081",
@@ -189,7 +191,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-fn make_record(name: &str, password: &str, iterations: u32) -> Result<UserRecord> {
+pub(crate) fn make_record(name: &str, password: &str, iterations: u32) -> Result<UserRecord> {
     let salt: [u8; 16] = {
         use rand::Rng as _;
         let mut s = [0u8; 16];
@@ -205,15 +207,6 @@ fn make_record(name: &str, password: &str, iterations: u32) -> Result<UserRecord
         stored_key: verifier.stored_key,
         server_key: *verifier.server_key,
     })
-}
-
-async fn ensure_demo_user(store: &dyn CredentialStore) -> Result<()> {
-    if store.get_user(DEMO_USER).await?.is_none() {
-        store
-            .add_user(make_record(DEMO_USER, DEMO_PASSWORD, DEMO_ITERATIONS)?)
-            .await?;
-    }
-    Ok(())
 }
 
 /// The credential store of `config` (SQLite in `dir` unless the config

@@ -7,6 +7,7 @@
 
 mod args;
 mod commands;
+mod demo;
 
 use std::process::ExitCode;
 

@@ -168,6 +168,74 @@ async fn serve_demo_creates_the_data_dir_and_the_demo_user_logs_in() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn the_demo_account_lives_only_while_demo_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let args = ["--listen", "127.0.0.1:0", "--data-dir", d];
+    let demo = serve(&[&["--demo"][..], &args].concat());
+    let config = ClientConfig::from_addr(demo.addr);
+    login(&config, "demo", "wsgate-demo").await.unwrap();
+    drop(demo);
+    // Nothing of it is left in the credential store...
+    let (ok, out, err) = run(&["user", "list", "--data-dir", d], None);
+    assert!(ok, "{err}");
+    assert!(!out.lines().any(|l| l.trim() == "demo"), "{out}");
+    // ...so a later serve without --demo refuses the public password.
+    let plain = serve(&args);
+    let config = ClientConfig::from_addr(plain.addr);
+    assert!(login(&config, "demo", "wsgate-demo").await.is_err());
+    drop(plain);
+
+    // A store that holds the public account (as earlier versions left it)
+    // is refused without --demo, with the command that fixes it.
+    let (ok, _, err) = run(
+        &[
+            "user",
+            "add",
+            "demo",
+            "--data-dir",
+            d,
+            "--password-stdin",
+            "--iterations",
+            "4096",
+        ],
+        Some("wsgate-demo\n"),
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(&[&["serve"][..], &args].concat(), None);
+    assert!(
+        !ok,
+        "serve started with the public demo account in its store"
+    );
+    assert!(
+        err.contains("public demo account") && err.contains("wsgate user remove demo"),
+        "{err}"
+    );
+    // A real user who happens to be named demo is nobody's business.
+    let (ok, _, err) = run(&["user", "remove", "demo", "--data-dir", d], None);
+    assert!(ok, "{err}");
+    let (ok, _, err) = run(
+        &[
+            "user",
+            "add",
+            "demo",
+            "--data-dir",
+            d,
+            "--password-stdin",
+            "--iterations",
+            "4096",
+        ],
+        Some("a real password of theirs\n"),
+    );
+    assert!(ok, "{err}");
+    let plain = serve(&args);
+    let config = ClientConfig::from_addr(plain.addr);
+    login(&config, "demo", "a real password of theirs")
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn keygen_rotates_and_the_newest_key_is_current() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().to_str().unwrap();
