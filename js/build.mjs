@@ -1,13 +1,18 @@
 // Bundles src/sm.js into one ES module. Deterministic: same sources and
 // esbuild version give the same bytes.
-//   node build.mjs [outfile]   (default ../crates/server/assets/sm.js)
+//   node build.mjs [outfile] [--test-hooks]   (default ../crates/server/assets/sm.js)
+// --test-hooks keeps `testHooks.onSecrets` (tests that need the session's
+// secrets, e.g. the wire capture); the published bundle never has it.
 import { build } from "esbuild";
 import { readFileSync } from "node:fs";
 import { dirname, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const out = resolve(process.argv[2] ?? resolve(here, "../crates/server/assets/sm.js"));
+const args = process.argv.slice(2);
+const testHooks = args.includes("--test-hooks");
+const outArg = args.find((a) => !a.startsWith("--"));
+const out = resolve(outArg ?? resolve(here, "../crates/server/assets/sm.js"));
 const pkg = JSON.parse(readFileSync(resolve(here, "package.json"), "utf8"));
 
 await build({
@@ -25,6 +30,7 @@ await build({
   // @hpke/common has a Node <= 18 fallback `await import("crypto")`, never
   // reached where globalThis.crypto exists (every browser).
   external: ["crypto"],
+  define: { __WSGATE_TEST_HOOKS__: testHooks ? "true" : "false" },
   banner: { js: `/*! sm.js ${pkg.version} — wsgate browser module (protocol wsgate-v1). Built from js/ with esbuild; do not edit. */` },
   logLevel: "warning",
 });

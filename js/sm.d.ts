@@ -91,11 +91,21 @@ export interface ConnectOptions {
    * with `session_expired`. Default false. A session ended on purpose (4001) is never renewed.
    */
   autoRelogin?: boolean;
+  /**
+   * Keep SCRAM's SaltedPassword (never the password) in memory for the session's life, so that a
+   * changed IP or server key, or `autoRelogin`, logs in again without asking. Default true. false:
+   * it is zeroed as soon as the login succeeds, and such a change ends the session. Either way it
+   * is zeroed when the session closes.
+   */
+  keepCredentials?: boolean;
   /** fetch implementation (default: globalThis.fetch). */
   fetch?: typeof fetch;
   /** WebSocket implementation (default: globalThis.WebSocket). */
   WebSocket?: typeof WebSocket;
-  /** For tests only: exposes the session's secrets. Never use in production. */
+  /**
+   * For tests only: exposes the session's secrets. Works only with the sources or a test build
+   * (`node build.mjs out.js --test-hooks`); the published bundle ignores it.
+   */
   testHooks?: {
     onSecrets?: (s: {
       sessionId: string;

@@ -43,6 +43,21 @@ export function makeCredentials(username, password) {
 }
 
 /**
+ * Zeroes and drops everything `credentials` holds: the password (if still
+ * there) and every cached SaltedPassword. Logging in again then needs the
+ * password.
+ * @param {Credentials} credentials
+ */
+export function forgetCredentials(credentials) {
+  if (credentials.password) {
+    credentials.password.fill(0);
+    credentials.password = null;
+  }
+  for (const salted of credentials.salted.values()) salted.fill(0);
+  credentials.salted.clear();
+}
+
+/**
  * fetch with a timeout; maps failures to WsgateError.
  * @param {typeof fetch} fetchImpl @param {string} url @param {RequestInit} init @param {number} timeoutMs
  */
@@ -277,6 +292,8 @@ async function loginOnce({ backend, base, credentials, pin, timeoutMs, fetch: fe
   let loginKey = null;
   /** @type {Uint8Array | null} */
   let exKey = null;
+  /** @type {Uint8Array | null} */
+  let fresh = null;
   try {
     const sealed = await sealFirstRequest(backend, { pk: key.pk, kid: key.kid, clientFirst: first.clientFirst });
     loginKey = sealed.loginKey;
@@ -297,15 +314,16 @@ async function loginOnce({ backend, base, credentials, pin, timeoutMs, fetch: fe
     const serverFirst = in1.scram;
     const sf = parseServerFirst(serverFirst, cnonce);
     const cacheKey = `${sf.iterations}:${b64u(sf.salt)}`;
-    let salted = credentials.salted.get(cacheKey);
+    const cached = credentials.salted.get(cacheKey);
+    let salted = cached;
     if (!salted) {
       if (!credentials.password) {
-        throw new WsgateError("session_expired", "The server now uses a different salt for this user (password changed?); log in again with the password.");
+        throw new WsgateError("session_expired", "The server now uses a different salt for this user (password changed?), or the login was not kept (keepCredentials: false); log in again with the password.");
       }
-      salted = await saltedPassword(backend, credentials.password, sf.salt, sf.iterations);
-      // Kept even before the proof is checked, so that a retry after
-      // e=other-error does not pay for PBKDF2 twice.
-      credentials.salted.set(cacheKey, salted);
+      // Cached only once the server has proved it knows the verifier
+      // (ServerSignature, below): a salt and iteration count from anyone
+      // else must not leave a SaltedPassword behind.
+      salted = fresh = await saltedPassword(backend, credentials.password, sf.salt, sf.iterations);
     }
     const fin = await clientFinal(backend, {
       clientFirstBare: first.clientFirstBare,
@@ -339,6 +357,12 @@ async function loginOnce({ backend, base, credentials, pin, timeoutMs, fetch: fe
     }
     if (in2.scram.startsWith("e=")) throw new WsgateError("protocol_error", "The server answered 200 with a SCRAM error.");
     verifyServerFinal(in2.scram, fin.serverSignature);
+    if (!cached) {
+      for (const old of credentials.salted.values()) old.fill(0);
+      credentials.salted.clear();
+      credentials.salted.set(cacheKey, salted);
+      fresh = null;
+    }
     const sid = in2.session;
     if (typeof sid !== "string" || sid.length !== 22 || !fromB64uOrNull(sid) || typeof in2.user !== "string" || !(Number(in2.expires_in) >= 1)) {
       throw new WsgateError("protocol_error", "The server's login answer is malformed.");
@@ -361,5 +385,7 @@ async function loginOnce({ backend, base, credentials, pin, timeoutMs, fetch: fe
   } finally {
     if (loginKey) loginKey.fill(0);
     if (exKey) exKey.fill(0);
+    // A SaltedPassword computed here and not cached (the login failed).
+    if (fresh) fresh.fill(0);
   }
 }

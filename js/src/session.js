@@ -7,13 +7,20 @@ import { selectBackend } from "./crypto/index.js";
 import { FLAG_ENC, FLAG_ERR, MAX_NAME_LEN, T, TYPE_NAMES, decodeEnvelope, encodeEnvelope, openFrame, sealFrame } from "./envelope.js";
 import { WsgateError, serverError } from "./errors.js";
 import { deriveTrafficKeys, makeKeyInit, parseHello } from "./keyinit.js";
-import { login, makeCredentials } from "./login.js";
+import { forgetCredentials, login, makeCredentials } from "./login.js";
 
 /** @typedef {import("./crypto/index.js").Backend} Backend */
 /** @typedef {import("./crypto/index.js").Aead} Aead */
 /** @typedef {import("./login.js").LoginResult} LoginResult */
 
 const EMPTY = new Uint8Array(0);
+
+/* global __WSGATE_TEST_HOOKS__ */
+// `testHooks` work only where `__WSGATE_TEST_HOOKS__` is undefined (the
+// sources, as the unit tests run them) or true (`build.mjs --test-hooks`).
+// The published bundle defines it as false, and the minifier then drops the
+// code that hands out session secrets: the condition is written out at each
+// use so that it folds to a constant.
 const SUBPROTOCOL = "wsgate.v1";
 const MAX_ID = 0xffffffff;
 
@@ -50,8 +57,13 @@ const MAX_ID = 0xffffffff;
  *   expiry) is never renewed.
  * @property {typeof fetch} [fetch] fetch implementation (default globalThis.fetch)
  * @property {typeof WebSocket} [WebSocket] WebSocket implementation (default globalThis.WebSocket)
+ * @property {boolean} [keepCredentials] keep SCRAM's SaltedPassword (never the password) in memory for the
+ *   session's life, so that a changed IP or server key, or `autoRelogin`, logs in again without asking
+ *   (default true). false: it is zeroed as soon as the login succeeds, and such a change ends the session.
+ *   Either way it is zeroed when the session closes.
  * @property {{ onSecrets?: (s: { sessionId: string, sessionKey: Uint8Array, dynamicPassword: Uint8Array, c2sKey: Uint8Array, s2cKey: Uint8Array, helloNonce: Uint8Array }) => void }} [testHooks]
- *   For tests only: exposes the session's secrets. Never use in production.
+ *   For tests only, and only in a test build (`node build.mjs --test-hooks`) or the sources: exposes the
+ *   session's secrets. The published bundle ignores it.
  */
 
 /** @param {unknown} data @returns {Uint8Array} */
@@ -271,9 +283,12 @@ class Connection {
     const keys = await deriveTrafficKeys(backend, ki.dynamicPassword, hello.nonce);
     this.c2s = await backend.aesGcm(keys.c2s);
     this.s2c = await backend.aesGcm(keys.s2c);
-    const hooks = this.s._testHooks;
-    if (hooks && typeof hooks.onSecrets === "function") {
-      hooks.onSecrets({ sessionId: lr.sessionId, sessionKey: lr.sessionKey, dynamicPassword: ki.dynamicPassword, c2sKey: keys.c2s, s2cKey: keys.s2c, helloNonce: hello.nonce });
+    // @ts-ignore -- defined by the bundler, or not at all
+    if (typeof __WSGATE_TEST_HOOKS__ === "undefined" || __WSGATE_TEST_HOOKS__ === true) {
+      const hooks = this.s._testHooks;
+      if (hooks && typeof hooks.onSecrets === "function") {
+        hooks.onSecrets({ sessionId: lr.sessionId, sessionKey: lr.sessionKey, dynamicPassword: ki.dynamicPassword, c2sKey: keys.c2s, s2cKey: keys.s2c, helloNonce: hello.nonce });
+      }
     }
     if (this.phase !== "hello") return;
     this.phase = "keyack";
@@ -363,7 +378,8 @@ export class Session extends EventTarget {
     this._wsUrl = ws;
     this._pin = opts.pin;
     this._onFrameHook = typeof opts.onFrame === "function" ? opts.onFrame : null;
-    this._testHooks = opts.testHooks;
+    // @ts-ignore -- defined by the bundler, or not at all
+    this._testHooks = typeof __WSGATE_TEST_HOOKS__ === "undefined" || __WSGATE_TEST_HOOKS__ === true ? opts.testHooks : undefined;
     this._requestTimeout = opts.requestTimeout ?? 30_000;
     this._handshakeTimeout = opts.handshakeTimeout ?? 10_000;
     this._httpTimeout = opts.httpTimeout ?? 30_000;
@@ -372,6 +388,7 @@ export class Session extends EventTarget {
     this._reconnectEnabled = opts.reconnect !== false;
     this._maxMessageSize = opts.maxMessageSize ?? 1024 * 1024;
     this._autoRelogin = opts.autoRelogin === true;
+    this._keepCredentials = opts.keepCredentials !== false;
     const fetchImpl = opts.fetch ?? globalThis.fetch;
     this._WebSocket = /** @type {typeof WebSocket} */ (opts.WebSocket ?? globalThis.WebSocket);
     if (typeof fetchImpl !== "function") throw new WsgateError("unsupported", "This environment has no fetch(); pass { fetch }.");
@@ -491,6 +508,9 @@ export class Session extends EventTarget {
     this._setState("connecting");
     try {
       this._lr = await login({ backend: this._backend, base: this._base, credentials: this._credentials, pin: this._pin, timeoutMs: this._httpTimeout, fetch: this._fetch });
+      // Nothing kept to log in again with: a changed IP or server key ends
+      // the session instead (keepCredentials: false).
+      if (!this._keepCredentials) forgetCredentials(this._credentials);
       await this._establish();
     } catch (e) {
       const err = e instanceof WsgateError ? e : new WsgateError("internal_error", `Unexpected failure: ${e instanceof Error ? e.message : e}`, { cause: e });
@@ -646,7 +666,7 @@ export class Session extends EventTarget {
     }
     this._queue = [];
     this._subs.clear();
-    if (this._credentials) this._credentials.salted.clear();
+    if (this._credentials) forgetCredentials(this._credentials);
     this._setState("closed", err);
   }
 

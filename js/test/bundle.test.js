@@ -18,6 +18,8 @@ test("bundle is one self-contained ES module", () => {
   assert.ok(!/\bimport\s*[^(]*\sfrom\s*["']/.test(text), "no static imports left");
   assert.ok(!/\brequire\(/.test(text), "no require()");
   assert.ok(text.length < 200_000, `size ${text.length}`);
+  // The code that hands out session secrets to tests is not in it.
+  assert.ok(!text.includes("onSecrets"), "testHooks.onSecrets is compiled out of the published bundle");
 });
 
 test("bundle, sources and sm.d.ts export the same names", () => {

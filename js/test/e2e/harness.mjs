@@ -128,21 +128,28 @@ export async function startGateway({ port, dataDir, config, timeoutMs = 30_000 }
   };
 }
 
-let fresh;
-/** A bundle built from src/ right now (WSGATE_E2E_LOCAL_BUNDLE=1). */
-function freshBundle() {
-  if (!fresh) {
+/** Bundles built from src/ right now (WSGATE_E2E_LOCAL_BUNDLE=1, or the test build). */
+/** @type {Map<boolean, Buffer>} */
+const freshBuilds = new Map();
+
+/** A fresh build of the sources; with `testHooks`, the test build that keeps `testHooks.onSecrets`. */
+function freshBundle(testHooks = false) {
+  if (!freshBuilds.has(testHooks)) {
     const dir = tempDir("wsgate-bundle-");
     const out = join(dir, "sm.js");
-    execFileSync(process.execPath, [resolve(JS_DIR, "build.mjs"), out], { stdio: "ignore" });
-    fresh = readFileSync(out);
+    execFileSync(process.execPath, [resolve(JS_DIR, "build.mjs"), out, ...(testHooks ? ["--test-hooks"] : [])], { stdio: "ignore" });
+    freshBuilds.set(testHooks, readFileSync(out));
     rmSync(dir, { recursive: true, force: true });
   }
-  return fresh;
+  return /** @type {Buffer} */ (freshBuilds.get(testHooks));
 }
 
-/** Headless Chromium with a fresh profile; wsgate.test resolves to 127.0.0.1. */
-export async function launchBrowser() {
+/**
+ * Headless Chromium with a fresh profile; wsgate.test resolves to 127.0.0.1.
+ * `testHooks`: pages get a test build of sm.js that keeps `testHooks.onSecrets`
+ * (the published bundle the gateway serves has none).
+ */
+export async function launchBrowser({ testHooks = false } = {}) {
   const userDataDir = tempDir("wsgate-chromium-");
   const context = await chromium.launchPersistentContext(userDataDir, {
     executablePath: CHROMIUM_BIN,
@@ -162,8 +169,8 @@ export async function launchBrowser() {
     rmSync(userDataDir, { recursive: true, force: true });
     throw e;
   });
-  if (process.env.WSGATE_E2E_LOCAL_BUNDLE === "1") {
-    const body = freshBundle();
+  if (process.env.WSGATE_E2E_LOCAL_BUNDLE === "1" || testHooks) {
+    const body = freshBundle(testHooks);
     await context.route("**/sm.js", (route) => route.fulfill({ status: 200, contentType: "text/javascript; charset=utf-8", body }));
   }
   return {
@@ -214,6 +221,11 @@ export async function openPage(browser, port, { secure }) {
   const page = await browser.context.newPage();
   const errors = [];
   page.on("pageerror", (e) => errors.push(String(e)));
+  // The demo page's Content-Security-Policy: anything it blocks (a script,
+  // a style, WebAssembly, a WebSocket) is a failure of the page's tests.
+  page.on("console", (m) => {
+    if (m.type() === "error" && /Content Security Policy/i.test(m.text())) errors.push(m.text());
+  });
   const origin = `http://${secure ? "127.0.0.1" : INSECURE_HOST}:${port}`;
   await page.goto(`${origin}/`);
   if (process.env.WSGATE_E2E_LOCAL_BUNDLE === "1") {

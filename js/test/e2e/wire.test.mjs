@@ -87,7 +87,8 @@ test("wire: the capture is complete, a plain payload is visible, no secret is", 
   const pcapFile = join(work, "wire.pcap");
   const capture = await startCapture(gw.port, pcapFile);
   runningCapture = capture;
-  const browser = await launchBrowser();
+  // The test build of sm.js: the eavesdropper needs each session's secrets.
+  const browser = await launchBrowser({ testHooks: true });
   const sessions = [];
   const markers = [];
   try {
