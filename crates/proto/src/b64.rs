@@ -33,6 +33,11 @@ pub fn encode_b64u(bytes: &[u8]) -> String {
     B64U.encode(bytes)
 }
 
+/// Length of the b64u text of `n` bytes (no padding).
+pub const fn b64u_len(n: usize) -> usize {
+    (n * 4).div_ceil(3)
+}
+
 /// Strict base64url-without-padding decoding.
 pub fn decode_b64u(text: &str) -> Result<Vec<u8>> {
     B64U.decode(text).map_err(|_| Error::Base64)

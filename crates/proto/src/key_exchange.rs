@@ -21,6 +21,28 @@ use crate::{Error, Result, b64};
 
 /// Length of the HELLO nonce.
 pub const HELLO_NONCE_LEN: usize = 32;
+/// Raw length of a key id (`kid`, the first bytes of SHA-256(pk)).
+pub const KID_LEN: usize = 8;
+/// Raw length of KEY_INIT's `enc`: an X25519 public key.
+pub const KEY_INIT_ENC_LEN: usize = 32;
+/// Raw length of KEY_INIT's `ct`: the 32-byte dynamic password and the
+/// AES-GCM tag.
+pub const KEY_INIT_CT_LEN: usize = 32 + crate::envelope::TAG_LEN;
+/// Length of the KEY_INIT body as clients write it: compact JSON
+/// `{"kid":"…","enc":"…","ct":"…"}` (145 bytes).
+pub const KEY_INIT_BODY_LEN: usize = r#"{"kid":"","enc":"","ct":""}"#.len()
+    + b64::b64u_len(KID_LEN)
+    + b64::b64u_len(KEY_INIT_ENC_LEN)
+    + b64::b64u_len(KEY_INIT_CT_LEN);
+
+/// The largest KEY_INIT message: envelope header, a name (the session id)
+/// of up to `max_name_len` bytes and the body. A receiver can refuse a
+/// larger first message unread (protocol.md §5.2). Real session ids are 22
+/// characters, so a client's KEY_INIT fits with room to spare for JSON
+/// written differently.
+pub const fn key_init_max_len(max_name_len: usize) -> usize {
+    crate::envelope::FIXED_HEADER_LEN + max_name_len + KEY_INIT_BODY_LEN
+}
 /// The dynamic password: 32 random bytes made by the client.
 pub type DynamicPassword = Zeroizing<[u8; 32]>;
 
@@ -106,9 +128,9 @@ pub fn seal_key_init(
 pub fn parse_key_init(body: &[u8]) -> Result<KeyInit> {
     let ki: KeyInit = serde_json::from_slice(body)
         .map_err(|_| Error::KeyInit("KEY_INIT body is not the expected JSON"))?;
-    let enc_ok = b64::decode_b64u(&ki.enc).is_ok_and(|e| e.len() == 32);
-    let ct_ok = b64::decode_b64u(&ki.ct).is_ok_and(|c| c.len() == 48);
-    let kid_ok = b64::decode_b64u(&ki.kid).is_ok_and(|k| k.len() == 8);
+    let enc_ok = b64::decode_b64u(&ki.enc).is_ok_and(|e| e.len() == KEY_INIT_ENC_LEN);
+    let ct_ok = b64::decode_b64u(&ki.ct).is_ok_and(|c| c.len() == KEY_INIT_CT_LEN);
+    let kid_ok = b64::decode_b64u(&ki.kid).is_ok_and(|k| k.len() == KID_LEN);
     if !(enc_ok && ct_ok && kid_ok) {
         return Err(Error::KeyInit(
             "KEY_INIT fields have the wrong encoding or length",
@@ -222,6 +244,11 @@ mod tests {
         .unwrap();
         assert_eq!(ki.kid, key.kid());
         let body = serde_json::to_vec(&ki).unwrap();
+        // The size the pre-KEY_INIT limit is made of.
+        assert_eq!(body.len(), KEY_INIT_BODY_LEN);
+        assert_eq!(KEY_INIT_BODY_LEN, 145);
+        let message = crate::envelope::encode(0x02, 0, 0, "sid", &body).unwrap();
+        assert_eq!(message.len(), key_init_max_len(3));
         let parsed = parse_key_init(&body).unwrap();
         let opened = open_key_init(&key, &parsed, "sid", &session_key, &nonce).unwrap();
         assert_eq!(*opened, dp);

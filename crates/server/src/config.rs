@@ -204,7 +204,9 @@ pub struct FileLimits {
     pub http_header_timeout_secs: Option<u64>,
     pub http_body_timeout_secs: Option<u64>,
     pub max_connections: Option<usize>,
+    pub max_unauthenticated_per_ip: Option<usize>,
     pub send_queue: Option<usize>,
+    pub send_queue_bytes: Option<usize>,
     pub send_timeout_secs: Option<u64>,
     pub max_subscriptions: Option<usize>,
 }
@@ -265,6 +267,10 @@ impl FileConfig {
 #[non_exhaustive]
 pub struct Limits {
     /// Largest WebSocket message; larger closes with 1009. Default 1 MiB.
+    /// Until KEY_INIT the limit is the largest KEY_INIT instead
+    /// ([`key_init_max_len`](wsgate_proto::key_exchange::key_init_max_len)
+    /// of `max_name_len`: 1177 bytes by default), so an unauthenticated
+    /// connection never makes the gateway buffer more than that.
     pub max_message_size: usize,
     /// Longest envelope name (≤ 1024). Default 1024.
     pub max_name_len: usize,
@@ -285,9 +291,22 @@ pub struct Limits {
     pub http_body_timeout: Duration,
     /// Concurrent TCP connections before new ones are refused. Default 200 000.
     pub max_connections: usize,
+    /// WebSocket connections per IP (IPv6: per `[login] ipv6_prefix_len`
+    /// prefix) that have not completed KEY_INIT; one more upgrade gets HTTP
+    /// 429 with `Retry-After` (the KEY_INIT timeout) before the 101. With
+    /// `key_init_timeout` this bounds what one source holds of
+    /// `max_connections`. 1..=1 000 000 (no "off": set it high instead).
+    /// Default 64.
+    pub max_unauthenticated_per_ip: usize,
     /// Events queued per connection before a slow consumer is disconnected
     /// (close 4429). Default 1024.
     pub send_queue: usize,
+    /// Bytes of events (payload and channel name) queued per connection
+    /// before a slow consumer is disconnected (close 4429), whichever of
+    /// this and `send_queue` is reached first; an empty queue takes one
+    /// event of any size. 4096..=1 GiB. Default 4 MiB (four messages of
+    /// the default `max_message_size`).
+    pub send_queue_bytes: usize,
     /// How long a write to a WebSocket client may make no progress (the
     /// client stopped reading) before the connection is dropped; also
     /// bounds writing the close frame. Default 10 s.
@@ -309,7 +328,9 @@ impl Default for Limits {
             http_header_timeout: Duration::from_secs(10),
             http_body_timeout: Duration::from_secs(10),
             max_connections: 200_000,
+            max_unauthenticated_per_ip: 64,
             send_queue: 1024,
+            send_queue_bytes: 4 << 20,
             send_timeout: Duration::from_secs(10),
             max_subscriptions: 256,
         }
@@ -672,12 +693,26 @@ impl Config {
                 1,
                 10_000_000,
             )?,
+            max_unauthenticated_per_ip: ranged(
+                "limits.max_unauthenticated_per_ip",
+                l.max_unauthenticated_per_ip,
+                dl.max_unauthenticated_per_ip,
+                1,
+                1_000_000,
+            )?,
             send_queue: ranged(
                 "limits.send_queue",
                 l.send_queue,
                 dl.send_queue,
                 1,
                 1_000_000,
+            )?,
+            send_queue_bytes: ranged(
+                "limits.send_queue_bytes",
+                l.send_queue_bytes,
+                dl.send_queue_bytes,
+                4096,
+                1 << 30,
             )?,
             send_timeout: secs(
                 "limits.send_timeout_secs",
@@ -1096,6 +1131,35 @@ mod tests {
             let e = parse(&format!("[login]\n{bad}")).unwrap_err().to_string();
             let setting = format!("login.{}", bad.split(' ').next().unwrap_or_default());
             assert!(e.contains(&setting) && e.contains("out of range"), "{e}");
+        }
+    }
+
+    #[test]
+    fn unauthenticated_cap_and_queue_bytes_parse_with_defaults_and_ranges() {
+        let d = Limits::default();
+        assert_eq!(
+            (d.max_unauthenticated_per_ip, d.send_queue_bytes),
+            (64, 4 << 20)
+        );
+        let c =
+            parse("[limits]\nmax_unauthenticated_per_ip = 3\nsend_queue_bytes = 65536").unwrap();
+        assert_eq!(
+            (
+                c.limits.max_unauthenticated_per_ip,
+                c.limits.send_queue_bytes
+            ),
+            (3, 65536)
+        );
+        for (bad, setting) in [
+            (
+                "max_unauthenticated_per_ip = 0",
+                "limits.max_unauthenticated_per_ip",
+            ),
+            ("send_queue_bytes = 4095", "limits.send_queue_bytes"),
+            ("send_queue_bytes = 1073741825", "limits.send_queue_bytes"),
+        ] {
+            let e = parse(&format!("[limits]\n{bad}")).unwrap_err().to_string();
+            assert!(e.contains(setting), "{bad}: {e}");
         }
     }
 

@@ -7,9 +7,14 @@
 //! to the local subscribers' queues; each connection seals and writes its
 //! own copy (sensitive events are encrypted per connection).
 //!
-//! Queues are bounded by a per-connection counter: a subscriber whose queue
-//! is full gets one final `Overflow` message and is dropped from the hub, so
-//! a slow consumer is disconnected and never slows the others.
+//! Queues are bounded per connection, in events (`[limits] send_queue`) and
+//! in bytes (`send_queue_bytes`): a subscriber whose queue is full by either
+//! gets one final `Overflow` message and is dropped from the hub, so a slow
+//! consumer is disconnected and never slows the others, and the events it
+//! holds back from being freed stay within `send_queue_bytes` (rather than
+//! `send_queue` × `max_message_size`, about 1 GiB by default). An empty
+//! queue takes one event of any size, so a single event larger than the
+//! byte bound is delivered rather than disconnecting every subscriber.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -28,38 +33,74 @@ pub(crate) enum HubMessage {
     Overflow,
 }
 
+/// What an event costs in a queue: its payload and channel name (the
+/// frame sealed from it is these and a few dozen bytes).
+fn event_bytes(event: &StoreEvent) -> usize {
+    event.payload.len().saturating_add(event.channel.len())
+}
+
+/// A queue's fill, shared by the hub (which adds) and the mailbox (which
+/// takes away).
+#[derive(Debug, Default)]
+struct Queued {
+    events: AtomicUsize,
+    bytes: AtomicUsize,
+}
+
 /// A connection's mailbox.
 #[derive(Debug)]
 pub(crate) struct Mailbox {
     pub(crate) id: u64,
     pub(crate) rx: mpsc::UnboundedReceiver<HubMessage>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
 }
 
 impl Mailbox {
-    /// Receives the next message and frees its queue slot.
+    /// Receives the next message and frees its place in the queue.
     pub(crate) async fn recv(&mut self) -> Option<HubMessage> {
         let msg = self.rx.recv().await;
-        if matches!(msg, Some(HubMessage::Event(_))) {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.taken(msg.as_ref());
         msg
     }
 
     /// A message that is already queued, without waiting.
     pub(crate) fn try_recv(&mut self) -> Option<HubMessage> {
         let msg = self.rx.try_recv().ok();
-        if matches!(msg, Some(HubMessage::Event(_))) {
-            self.queued.fetch_sub(1, Ordering::Relaxed);
-        }
+        self.taken(msg.as_ref());
         msg
+    }
+
+    fn taken(&self, msg: Option<&HubMessage>) {
+        if let Some(HubMessage::Event(event)) = msg {
+            self.queued.events.fetch_sub(1, Ordering::Relaxed);
+            self.queued
+                .bytes
+                .fetch_sub(event_bytes(event), Ordering::Relaxed);
+        }
     }
 }
 
 #[derive(Debug, Clone)]
 struct Subscriber {
     tx: mpsc::UnboundedSender<HubMessage>,
-    queued: Arc<AtomicUsize>,
+    queued: Arc<Queued>,
+}
+
+impl Subscriber {
+    /// Takes a place in the queue for an event of `bytes`: false if the
+    /// queue is full by count or by bytes (an empty queue takes any one
+    /// event). Only the dispatch task adds, so check-then-add is not racy;
+    /// the mailbox only ever frees.
+    fn admit(&self, bytes: usize, max_events: usize, max_bytes: usize) -> bool {
+        let events = self.queued.events.load(Ordering::Relaxed);
+        let held = self.queued.bytes.load(Ordering::Relaxed);
+        if events >= max_events || (events > 0 && held.saturating_add(bytes) > max_bytes) {
+            return false;
+        }
+        self.queued.events.fetch_add(1, Ordering::Relaxed);
+        self.queued.bytes.fetch_add(bytes, Ordering::Relaxed);
+        true
+    }
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +110,7 @@ struct Inner {
     next_id: AtomicU64,
     started: OnceLock<()>,
     queue_limit: AtomicUsize,
+    queue_bytes_limit: AtomicUsize,
 }
 
 /// The node's subscriptions.
@@ -89,11 +131,13 @@ impl Inner {
 
     fn dispatch(&self, event: StoreEvent) {
         let limit = self.queue_limit.load(Ordering::Relaxed).max(1);
+        let bytes_limit = self.queue_bytes_limit.load(Ordering::Relaxed).max(1);
+        let bytes = event_bytes(&event);
         let event = Arc::new(event);
         let mut overflowed = Vec::new();
         if let Some(subs) = self.channels().get(&event.channel) {
             for (id, sub) in subs {
-                if sub.queued.fetch_add(1, Ordering::Relaxed) >= limit {
+                if !sub.admit(bytes, limit, bytes_limit) {
                     overflowed.push(*id);
                     continue;
                 }
@@ -113,12 +157,19 @@ impl Inner {
 
 impl Hub {
     /// Starts consuming the store's event feed (once). Must run before the
-    /// node accepts connections, so no SUBSCRIBE is answered early.
-    pub(crate) fn start(&self, state: &Arc<dyn StateStore>, queue_limit: usize) {
+    /// node accepts connections, so no SUBSCRIBE is answered early. A
+    /// connection's queue holds at most `limits.send_queue` events and
+    /// `limits.send_queue_bytes` bytes of them.
+    pub(crate) fn start(&self, state: &Arc<dyn StateStore>, limits: &crate::config::Limits) {
         if self.inner.started.set(()).is_err() {
             return;
         }
-        self.inner.queue_limit.store(queue_limit, Ordering::Relaxed);
+        self.inner
+            .queue_limit
+            .store(limits.send_queue, Ordering::Relaxed);
+        self.inner
+            .queue_bytes_limit
+            .store(limits.send_queue_bytes, Ordering::Relaxed);
         let mut feed = state.watch_events();
         let inner = self.inner.clone();
         tokio::spawn(async move {
@@ -141,7 +192,7 @@ impl Hub {
     pub(crate) fn mailbox(&self) -> Mailbox {
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::unbounded_channel();
-        let queued = Arc::new(AtomicUsize::new(0));
+        let queued = Arc::new(Queued::default());
         self.inner.mailboxes().insert(
             id,
             Subscriber {
@@ -189,13 +240,71 @@ impl Hub {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Limits;
     use crate::store::MemoryStateStore;
+
+    fn limits(send_queue: usize, send_queue_bytes: usize) -> Limits {
+        Limits {
+            send_queue,
+            send_queue_bytes,
+            ..Limits::default()
+        }
+    }
+
+    /// Everything waiting in `mailbox` now (waiting briefly for the feed).
+    async fn drain(mailbox: &mut Mailbox) -> Vec<HubMessage> {
+        let mut got = Vec::new();
+        while let Ok(Some(m)) =
+            tokio::time::timeout(std::time::Duration::from_millis(200), mailbox.recv()).await
+        {
+            got.push(m);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn a_queue_is_bounded_in_bytes_and_an_empty_one_takes_any_one_event() {
+        let state: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
+        let hub = Hub::default();
+        // 1000 events, but only 10 000 bytes.
+        hub.start(&state, &limits(1000, 10_000));
+        let mut slow = hub.mailbox();
+        let mut big = hub.mailbox();
+        assert!(hub.subscribe(slow.id, "c"));
+        assert!(hub.subscribe(big.id, "big"));
+        // 3000-byte events (+ 1 for the name): three fit, the fourth overflows.
+        for _ in 0..5 {
+            state.publish_event("c", &[0; 3000]).await.unwrap();
+        }
+        let got = drain(&mut slow).await;
+        let kinds: Vec<_> = got
+            .iter()
+            .map(|m| matches!(m, HubMessage::Event(_)))
+            .collect();
+        assert_eq!(kinds, [true, true, true, false], "{got:?}");
+        assert!(matches!(got[3], HubMessage::Overflow));
+        // Freed as taken: nothing is counted once the queue is read.
+        assert_eq!(slow.queued.bytes.load(Ordering::Relaxed), 0);
+        // One event over the bound, into an empty queue: delivered.
+        state.publish_event("big", &[0; 50_000]).await.unwrap();
+        let got = drain(&mut big).await;
+        assert!(matches!(got.as_slice(), [HubMessage::Event(_)]), "{got:?}");
+        assert_eq!(big.queued.events.load(Ordering::Relaxed), 0);
+        // Two of them: the second does not fit behind the first.
+        state.publish_event("big", &[0; 50_000]).await.unwrap();
+        state.publish_event("big", &[0; 50_000]).await.unwrap();
+        let got = drain(&mut big).await;
+        assert!(
+            matches!(got.as_slice(), [HubMessage::Event(_), HubMessage::Overflow]),
+            "{got:?}"
+        );
+    }
 
     #[tokio::test]
     async fn events_reach_subscribers_and_overflow_disconnects_only_the_slow_one() {
         let state: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
         let hub = Hub::default();
-        hub.start(&state, 2);
+        hub.start(&state, &limits(2, 1 << 20));
         let mut fast = hub.mailbox();
         let mut slow = hub.mailbox();
         assert!(hub.subscribe(fast.id, "news"));

@@ -143,6 +143,11 @@ impl KeyInitRefusals {
 pub(crate) struct Metrics {
     pub(crate) connections_open: Gauge,
     pub(crate) connections_total: Counter,
+    /// WebSocket connections open now that have not completed KEY_INIT.
+    pub(crate) connections_unauthenticated: Gauge,
+    /// Upgrades refused with 429: their IP (prefix) held
+    /// `max_unauthenticated_per_ip` connections without KEY_INIT.
+    pub(crate) upgrades_refused_unauthenticated: Counter,
     pub(crate) logins_ok: Counter,
     pub(crate) logins_failed: Counter,
     pub(crate) logins_limited: Counter,
@@ -196,6 +201,28 @@ impl Metrics {
             o,
             "wsgate_connections_total {}",
             self.connections_total.get()
+        );
+        family(
+            &mut o,
+            "wsgate_connections_unauthenticated",
+            "gauge",
+            "WebSocket connections open now that have not completed KEY_INIT.",
+        );
+        let _ = writeln!(
+            o,
+            "wsgate_connections_unauthenticated {}",
+            self.connections_unauthenticated.get()
+        );
+        family(
+            &mut o,
+            "wsgate_upgrades_refused_total",
+            "counter",
+            "WebSocket upgrades refused with 429, by reason: unauthenticated_per_ip, the IP or IPv6 prefix held limits.max_unauthenticated_per_ip connections without KEY_INIT.",
+        );
+        let _ = writeln!(
+            o,
+            "wsgate_upgrades_refused_total{{reason=\"unauthenticated_per_ip\"}} {}",
+            self.upgrades_refused_unauthenticated.get()
         );
         family(
             &mut o,

@@ -75,7 +75,7 @@ impl Gateway {
         self.shared.sessions.start();
         self.shared
             .hub
-            .start(&self.shared.state, self.shared.config.limits.send_queue);
+            .start(&self.shared.state, &self.shared.config.limits);
         let mut router = Router::new()
             .route("/auth/key", get(http::auth::get_key))
             .route("/auth/session", put(http::auth::put_session))

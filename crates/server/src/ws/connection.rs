@@ -61,6 +61,7 @@ use wsgate_proto::key_exchange::{self, Hello, KeyAck, TrafficKeys};
 use wsgate_proto::protect::{Opener, Sealer};
 use wsgate_proto::{b64, ip};
 
+use super::Unauthenticated;
 use super::frames::{FrameReader, FrameWriter, ReadResult, opcode};
 use super::registry::Registration;
 use crate::Shared;
@@ -382,6 +383,9 @@ struct Conn {
     revocation: Option<watch::Receiver<bool>>,
     /// Set at a graceful stop: the close handshake ends by then.
     shutdown_by: Option<Instant>,
+    /// This connection's place in `max_unauthenticated_per_ip`, held until
+    /// KEY_INIT succeeds (or the connection ends).
+    unauthenticated: Option<Unauthenticated>,
 }
 
 impl Drop for Conn {
@@ -413,13 +417,23 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Runs a connection to its end.
-pub(crate) async fn run(shared: Arc<Shared>, ws: WebSocket<Io>, ip: IpAddr) {
+/// Runs a connection to its end. `unauthenticated` is its place among its
+/// IP's connections without KEY_INIT, given back at KEY_ACK.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    ws: WebSocket<Io>,
+    ip: IpAddr,
+    unauthenticated: Unauthenticated,
+) {
     let _guard = ConnGuard::new(shared.open_connections.clone());
     let _counted = OpenConnection::new(shared.clone());
     let (read, write) = split(ws);
     let limits = &shared.config.limits;
-    let mut reader = FrameReader::new(read, limits.max_message_size);
+    // Until KEY_INIT the only valid message is a KEY_INIT: anything larger
+    // is refused (1009) at its frame header, so an unauthenticated
+    // connection never makes the gateway buffer more than this. The
+    // normal limit applies once established (`on_wake`).
+    let mut reader = FrameReader::new(read, key_exchange::key_init_max_len(limits.max_name_len));
     let nonce = crate::random_bytes::<{ key_exchange::HELLO_NONCE_LEN }>();
     let start = Instant::now();
     let clock = Clock {
@@ -440,6 +454,7 @@ pub(crate) async fn run(shared: Arc<Shared>, ws: WebSocket<Io>, ip: IpAddr) {
         // must not wait for the KEY_INIT deadline.
         revocation: Some(shutdown),
         shutdown_by: None,
+        unauthenticated: Some(unauthenticated),
     };
     let hello = Hello {
         v: 1,
@@ -585,7 +600,14 @@ impl Conn {
             Wake::Read(result) => {
                 self.last_activity = Instant::now();
                 self.active = true;
-                self.on_read(result).await
+                let awaiting_key_init = self.unauthenticated.is_some();
+                let step = self.on_read(result).await;
+                if awaiting_key_init && matches!(self.phase, Phase::Established(_)) {
+                    // KEY_INIT done: frames after it may be full size.
+                    self.unauthenticated = None;
+                    reader.set_limit(self.shared.config.limits.max_message_size);
+                }
+                step
             }
         }
     }

@@ -162,6 +162,11 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 /// messages in one read, small enough that an idle connection stays cheap.
 const READ_CHUNK: usize = 1024;
 
+/// A frame larger than this leaves the buffer it was read into behind: the
+/// reader starts a small one, so one big message does not keep its
+/// allocation alive for the life of the connection.
+const KEEP_READ_CAPACITY: usize = 64 * 1024;
+
 /// One whole WebSocket message or the reason there is none.
 pub(super) enum ReadResult {
     Binary(BytesMut),
@@ -255,8 +260,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Lowers the limit on a fragmented message (the limit on one frame
-    /// stays), e.g. while only the peer's close is awaited.
+    /// stays), e.g. while only the peer's close is awaited. Never raises it.
     pub(super) fn limit_message(&mut self, max_message: usize) {
+        self.max_message = self.max_message.min(max_message);
+    }
+
+    /// Sets the limit on one frame and on a whole message, e.g. from the
+    /// KEY_INIT limit to `max_message_size` once the connection is
+    /// established. Applies from the next frame header parsed: a frame
+    /// already refused stays refused.
+    pub(super) fn set_limit(&mut self, max_message: usize) {
+        self.max_frame = max_message;
         self.max_message = max_message;
     }
 
@@ -452,6 +466,12 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
         self.buf.advance(header_len);
         let mut payload = self.buf.split_to(payload_len);
+        if payload_len > KEEP_READ_CAPACITY {
+            // `payload` shares the big allocation; what is left of it (a
+            // few bytes of the next frame, if any) moves to a small buffer
+            // so the allocation goes when the message does.
+            self.buf = BytesMut::from(&self.buf[..]);
+        }
         if let Some(mask) = mask {
             fastwebsockets::unmask(&mut payload, mask);
         }
@@ -635,6 +655,37 @@ mod tests {
         assert_eq!(binary(r.next().await), b"slowly");
         r.shrink();
         assert_eq!(r.buf.capacity(), 0, "an idle reader gives its buffer back");
+    }
+
+    #[tokio::test]
+    async fn the_limit_is_raised_between_messages_and_big_frames_leave_no_big_buffer() {
+        // A KEY_INIT-sized limit first; what is pipelined behind the first
+        // message is parsed under the limit set after it.
+        let (mut r, mut peer) = reader(10);
+        let bytes = [frame(true, 2, b"small"), frame(true, 2, &[1; 100_000])].concat();
+        feed(&mut peer, &bytes).await;
+        assert_eq!(binary(r.next().await), b"small");
+        r.set_limit(1 << 20);
+        assert_eq!(binary(r.next().await).len(), 100_000);
+        assert!(
+            r.buf.capacity() <= KEEP_READ_CAPACITY,
+            "a big frame's buffer stays: {}",
+            r.buf.capacity()
+        );
+        // limit_message only ever lowers.
+        r.limit_message(1 << 30);
+        assert_eq!(r.max_message, 1 << 20);
+        // Under the small limit, a big frame is refused at its header,
+        // before its payload is read (let alone buffered).
+        let (mut r, mut peer) = reader(10);
+        feed(&mut peer, &frame(true, 2, &[0; 5000])[..20]).await;
+        assert!(matches!(r.next().await, ReadResult::TooBig));
+        assert!(r.buf.capacity() <= READ_CHUNK * 2, "{}", r.buf.capacity());
+        // Fragments too: each small, too big together.
+        let (mut r, mut peer) = reader(10);
+        let bytes = [frame(false, 2, &[0; 6]), frame(true, 0, &[0; 6])].concat();
+        feed(&mut peer, &bytes).await;
+        assert!(matches!(r.next().await, ReadResult::TooBig));
     }
 
     #[tokio::test]

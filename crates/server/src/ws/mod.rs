@@ -6,7 +6,7 @@ pub(crate) mod raw_echo;
 pub(crate) mod raw_echo_frames;
 pub(crate) mod registry;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
@@ -25,6 +25,38 @@ fn offers_subprotocol(req: &Request) -> bool {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|p| p.trim() == SUBPROTOCOL)
+}
+
+/// Holds one place of its IP group in `[limits] max_unauthenticated_per_ip`
+/// while its connection has not completed KEY_INIT: given back when it
+/// drops, which is at KEY_ACK or whenever the connection (or an upgrade
+/// that never completed) goes, so no path keeps a count.
+pub(crate) struct Unauthenticated {
+    shared: Arc<Shared>,
+    group: String,
+}
+
+impl Unauthenticated {
+    /// A place for a connection from `ip`, if its group has one left.
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> Option<Self> {
+        let group = shared.config.login.ip_group(ip);
+        let cap = shared.config.limits.max_unauthenticated_per_ip;
+        if !shared.sessions.try_add_unauthenticated(&group, cap) {
+            return None;
+        }
+        shared.metrics.connections_unauthenticated.inc();
+        Some(Self {
+            shared: shared.clone(),
+            group,
+        })
+    }
+}
+
+impl Drop for Unauthenticated {
+    fn drop(&mut self) {
+        self.shared.sessions.release_unauthenticated(&self.group);
+        self.shared.metrics.connections_unauthenticated.dec();
+    }
 }
 
 /// The 101 response fastwebsockets builds for an upgrade.
@@ -70,13 +102,34 @@ pub(crate) async fn upgrade(
             .into_response();
     }
     let ip = crate::http::auth::observed_ip(&shared, peer, req.headers());
+    // Before the 101: a refused client costs no WebSocket task, and the
+    // HTTP connection closes after the answer.
+    let Some(unauthenticated) = Unauthenticated::take(&shared, ip) else {
+        shared.metrics.upgrades_refused_unauthenticated.inc();
+        tracing::debug!(
+            ip = %wsgate_proto::ip::to_text(ip),
+            "upgrade refused: limits.max_unauthenticated_per_ip reached"
+        );
+        // By the KEY_INIT timeout every connection counted now has
+        // established or been closed.
+        let retry = shared.config.limits.key_init_timeout.as_secs().max(1);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            [
+                (header::RETRY_AFTER, HeaderValue::from(retry)),
+                (header::CONNECTION, HeaderValue::from_static("close")),
+            ],
+            "too many connections from your address are waiting for KEY_INIT; retry later\n",
+        )
+            .into_response();
+    };
     let (response, upgraded) = match accept(&mut req) {
         Ok(parts) => parts,
         Err(refused) => return refused,
     };
     tokio::spawn(async move {
         match upgraded.await {
-            Ok(ws) => connection::run(shared, ws, ip).await,
+            Ok(ws) => connection::run(shared, ws, ip, unauthenticated).await,
             Err(e) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
         }
     });

@@ -32,6 +32,10 @@ struct Inner {
     /// True once a graceful stop began; connections that have no session
     /// yet (waiting for KEY_INIT) watch this instead of a revocation.
     shutting_down: watch::Sender<bool>,
+    /// Connections without KEY_INIT yet, per IP group
+    /// (`LoginPolicy::ip_group`); a group is removed at zero, so the map
+    /// holds at most one entry per such connection.
+    unauthenticated: Mutex<HashMap<String, usize>>,
 }
 
 /// A connection's registration; dropping it unregisters.
@@ -50,6 +54,7 @@ impl SessionRegistry {
                 sessions: Mutex::new(HashMap::new()),
                 started: OnceLock::new(),
                 shutting_down: watch::channel(false).0,
+                unauthenticated: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -100,6 +105,37 @@ impl SessionRegistry {
         self.inner.shutting_down.subscribe()
     }
 
+    /// Counts one more connection of `group` that has not completed
+    /// KEY_INIT, unless `group` already has `cap`: then `false`, and
+    /// nothing is counted. Give it back with
+    /// [`release_unauthenticated`](Self::release_unauthenticated).
+    pub(crate) fn try_add_unauthenticated(&self, group: &str, cap: usize) -> bool {
+        let mut map = self.inner.unauthenticated();
+        match map.get_mut(group) {
+            Some(n) if *n >= cap => false,
+            Some(n) => {
+                *n += 1;
+                true
+            }
+            None if cap == 0 => false,
+            None => {
+                map.insert(group.to_owned(), 1);
+                true
+            }
+        }
+    }
+
+    /// Gives back a count of [`try_add_unauthenticated`](Self::try_add_unauthenticated).
+    pub(crate) fn release_unauthenticated(&self, group: &str) {
+        let mut map = self.inner.unauthenticated();
+        if let Some(n) = map.get_mut(group) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(group);
+            }
+        }
+    }
+
     /// Registers a connection of `session_id`.
     pub(crate) fn register(&self, session_id: &str) -> Registration {
         let mut map = self.inner.lock();
@@ -119,6 +155,13 @@ impl SessionRegistry {
 }
 
 impl Inner {
+    fn unauthenticated(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        // Every critical section is one update: a poisoned lock is consistent.
+        self.unauthenticated
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Entry>> {
         // A panic while holding this lock cannot leave the map inconsistent
         // (every critical section is a single insert/update/remove).

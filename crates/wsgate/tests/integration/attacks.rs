@@ -1415,7 +1415,13 @@ async fn ten_thousand_idle_unauthenticated_sockets_time_out_while_a_real_client_
     let count = idle_socket_count();
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("wsgate.toml");
-    std::fs::write(&config, "[limits]\nkey_init_timeout_secs = 4\n").unwrap();
+    // 200 sockets per source address: over the default cap of sockets
+    // without KEY_INIT per IP (64), which `unauthenticated.rs` tests.
+    std::fs::write(
+        &config,
+        "[limits]\nkey_init_timeout_secs = 4\nmax_unauthenticated_per_ip = 1000\n",
+    )
+    .unwrap();
     let data = dir.path().join("data");
     let gw = crate::cli::serve(&[
         "--demo",
