@@ -43,6 +43,12 @@ pub enum MessageType {
     Publish = 0x22,
     /// Server → client: an event on a subscribed channel.
     Event = 0x23,
+    /// Server → client: an event on a channel with history, its body the
+    /// 8-byte big-endian offset then the payload (protocol.md §6.1).
+    EventAt = 0x24,
+    /// Server → client: events before a position may have been missed
+    /// (protocol.md §6.1).
+    Resync = 0x25,
     /// Client → server: end the session.
     Logout = 0x31,
 }
@@ -60,6 +66,8 @@ impl MessageType {
             0x21 => Self::Unsubscribe,
             0x22 => Self::Publish,
             0x23 => Self::Event,
+            0x24 => Self::EventAt,
+            0x25 => Self::Resync,
             0x31 => Self::Logout,
             _ => return None,
         })

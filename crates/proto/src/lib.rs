@@ -24,6 +24,7 @@
 #![forbid(unsafe_code)]
 
 pub mod b64;
+pub mod continuity;
 pub mod envelope;
 pub mod error;
 mod hpke_recipient;
