@@ -577,7 +577,7 @@ fn config_text(
     // Idle connections must survive the whole measurement, and limits must
     // not be what a benchmark measures.
     text.push_str(
-        "\n[limits]\nmax_connections = 2000000\nidle_timeout_secs = 86400\nping_interval_secs = 43200\n\
+        "\n[limits]\nmax_connections = 2000000\nmax_unauthenticated_per_ip = 1000000\nidle_timeout_secs = 86400\nping_interval_secs = 43200\n\
          \n[login]\niterations = ITERATIONS\nmax_failures_per_user = 1000000\nmax_failures_per_ip = 1000000\n",
     );
     let mut text = text.replace("ITERATIONS", &iterations.to_string());

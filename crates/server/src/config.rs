@@ -295,8 +295,10 @@ pub struct Limits {
     /// prefix) that have not completed KEY_INIT; one more upgrade gets HTTP
     /// 429 with `Retry-After` (the KEY_INIT timeout) before the 101. With
     /// `key_init_timeout` this bounds what one source holds of
-    /// `max_connections`. 1..=1 000 000 (no "off": set it high instead).
-    /// Default 64.
+    /// `max_connections`. The same number caps, separately, TCP
+    /// connections per peer address (trusted proxies exempt) that have not
+    /// sent a request head yet: one more is closed at accept. 1..=1 000 000
+    /// (no "off": set it high instead). Default 64.
     pub max_unauthenticated_per_ip: usize,
     /// Events queued per connection before a slow consumer is disconnected
     /// (close 4429). Default 1024.

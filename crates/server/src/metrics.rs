@@ -148,6 +148,11 @@ pub(crate) struct Metrics {
     /// Upgrades refused with 429: their IP (prefix) held
     /// `max_unauthenticated_per_ip` connections without KEY_INIT.
     pub(crate) upgrades_refused_unauthenticated: Counter,
+    /// TCP connections closed at accept: `max_connections` reached.
+    pub(crate) connections_refused_full: Counter,
+    /// TCP connections closed at accept: their IP (prefix) held
+    /// `max_unauthenticated_per_ip` connections without a request yet.
+    pub(crate) connections_refused_silent: Counter,
     pub(crate) logins_ok: Counter,
     pub(crate) logins_failed: Counter,
     pub(crate) logins_limited: Counter,
@@ -224,6 +229,22 @@ impl Metrics {
             "wsgate_upgrades_refused_total{{reason=\"unauthenticated_per_ip\"}} {}",
             self.upgrades_refused_unauthenticated.get()
         );
+        family(
+            &mut o,
+            "wsgate_connections_refused_total",
+            "counter",
+            "TCP connections closed at accept, by reason: max_connections reached, or no_request_per_ip, the IP or IPv6 prefix held limits.max_unauthenticated_per_ip connections that had not sent a request yet.",
+        );
+        for (reason, c) in [
+            ("max_connections", &self.connections_refused_full),
+            ("no_request_per_ip", &self.connections_refused_silent),
+        ] {
+            let _ = writeln!(
+                o,
+                "wsgate_connections_refused_total{{reason=\"{reason}\"}} {}",
+                c.get()
+            );
+        }
         family(
             &mut o,
             "wsgate_logins_total",

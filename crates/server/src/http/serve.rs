@@ -1,10 +1,12 @@
 //! The accept loop: hyper HTTP/1.1 with a header-read deadline, a cap on
-//! concurrent connections, and graceful shutdown.
+//! concurrent connections and, per peer address, on connections that have
+//! not sent a request yet, and graceful shutdown.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::Router;
 use axum::extract::ConnectInfo;
@@ -196,6 +198,7 @@ impl Gateway {
             None => None,
         };
         let open = self.shared.open_connections.clone();
+        let silent = Arc::new(Silent::default());
         // Each connection task holds a sender; when all are gone, all are done.
         let (draining, mut drained) = tokio::sync::mpsc::channel::<()>(1);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -214,15 +217,45 @@ impl Gateway {
                 () = &mut shutdown => break,
             };
             if open.load(Ordering::Relaxed) >= limits.max_connections {
+                self.shared.metrics.connections_refused_full.inc();
                 tracing::warn!(%peer, "connection refused: limits.max_connections reached");
                 drop(tcp);
                 continue;
             }
+            // Until its first request head, a connection has said nothing:
+            // one source may hold only so many such (the header deadline
+            // ends each), or it could fill `max_connections` with them.
+            // Trusted proxies are exempt: their clients are counted by
+            // their own address at the WebSocket upgrade.
+            let place = if self
+                .shared
+                .config
+                .trusted_proxies
+                .nets
+                .iter()
+                .any(|n| n.contains(&peer.ip()))
+            {
+                None
+            } else {
+                let group = self.shared.config.login.ip_group(peer.ip().to_canonical());
+                match silent.take(group, limits.max_unauthenticated_per_ip) {
+                    Some(place) => Some(place),
+                    None => {
+                        self.shared.metrics.connections_refused_silent.inc();
+                        tracing::debug!(%peer, "connection refused: too many from its address without a request");
+                        drop(tcp);
+                        continue;
+                    }
+                }
+            };
             let _ = tcp.set_nodelay(true);
             let guard = ConnGuard::new(open.clone());
             let router = router.clone();
+            // Given back at the first request (or when the connection goes).
+            let place = Mutex::new(place);
             let service = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    drop(place.lock().unwrap_or_else(|p| p.into_inner()).take());
                     req.extensions_mut().insert(ConnectInfo::<SocketAddr>(peer));
                     router.clone().call(req)
                 },
@@ -273,6 +306,56 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+}
+
+/// TCP connections per IP group (`LoginPolicy::ip_group`) that have not
+/// sent a request head yet, each under `http_header_timeout`; at most
+/// `max_unauthenticated_per_ip` per group. A group is removed at zero.
+#[derive(Debug, Default)]
+struct Silent(Mutex<HashMap<String, usize>>);
+
+/// A connection's place in [`Silent`], given back when dropped.
+#[derive(Debug)]
+struct SilentPlace {
+    table: Arc<Silent>,
+    group: String,
+}
+
+impl Silent {
+    fn counts(&self) -> std::sync::MutexGuard<'_, HashMap<String, usize>> {
+        // Every critical section is one update: a poisoned lock is consistent.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A place for a connection of `group`, unless it has `cap` already.
+    fn take(self: &Arc<Self>, group: String, cap: usize) -> Option<SilentPlace> {
+        let mut counts = self.counts();
+        let n = counts.entry(group.clone()).or_insert(0);
+        if *n >= cap {
+            if *n == 0 {
+                counts.remove(&group);
+            }
+            return None;
+        }
+        *n += 1;
+        drop(counts);
+        Some(SilentPlace {
+            table: self.clone(),
+            group,
+        })
+    }
+}
+
+impl Drop for SilentPlace {
+    fn drop(&mut self) {
+        let mut counts = self.table.counts();
+        if let Some(n) = counts.get_mut(&self.group) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                counts.remove(&self.group);
+            }
+        }
     }
 }
 

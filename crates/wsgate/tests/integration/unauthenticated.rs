@@ -537,3 +537,79 @@ async fn a_consumer_that_stops_reading_is_disconnected_after_send_queue_bytes() 
     let metrics = scrape(&gw).await;
     assert_eq!(value(&metrics, "wsgate_queue_drops_total"), 1, "{metrics}");
 }
+
+// ---------------------------------------------------------------------------
+// 6. TCP connections that send no request are capped per IP too
+// ---------------------------------------------------------------------------
+
+async fn tcp_from(addr: SocketAddr, from: IpAddr) -> TcpStream {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(from, 0)).unwrap();
+    socket.connect(addr).await.unwrap()
+}
+
+/// Whether the server closed `tcp` within `within` (EOF or reset).
+async fn closed_within(tcp: &mut TcpStream, within: Duration) -> bool {
+    let mut b = [0u8; 256];
+    matches!(
+        tokio::time::timeout(within, tcp.read(&mut b)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn tcp_connections_that_send_no_request_are_capped_per_ip() {
+    let gw = TestGateway::start("").await;
+    let (a, b) = (ip(50), ip(51));
+    let mut silent = Vec::new();
+    for _ in 0..CAP {
+        silent.push(tcp_from(gw.addr, a).await);
+    }
+    // One more from that address is closed at once (not after the 10 s
+    // header deadline); the others stay open.
+    let mut extra = tcp_from(gw.addr, a).await;
+    assert!(
+        closed_within(&mut extra, Duration::from_secs(2)).await,
+        "socket {} from one IP sending nothing was kept",
+        CAP + 1
+    );
+    assert!(!closed_within(&mut silent[0], Duration::from_millis(200)).await);
+    // Another address is untouched.
+    let from_b = gw.client().local_addr(b);
+    let session = login(&from_b, BOB, BOB_PASSWORD).await.unwrap();
+    let mut conn = session.connect(&from_b).await.unwrap();
+    assert_eq!(conn.request("sys.echo", b"b", true).await.unwrap(), b"b");
+    // A request on one of them frees its place (the connection stays, as
+    // a keep-alive connection, under the header deadline).
+    let mut talker = silent.pop().unwrap();
+    talker
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut reply = [0u8; 256];
+    let n = tokio::time::timeout(Duration::from_secs(5), talker.read(&mut reply))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(reply[..n].starts_with(b"HTTP/1.1 200"), "{:?}", &reply[..n]);
+    let started = Instant::now();
+    loop {
+        let mut again = tcp_from(gw.addr, a).await;
+        if !closed_within(&mut again, Duration::from_millis(300)).await {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the place was not given back"
+        );
+    }
+    let metrics = scrape(&gw).await;
+    assert!(
+        value(
+            &metrics,
+            "wsgate_connections_refused_total{reason=\"no_request_per_ip\"}"
+        ) >= 1,
+        "{metrics}"
+    );
+    drop((silent, talker));
+}
