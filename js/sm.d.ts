@@ -49,7 +49,7 @@ export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
 /** What the frame hook learns about each WebSocket message (null if it does not parse). */
 export interface FrameInfo {
   type: number;
-  /** "HELLO", "KEY_INIT", "KEY_ACK", "REQUEST", "RESPONSE", "SUBSCRIBE", "UNSUBSCRIBE", "PUBLISH", "EVENT", "LOGOUT" */
+  /** "HELLO", "KEY_INIT", "KEY_ACK", "REQUEST", "RESPONSE", "SUBSCRIBE", "UNSUBSCRIBE", "PUBLISH", "EVENT", "EVENT_AT", "RESYNC", "LOGOUT" */
   typeName: string;
   flags: number;
   id: number;
@@ -129,6 +129,62 @@ export interface EventMeta {
   channel: string;
   /** The event was encrypted on the wire (sensitive channel). */
   encrypted: boolean;
+  /** History channels only: this event's offset in the stream (the first event of an epoch is 1). */
+  offset?: number;
+  /** History channels only: the stream's epoch. */
+  epoch?: string;
+}
+
+/** A position in a history channel's stream (docs/protocol.md §6.1): JSON-safe, e.g. for sessionStorage. */
+export interface Position {
+  /** b64u */
+  epoch: string;
+  /** Events published in this epoch up to here (0: none yet). */
+  offset: number;
+}
+
+/** Events may be missing before the position; the app refetches its state (e.g. POST /api/history). */
+export interface GapDetail {
+  channel: string;
+  /**
+   * "not_recovered": a subscription with `since` (a reconnect, or a stored position) could not be
+   * replayed (another epoch, or older than the history keeps); "resync": the server sent RESYNC;
+   * "skip": an event arrived past the next offset.
+   */
+  reason: "not_recovered" | "resync" | "skip";
+  /** Where events continue: the next one has offset + 1. */
+  epoch: string;
+  offset: number;
+  /** The last position delivered (or asked for) before the gap; null if none. */
+  previous: Position | null;
+}
+
+/** A subscription with `since` resumed: the missed events are replayed to the handler next. */
+export interface RecoveredDetail {
+  channel: string;
+  epoch: string;
+  /** The stream's position when the subscription took effect. */
+  offset: number;
+  since: Position;
+  /** Events replayed (offsets since.offset + 1 … offset). */
+  missed: number;
+}
+
+export interface SubscribeOptions extends RequestOptions {
+  /** Resume from a stored position (used when the session tracks none for the channel yet). null: none. */
+  since?: Position | null;
+  /** Called (before later events) when events may have been missed. */
+  onGap?: (d: GapDetail) => void;
+  /** Called when a subscription with `since` resumed without loss. */
+  onRecovered?: (d: RecoveredDetail) => void;
+}
+
+/** Calling it unsubscribes (that handler). */
+export interface Subscription {
+  (): Promise<void>;
+  readonly channel: string;
+  /** History channels: the last position delivered to the handlers (still readable after unsubscribing or close()); otherwise null. */
+  readonly position: Position | null;
 }
 
 export interface StateDetail {
@@ -169,9 +225,13 @@ export declare class Session extends EventTarget {
   request(route: string, data?: RequestData, opts?: RequestOptions): Promise<Uint8Array>;
   /** Like request(), parsing the response as JSON (empty response: null). */
   requestJson<T = any>(route: string, data?: RequestData, opts?: RequestOptions): Promise<T>;
-  publish(channel: string, data?: RequestData, opts?: RequestOptions): Promise<Uint8Array>;
-  /** Resolves once the server confirmed; the returned function unsubscribes. Restored after reconnects. */
-  subscribe(channel: string, handler: (data: Uint8Array, meta: EventMeta) => void, opts?: RequestOptions): Promise<() => Promise<void>>;
+  /** Resolves with the new event's position on a history channel, null on others. */
+  publish(channel: string, data?: RequestData, opts?: RequestOptions): Promise<Position | null>;
+  /**
+   * Resolves once the server confirmed; calling the result unsubscribes. Restored after reconnects;
+   * on history channels from the last position delivered: every event once, in order, or `onGap`.
+   */
+  subscribe(channel: string, handler: (data: Uint8Array, meta: EventMeta) => void, opts?: SubscribeOptions): Promise<Subscription>;
   /** Ends the session on the server, then closes. */
   logout(opts?: { timeout?: number }): Promise<void>;
   /** Closes without logging out. */

@@ -13,6 +13,8 @@ export const T = Object.freeze({
   UNSUBSCRIBE: 0x21,
   PUBLISH: 0x22,
   EVENT: 0x23,
+  EVENT_AT: 0x24,
+  RESYNC: 0x25,
   LOGOUT: 0x31,
 });
 
@@ -27,6 +29,8 @@ export const TYPE_NAMES = Object.freeze({
   0x21: "UNSUBSCRIBE",
   0x22: "PUBLISH",
   0x23: "EVENT",
+  0x24: "EVENT_AT",
+  0x25: "RESYNC",
   0x31: "LOGOUT",
 });
 

@@ -1,6 +1,7 @@
 // @ts-check
 // The session: login, the WebSocket with key establishment, protected
-// requests, subscriptions, reconnection, logout.
+// requests, subscriptions (with channel continuity, docs/protocol.md §6.1),
+// reconnection, logout.
 
 import { fromUtf8, utf8 } from "./bytes.js";
 import { selectBackend } from "./crypto/index.js";
@@ -355,13 +356,106 @@ class Connection {
  * @property {number} timeout
  * @property {number} id
  * @property {"queued" | "sent" | "done"} state
+ * @property {((body: Uint8Array) => void) | undefined} onOk runs in frame order, before any later frame
+ *   is handled (a SUBSCRIBE's replayed events follow its RESPONSE at once)
  */
 
 /**
- * @typedef {object} Subscription
- * @property {Set<(data: Uint8Array, meta: { channel: string, encrypted: boolean }) => void>} handlers
- * @property {boolean} sensitive
+ * A position in a channel's stream (history channels, docs/protocol.md §6.1).
+ * @typedef {object} Position
+ * @property {string} epoch b64u
+ * @property {number} offset the number of events published in this epoch (the first event is 1)
  */
+
+/**
+ * @typedef {object} EventMeta
+ * @property {string} channel
+ * @property {boolean} encrypted
+ * @property {number} [offset] history channels: this event's offset
+ * @property {string} [epoch] history channels: the stream's epoch
+ */
+
+/** @typedef {(data: Uint8Array, meta: EventMeta) => void} EventHandler */
+
+/**
+ * @typedef {object} GapDetail
+ * @property {string} channel
+ * @property {"not_recovered" | "resync" | "skip"} reason not_recovered: the server could not replay
+ *   since the last position (another epoch, or out of its history); resync: the server said so (RESYNC);
+ *   skip: an event arrived whose offset is past the next one
+ * @property {string} epoch the position events continue from (the next one is offset + 1)
+ * @property {number} offset
+ * @property {Position | null} previous the last position delivered before the gap (null: none)
+ */
+
+/**
+ * @typedef {object} RecoveredDetail
+ * @property {string} channel
+ * @property {string} epoch
+ * @property {number} offset the stream's position when the subscription took effect
+ * @property {Position} since the position the subscription resumed from
+ * @property {number} missed events replayed (offsets since.offset + 1 … offset), delivered next
+ */
+
+/**
+ * @typedef {object} SubListener
+ * @property {((d: GapDetail) => void) | undefined} onGap
+ * @property {((d: RecoveredDetail) => void) | undefined} onRecovered
+ */
+
+/**
+ * One per channel, shared by the handlers subscribed to it. On a history
+ * channel it holds the one position this session tracks for the channel.
+ * @typedef {object} Subscription
+ * @property {Set<EventHandler>} handlers
+ * @property {Set<SubListener>} listeners
+ * @property {boolean} sensitive
+ * @property {string | null} epoch the stream's epoch; null: unknown (not confirmed yet, or no history)
+ * @property {number | null} offset the last offset delivered (or the stream's offset when the subscription took effect)
+ * @property {Position | null} since the app's stored position, used until the server confirmed one
+ */
+
+const B64U = /^[A-Za-z0-9_-]+$/;
+
+/** @param {unknown} j @returns {Position | null} */
+function asPosition(j) {
+  if (!j || typeof j !== "object") return null;
+  const { epoch, offset } = /** @type {any} */ (j);
+  if (typeof epoch !== "string" || !B64U.test(epoch) || !Number.isSafeInteger(offset) || offset < 0) return null;
+  return { epoch, offset };
+}
+
+/** @param {Uint8Array} bytes @returns {any} JSON, or undefined */
+function parseJson(bytes) {
+  try {
+    return JSON.parse(fromUtf8(bytes));
+  } catch {
+    return undefined;
+  }
+}
+
+/** @param {Subscription} sub @returns {Position | null} */
+function positionOf(sub) {
+  return sub.epoch !== null && sub.offset !== null ? { epoch: sub.epoch, offset: sub.offset } : null;
+}
+
+/**
+ * Moves a subscription to a position the server named; within the same
+ * epoch never backwards (what was delivered stays delivered).
+ * @param {Subscription} sub @param {Position} pos
+ */
+function advance(sub, pos) {
+  if (sub.epoch === pos.epoch && sub.offset !== null) sub.offset = Math.max(sub.offset, pos.offset);
+  else {
+    sub.epoch = pos.epoch;
+    sub.offset = pos.offset;
+  }
+}
+
+/** The SUBSCRIBE body: `{"since": position}`, or empty. @param {Position | null} since */
+function subscribeBody(since) {
+  return since ? utf8(JSON.stringify({ since })) : EMPTY;
+}
 
 /** A logged-in wsgate session. Create it with `connect()`. */
 export class Session extends EventTarget {
@@ -563,8 +657,10 @@ export class Session extends EventTarget {
     // Restore subscriptions first, then send whatever waited.
     const restore = [];
     for (const [channel, sub] of this._subs) {
+      // History channels resume from the last position delivered.
+      const since = positionOf(sub) ?? sub.since;
       restore.push(
-        this._enqueue(T.SUBSCRIBE, sub.sensitive ? FLAG_ENC : 0, channel, EMPTY, this._requestTimeout, true).catch((error) => {
+        this._enqueue(T.SUBSCRIBE, sub.sensitive ? FLAG_ENC : 0, channel, subscribeBody(since), this._requestTimeout, true, (body) => this._onSubscribed(channel, sub, since, body)).catch((error) => {
           if (this._subs.get(channel) === sub && error instanceof WsgateError && ["not_found", "forbidden", "encryption_required"].includes(error.code)) {
             this._subs.delete(channel);
           }
@@ -679,9 +775,10 @@ export class Session extends EventTarget {
   /**
    * @param {number} type @param {number} flags @param {string} name @param {Uint8Array} body @param {number} timeout
    * @param {boolean} [front] jump the queue (subscription restore)
+   * @param {(body: Uint8Array) => void} [onOk] sees a successful answer before any later frame
    * @returns {Promise<Uint8Array>}
    */
-  _enqueue(type, flags, name, body, timeout, front = false) {
+  _enqueue(type, flags, name, body, timeout, front = false, onOk = undefined) {
     if (this._terminal) return Promise.reject(this._endedError());
     const size = 8 + utf8(name).length + body.length + 16;
     if (size > this._maxMessageSize) {
@@ -689,7 +786,7 @@ export class Session extends EventTarget {
     }
     return new Promise((resolve, reject) => {
       /** @type {Pending} */
-      const p = { type, flags, name, body, resolve, reject, timer: undefined, timeout, id: 0, state: "queued" };
+      const p = { type, flags, name, body, resolve, reject, timer: undefined, timeout, id: 0, state: "queued", onOk };
       p.timer = setTimeout(() => this._onTimeout(p), timeout);
       if (front) this._queue.unshift(p);
       else this._queue.push(p);
@@ -768,6 +865,12 @@ export class Session extends EventTarget {
         }
         p.reject(serverError(code, message));
       } else {
+        try {
+          if (p.onOk) p.onOk(f.plaintext);
+        } catch (e) {
+          p.reject(/** @type {Error} */ (e));
+          throw e;
+        }
         p.resolve(f.plaintext);
       }
       this._pump();
@@ -776,17 +879,106 @@ export class Session extends EventTarget {
     if (f.type === T.EVENT) {
       const sub = this._subs.get(f.name);
       if (!sub) return; // raced with an unsubscribe
-      const meta = { channel: f.name, encrypted: (f.flags & FLAG_ENC) !== 0 };
-      for (const h of [...sub.handlers]) {
-        try {
-          h(f.plaintext, meta);
-        } catch (e) {
-          reportLater(e);
-        }
-      }
+      this._deliver(sub, f.plaintext, { channel: f.name, encrypted: (f.flags & FLAG_ENC) !== 0 });
+      return;
+    }
+    if (f.type === T.EVENT_AT) return this._onEventAt(f);
+    if (f.type === T.RESYNC) {
+      const pos = asPosition(parseJson(f.plaintext));
+      if (!pos) throw connError("protocol_error", `The server sent a RESYNC for ${f.name} that is not a position.`);
+      const sub = this._subs.get(f.name);
+      // Before the SUBSCRIBE answer the subscription has no position to lose.
+      if (!sub || sub.epoch === null) return;
+      const previous = positionOf(sub);
+      const missed = !previous || previous.epoch !== pos.epoch || pos.offset > previous.offset;
+      advance(sub, pos);
+      if (missed) this._notify(sub, "onGap", { channel: f.name, reason: "resync", epoch: pos.epoch, offset: /** @type {number} */ (sub.offset), previous });
       return;
     }
     throw connError("protocol_error", `The server sent an unexpected frame type 0x${f.type.toString(16)}.`);
+  }
+
+  /**
+   * An event with its offset (history channels): delivered once, in order;
+   * an offset already delivered is dropped, one past the next is a gap.
+   * @param {{ flags: number, name: string, plaintext: Uint8Array }} f
+   */
+  _onEventAt(f) {
+    const pt = f.plaintext;
+    if (pt.length < 8) throw connError("protocol_error", `The server sent an EVENT_AT for ${f.name} without its 8-byte offset.`);
+    const v = new DataView(pt.buffer, pt.byteOffset, 8);
+    const offset = v.getUint32(0) * 2 ** 32 + v.getUint32(4);
+    if (offset < 1 || !Number.isSafeInteger(offset)) throw connError("protocol_error", `The server sent an EVENT_AT for ${f.name} with offset ${offset}.`);
+    const sub = this._subs.get(f.name);
+    // No position yet: the event belongs to an earlier subscription (the
+    // server sends none of this one's before its SUBSCRIBE answer).
+    if (!sub || sub.epoch === null || sub.offset === null) return;
+    const epoch = sub.epoch;
+    if (offset <= sub.offset) return; // delivered already (a replay overlapping live events, a duplicate)
+    if (offset > sub.offset + 1) {
+      this._notify(sub, "onGap", { channel: f.name, reason: "skip", epoch, offset: offset - 1, previous: positionOf(sub) });
+    }
+    sub.offset = offset;
+    this._deliver(sub, pt.subarray(8), { channel: f.name, encrypted: (f.flags & FLAG_ENC) !== 0, offset, epoch });
+  }
+
+  /** @param {Subscription} sub @param {Uint8Array} data @param {EventMeta} meta */
+  _deliver(sub, data, meta) {
+    for (const h of [...sub.handlers]) {
+      try {
+        h(data, meta);
+      } catch (e) {
+        reportLater(e);
+      }
+    }
+  }
+
+  /**
+   * @template {"onGap" | "onRecovered"} K
+   * @param {Subscription} sub @param {K} kind @param {Parameters<NonNullable<SubListener[K]>>[0]} detail
+   */
+  _notify(sub, kind, detail) {
+    for (const l of [...sub.listeners]) {
+      const fn = /** @type {((d: any) => void) | undefined} */ (l[kind]);
+      if (!fn) continue;
+      try {
+        fn(detail);
+      } catch (e) {
+        reportLater(e);
+      }
+    }
+  }
+
+  /**
+   * The answer to a SUBSCRIBE that took effect: empty (no history), or the
+   * stream's position and whether the events after `since` follow.
+   * @param {string} channel @param {Subscription} sub @param {Position | null} since what the SUBSCRIBE asked for
+   * @param {Uint8Array} body
+   */
+  _onSubscribed(channel, sub, since, body) {
+    if (this._subs.get(channel) !== sub) return;
+    sub.since = null;
+    if (body.length === 0) {
+      sub.epoch = sub.offset = null;
+      return;
+    }
+    const j = parseJson(body);
+    const pos = asPosition(j);
+    if (!pos || typeof j.recovered !== "boolean") throw connError("protocol_error", `The server's answer to SUBSCRIBE ${channel} is not a stream position.`);
+    if (since && j.recovered === true && since.epoch === pos.epoch && since.offset <= pos.offset) {
+      // The events after since.offset follow; anything up to what was
+      // delivered already is dropped when it comes again.
+      if (sub.epoch !== pos.epoch || sub.offset === null) {
+        sub.epoch = pos.epoch;
+        sub.offset = since.offset;
+      }
+      this._notify(sub, "onRecovered", { channel, epoch: pos.epoch, offset: pos.offset, since, missed: pos.offset - since.offset });
+      return;
+    }
+    advance(sub, pos);
+    // Without `since` there was nothing to recover; with it, the server
+    // could not fill the gap: the app refetches.
+    if (since) this._notify(sub, "onGap", { channel, reason: "not_recovered", epoch: pos.epoch, offset: /** @type {number} */ (sub.offset), previous: since });
   }
 
   /**
@@ -819,53 +1011,91 @@ export class Session extends EventTarget {
 
   /**
    * Publishes to a channel (where the channel allows clients to publish).
+   * Resolves with the new event's position on a history channel, else null.
    * @param {string} channel @param {unknown} data @param {{ sensitive?: boolean, timeout?: number }} [opts]
+   * @returns {Promise<Position | null>}
    */
   async publish(channel, data, opts = {}) {
     if (this._terminal) throw this._endedError();
     checkName(channel, "channel");
-    return this._enqueue(T.PUBLISH, opts.sensitive ? FLAG_ENC : 0, channel, encodeData(data), opts.timeout ?? this._requestTimeout);
+    const body = await this._enqueue(T.PUBLISH, opts.sensitive ? FLAG_ENC : 0, channel, encodeData(data), opts.timeout ?? this._requestTimeout);
+    if (body.length === 0) return null;
+    const pos = asPosition(parseJson(body));
+    if (!pos) throw new WsgateError("protocol_error", `The server's answer to PUBLISH ${channel} is neither empty nor a stream position.`);
+    return pos;
   }
 
   /**
    * Subscribes to a channel. Resolves once the server confirmed (from then on
-   * every publish reaches the handler) with a function that unsubscribes.
-   * Subscriptions are restored after a reconnect.
+   * every publish reaches the handler) with a function that unsubscribes,
+   * which also has `channel` and `position` (history channels: the last
+   * position delivered, or null).
+   * Subscriptions are restored after a reconnect; on history channels from
+   * the last position delivered, so the handler sees every event once, in
+   * order, or `onGap` says that some may be missing.
    * @param {string} channel
-   * @param {(data: Uint8Array, meta: { channel: string, encrypted: boolean }) => void} handler
-   * @param {{ sensitive?: boolean, timeout?: number }} [opts] sensitive: send SUBSCRIBE encrypted (required by sensitive channels)
-   * @returns {Promise<() => Promise<void>>}
+   * @param {EventHandler} handler
+   * @param {{ sensitive?: boolean, timeout?: number, since?: Position | null, onGap?: (d: GapDetail) => void, onRecovered?: (d: RecoveredDetail) => void }} [opts]
+   *   sensitive: send SUBSCRIBE encrypted (required by sensitive channels); since: resume from a stored
+   *   position (used when this session tracks none for the channel yet)
+   * @returns {Promise<(() => Promise<void>) & { readonly channel: string, readonly position: Position | null }>}
    */
   async subscribe(channel, handler, opts = {}) {
     if (this._terminal) throw this._endedError();
     checkName(channel, "channel");
     if (typeof handler !== "function") throw new WsgateError("invalid_argument", "subscribe() needs a handler function.");
+    let since = null;
+    if (opts.since != null) {
+      since = asPosition(opts.since);
+      if (!since) throw new WsgateError("invalid_argument", "subscribe()'s since must be a position { epoch: <b64u string>, offset: <non-negative integer> }.");
+    }
+    for (const k of /** @type {const} */ (["onGap", "onRecovered"])) {
+      if (opts[k] != null && typeof opts[k] !== "function") throw new WsgateError("invalid_argument", `subscribe()'s ${k} must be a function.`);
+    }
+    /** @type {SubListener} */
+    const listener = { onGap: opts.onGap ?? undefined, onRecovered: opts.onRecovered ?? undefined };
     let sub = this._subs.get(channel);
+    /** @type {Position | null} */
+    let asked = null;
     if (sub) {
+      // One position per channel: another handler joins it as it is.
       sub.handlers.add(handler);
+      sub.listeners.add(listener);
       if (opts.sensitive) sub.sensitive = true;
     } else {
-      sub = { handlers: new Set([handler]), sensitive: !!opts.sensitive };
+      sub = { handlers: new Set([handler]), listeners: new Set([listener]), sensitive: !!opts.sensitive, epoch: null, offset: null, since };
       this._subs.set(channel, sub);
+      asked = since;
     }
     const mine = sub;
     try {
-      await this._enqueue(T.SUBSCRIBE, mine.sensitive ? FLAG_ENC : 0, channel, EMPTY, opts.timeout ?? this._requestTimeout);
+      await this._enqueue(T.SUBSCRIBE, mine.sensitive ? FLAG_ENC : 0, channel, subscribeBody(asked), opts.timeout ?? this._requestTimeout, false, (body) =>
+        this._onSubscribed(channel, mine, asked, body),
+      );
     } catch (e) {
       mine.handlers.delete(handler);
+      mine.listeners.delete(listener);
       if (mine.handlers.size === 0 && this._subs.get(channel) === mine) this._subs.delete(channel);
       throw e;
     }
     let done = false;
-    return async () => {
+    const off = async () => {
       if (done) return;
       done = true;
       mine.handlers.delete(handler);
+      mine.listeners.delete(listener);
       if (mine.handlers.size > 0 || this._subs.get(channel) !== mine) return;
       this._subs.delete(channel);
       if (this._terminal) return;
       await this._enqueue(T.UNSUBSCRIBE, mine.sensitive ? FLAG_ENC : 0, channel, EMPTY, this._requestTimeout);
     };
+    return /** @type {typeof off & { readonly channel: string, readonly position: Position | null }} */ (
+      Object.defineProperties(off, {
+        channel: { value: channel, enumerable: true },
+        // Still readable after off() or close(): what to store for `since`.
+        position: { get: () => positionOf(mine), enumerable: true },
+      })
+    );
   }
 
   /**

@@ -5,6 +5,11 @@
 // AES-GCM, and @hpke/core for opening the sealed request 1 (with its Export)
 // and KEY_INIT, so it also cross-checks sm.js against independent
 // implementations of every step.
+//
+// Channels named `hist.*` or `secret.hist.*` keep history (docs/protocol.md
+// §6.1): a stream with an epoch and offsets, a ring of the last
+// `historySize` events, EVENT_AT, SUBSCRIBE with `since` (replay or
+// `recovered: false`), RESYNC; `secret.*` channels are sensitive.
 import * as nc from "node:crypto";
 import { x25519 } from "@noble/curves/ed25519.js";
 import { Aes256Gcm, CipherSuite, DhkemX25519HkdfSha256, HkdfSha256 } from "@hpke/core";
@@ -121,6 +126,53 @@ export class MockGateway {
     this.faultTimes = 0;
     this.firstRequests = 0;
     this.loginBodies = [];
+    /** Events each history channel keeps. */
+    this.historySize = 5;
+    /** channel → { epoch, offset, ring: [{ offset, data }] } */
+    this.streams = new Map();
+    /** Replays this many kept events before `since` too (a seam the client must dedupe). */
+    this.replayOverlap = 0;
+    /** [channel, SUBSCRIBE body as text] for every SUBSCRIBE received */
+    this.subscribeBodies = [];
+  }
+
+  isHistory(channel) {
+    return /^(secret\.)?hist\./.test(channel);
+  }
+
+  stream(channel) {
+    let st = this.streams.get(channel);
+    if (!st) {
+      st = { epoch: b64u(nc.randomBytes(8)), offset: 0, ring: [] };
+      this.streams.set(channel, st);
+    }
+    return st;
+  }
+
+  /** Sends a frame to every connection subscribed to `channel` (ENC iff sensitive). */
+  toSubscribers(channel, type, body) {
+    for (const c of this.conns) if (c.subs.has(channel)) c.sendFrame(type, c.subs.get(channel) ? 1 : 0, 0, channel, body);
+  }
+
+  /** EVENT_AT with any offset (duplicates, skips): u64 BE offset || data. */
+  sendEventAt(channel, offset, data) {
+    this.toSubscribers(channel, 0x24, eventAtBody(offset, Buffer.from(data)));
+  }
+
+  /** RESYNC with the stream's position (or the one given). */
+  resync(channel, pos) {
+    const st = this.stream(channel);
+    this.toSubscribers(channel, 0x25, Buffer.from(JSON.stringify(pos ?? { epoch: st.epoch, offset: st.offset })));
+  }
+
+  /** The stream's history is lost: a new epoch from offset 0; `announce` sends RESYNC to subscribers. */
+  newEpoch(channel, { announce = false } = {}) {
+    const st = this.stream(channel);
+    st.epoch = b64u(nc.randomBytes(8));
+    st.offset = 0;
+    st.ring = [];
+    if (announce) this.resync(channel);
+    return st.epoch;
   }
 
   /**
@@ -333,9 +385,41 @@ export class MockGateway {
     this.down = false;
   }
 
+  /** Publishes (as /api/publish would); on a history channel returns the new position. */
   publish(channel, data) {
-    for (const c of this.conns) if (c.subs.has(channel)) c.sendFrame(0x23, c.subs.get(channel) ? 1 : 0, 0, channel, Buffer.from(data));
+    if (!this.isHistory(channel)) {
+      this.toSubscribers(channel, 0x23, Buffer.from(data));
+      return null;
+    }
+    const st = this.stream(channel);
+    st.offset++;
+    st.ring.push({ offset: st.offset, data: Buffer.from(data) });
+    while (st.ring.length > this.historySize) st.ring.shift();
+    this.sendEventAt(channel, st.offset, data);
+    return { epoch: st.epoch, offset: st.offset };
   }
+}
+
+function eventAtBody(offset, data) {
+  const b = Buffer.alloc(8);
+  b.writeBigUInt64BE(BigInt(offset));
+  return Buffer.concat([b, data]);
+}
+
+/** A SUBSCRIBE body: empty → {}, `{"since": position}` → { since }, anything else → null. */
+function parseSubscribeBody(pt) {
+  if (pt.length === 0) return {};
+  let j;
+  try {
+    j = JSON.parse(pt.toString("utf8"));
+  } catch {
+    return null;
+  }
+  if (!j || typeof j !== "object" || Array.isArray(j)) return null;
+  if (j.since === undefined) return {};
+  const p = j.since;
+  if (!p || typeof p.epoch !== "string" || !Number.isSafeInteger(p.offset) || p.offset < 0) return null;
+  return { since: p };
 }
 
 class MockConn {
@@ -451,11 +535,33 @@ class MockConn {
         }
         return this.respond(f, null, { code: "not_found", message: `no route ${f.name}` });
       }
-      case 0x20:
+      case 0x20: {
         if (f.name.startsWith("secret.") && !enc) return this.respond(f, null, { code: "encryption_required", message: "sensitive channel" });
         if (f.name === "forbidden") return this.respond(f, null, { code: "forbidden", message: "no" });
+        this.gw.subscribeBodies.push([f.name, f.pt.toString("utf8")]);
+        const req = parseSubscribeBody(f.pt);
+        if (!req) return this.respond(f, null, { code: "bad_request", message: "bad SUBSCRIBE body" });
         this.subs.set(f.name, f.name.startsWith("secret."));
-        return this.respond(f, Buffer.alloc(0));
+        if (!this.gw.isHistory(f.name)) return this.respond(f, Buffer.alloc(0));
+        // docs/protocol.md §6.1: replay iff `since` is in this epoch and
+        // every event after it is still kept.
+        const st = this.gw.stream(f.name);
+        const since = req.since;
+        const oldest = st.ring.length > 0 ? st.ring[0].offset : st.offset + 1;
+        const recovered = !!since && since.epoch === st.epoch && since.offset <= st.offset && since.offset >= oldest - 1;
+        this.respond(f, Buffer.from(JSON.stringify({ epoch: st.epoch, offset: st.offset, recovered })));
+        if (recovered) {
+          const from = since.offset - this.gw.replayOverlap;
+          for (const e of st.ring) if (e.offset > from) this.sendFrame(0x24, enc ? 1 : 0, 0, f.name, eventAtBody(e.offset, e.data));
+        }
+        return;
+      }
+      case 0x22: {
+        if (f.name.startsWith("secret.") && !enc) return this.respond(f, null, { code: "encryption_required", message: "sensitive channel" });
+        if (f.name === "forbidden") return this.respond(f, null, { code: "forbidden", message: "no" });
+        const pos = this.gw.publish(f.name, f.pt);
+        return this.respond(f, pos ? Buffer.from(JSON.stringify(pos)) : Buffer.alloc(0));
+      }
       case 0x21:
         this.subs.delete(f.name);
         return this.respond(f, Buffer.alloc(0));

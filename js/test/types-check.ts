@@ -1,6 +1,6 @@
 // Compiled (not run) by `npm run typecheck`: the README example must
 // type-check against the hand-written sm.d.ts.
-import { connect, WsgateError, type Session } from "../sm.js";
+import { connect, WsgateError, type GapDetail, type Position, type Session, type Subscription } from "../sm.js";
 
 export async function example(): Promise<void> {
   const s: Session = await connect({ username: "demo", password: "wsgate-demo", url: "http://127.0.0.1:8080", crypto: "auto" });
@@ -11,6 +11,17 @@ export async function example(): Promise<void> {
   const who = await s.requestJson<{ user: string; ip: string }>("sys.whoami");
   const unsubscribe = await s.subscribe("news", (data: Uint8Array, meta) => console.log(meta.channel, meta.encrypted, data.length));
   await unsubscribe();
+  // Channel continuity: positions, gaps, a stored position, publish positions.
+  const stored: Position | null = null;
+  const feed: Subscription = await s.subscribe(
+    "hist.feed",
+    (data, meta) => console.log(meta.offset ?? 0, meta.epoch ?? "", data.length),
+    { since: stored, onGap: (g: GapDetail) => console.log(g.reason, g.epoch, g.offset, g.previous?.offset), onRecovered: (r) => console.log(r.missed, r.since.offset) },
+  );
+  const pos: Position | null = feed.position;
+  const published: Position | null = await s.publish("hist.feed", { n: 1 });
+  console.log(feed.channel, pos?.epoch, published?.offset);
+  await feed();
   off();
   try {
     await s.request("sys.echo", { any: "json" });
