@@ -57,10 +57,16 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 async fn open(addr: SocketAddr, from: IpAddr) -> Opened {
+    open_with(addr, from, "").await
+}
+
+/// [`open`] with `extra` header lines (each ending in CRLF) in the upgrade.
+async fn open_with(addr: SocketAddr, from: IpAddr, extra: &str) -> Opened {
     let socket = TcpSocket::new_v4().unwrap();
     socket.bind(SocketAddr::new(from, 0)).unwrap();
     let mut tcp = socket.connect(addr).await.unwrap();
-    tcp.write_all(UPGRADE.as_bytes()).await.unwrap();
+    let request = UPGRADE.replacen("\r\n\r\n", &format!("\r\n{extra}\r\n"), 1);
+    tcp.write_all(request.as_bytes()).await.unwrap();
     let mut buf = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -449,6 +455,35 @@ async fn unauthenticated_sockets_are_capped_per_ip_until_key_ack_or_close() {
         "{metrics}"
     );
     drop(ws);
+}
+
+#[tokio::test]
+async fn behind_a_trusted_proxy_ipv6_clients_are_capped_per_prefix() {
+    let gw = TestGateway::start(
+        "trusted_proxies = [\"127.0.0.1\"]\n[proxy]\nclient_ip_header = \"x-forwarded-for\"\n",
+    )
+    .await;
+    let proxy = ip(1);
+    let from = |client: &str| format!("X-Forwarded-For: {client}\r\n");
+    // Every address of one /64 (the default `ipv6_prefix_len`) counts as one.
+    let mut held = Vec::new();
+    for i in 0..CAP {
+        let client = format!("2001:db8:1:2::{:x}", i + 1);
+        let mut ws = open_with(gw.addr, proxy, &from(&client)).await.upgraded();
+        ws.hello().await;
+        held.push(ws);
+    }
+    let rotated = from("2001:db8:1:2:ffff:ffff:ffff:ffff");
+    assert!(matches!(
+        open_with(gw.addr, proxy, &rotated).await,
+        Opened::Refused(429, _)
+    ));
+    // The next /64, and an IPv4 client through the same proxy, are not.
+    for client in ["2001:db8:1:3::1", "198.51.100.7"] {
+        let mut ws = open_with(gw.addr, proxy, &from(client)).await.upgraded();
+        ws.hello().await;
+    }
+    drop(held);
 }
 
 // ---------------------------------------------------------------------------
