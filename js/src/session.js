@@ -954,9 +954,13 @@ export class Session extends EventTarget {
    * stream's position and whether the events after `since` follow.
    * @param {string} channel @param {Subscription} sub @param {Position | null} since what the SUBSCRIBE asked for
    * @param {Uint8Array} body
+   * @param {boolean} [join] another handler joining a live subscription: a recovery is no news
    */
-  _onSubscribed(channel, sub, since, body) {
+  _onSubscribed(channel, sub, since, body, join = false) {
     if (this._subs.get(channel) !== sub) return;
+    // The subscription goes on from where it is (the answer's offset may
+    // count events still on their way to us).
+    if (!since && sub.epoch !== null) return;
     sub.since = null;
     if (body.length === 0) {
       sub.epoch = sub.offset = null;
@@ -972,7 +976,7 @@ export class Session extends EventTarget {
         sub.epoch = pos.epoch;
         sub.offset = since.offset;
       }
-      this._notify(sub, "onRecovered", { channel, epoch: pos.epoch, offset: pos.offset, since, missed: pos.offset - since.offset });
+      if (!join) this._notify(sub, "onRecovered", { channel, epoch: pos.epoch, offset: pos.offset, since, missed: pos.offset - since.offset });
       return;
     }
     advance(sub, pos);
@@ -1057,11 +1061,16 @@ export class Session extends EventTarget {
     let sub = this._subs.get(channel);
     /** @type {Position | null} */
     let asked = null;
+    let join = false;
     if (sub) {
-      // One position per channel: another handler joins it as it is.
+      // One position per channel: another handler joins it as it is. The
+      // server takes a SUBSCRIBE as a new start, so it resumes from there
+      // too (else events on their way could be lost).
       sub.handlers.add(handler);
       sub.listeners.add(listener);
       if (opts.sensitive) sub.sensitive = true;
+      asked = positionOf(sub);
+      join = true;
     } else {
       sub = { handlers: new Set([handler]), listeners: new Set([listener]), sensitive: !!opts.sensitive, epoch: null, offset: null, since };
       this._subs.set(channel, sub);
@@ -1070,7 +1079,7 @@ export class Session extends EventTarget {
     const mine = sub;
     try {
       await this._enqueue(T.SUBSCRIBE, mine.sensitive ? FLAG_ENC : 0, channel, subscribeBody(asked), opts.timeout ?? this._requestTimeout, false, (body) =>
-        this._onSubscribed(channel, mine, asked, body),
+        this._onSubscribed(channel, mine, asked, body, join),
       );
     } catch (e) {
       mine.handlers.delete(handler);

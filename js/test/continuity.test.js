@@ -315,15 +315,28 @@ for (const backend of ["webcrypto", "noble"]) {
     const a = await record(s, "hist.feed");
     gw.publish("hist.feed", "1");
     await until(() => a.events.length === 1, 2000, "event");
+    const e = gw.stream("hist.feed").epoch;
     const b = await record(s, "hist.feed", { since: { epoch: "AAAAAAAAAAA", offset: 0 } });
-    assert.deepEqual(gw.subscribeBodies.at(-1), ["hist.feed", ""], "a joining handler sends no since");
+    assert.deepEqual(JSON.parse(gw.subscribeBodies.at(-1)[1]), { since: { epoch: e, offset: 1 } }, "a joining handler resumes from the channel's position, not its own since");
     assert.deepEqual(b.log, [], "and is told nothing");
     gw.publish("hist.feed", "2");
     await until(() => a.events.length === 2 && b.events.length === 1, 2000, "both handlers");
     assert.deepEqual(b.sub.position, a.sub.position);
-    await outage(gw, s, async () => gw.publish("hist.feed", "3"));
-    await until(() => a.events.length === 3 && b.events.length === 2, 2000, "replay to both");
-    assert.equal(gw.subscribeBodies.filter(([c, body]) => c === "hist.feed" && body !== "").length, 1, "one SUBSCRIBE per channel on reconnect");
+    // A third handler joins while event 3 is counted by the stream but still
+    // on its way: replayed, delivered once, no news for anybody.
+    const st = gw.stream("hist.feed");
+    st.offset++;
+    st.ring.push({ offset: 3, data: Buffer.from("3") });
+    const c = await record(s, "hist.feed");
+    gw.sendEventAt("hist.feed", 3, "3");
+    await until(() => a.events.length === 3 && c.events.length === 1, 2000, "the event in flight");
+    await sleep(30);
+    assert.deepEqual([a.data(), b.data(), c.data()], [["1", "2", "3"], ["2", "3"], ["3"]]);
+    assert.deepEqual([a.log.filter((l) => l[0] !== "event"), c.log.filter((l) => l[0] !== "event")], [[], []]);
+    await c.sub();
+    await outage(gw, s, async () => gw.publish("hist.feed", "4"));
+    await until(() => a.events.length === 4 && b.events.length === 3, 2000, "replay to both");
+    assert.equal(gw.subscribeBodies.filter(([ch]) => ch === "hist.feed").length, 4, "one SUBSCRIBE per channel on reconnect");
     assert.equal(a.log.filter((l) => l[0] === "recovered").length, 1);
     assert.equal(b.log.filter((l) => l[0] === "recovered").length, 1);
     await a.sub();
