@@ -217,3 +217,27 @@ impl Drop for Registration {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStateStore;
+
+    #[test]
+    fn unauthenticated_counts_are_capped_per_group_and_forgotten_at_zero() {
+        let reg = SessionRegistry::new(Arc::new(MemoryStateStore::new()));
+        assert!(reg.try_add_unauthenticated("a", 2));
+        assert!(reg.try_add_unauthenticated("a", 2));
+        assert!(!reg.try_add_unauthenticated("a", 2), "a third over the cap");
+        assert!(reg.try_add_unauthenticated("b", 2), "another group");
+        reg.release_unauthenticated("a");
+        assert!(reg.try_add_unauthenticated("a", 2));
+        reg.release_unauthenticated("a");
+        reg.release_unauthenticated("a");
+        reg.release_unauthenticated("b");
+        assert!(reg.inner.unauthenticated().is_empty(), "no entry at zero");
+        // Giving back what was never counted changes nothing.
+        reg.release_unauthenticated("c");
+        assert!(reg.inner.unauthenticated().is_empty());
+    }
+}
