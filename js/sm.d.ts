@@ -135,7 +135,7 @@ export interface EventMeta {
   epoch?: string;
 }
 
-/** A position in a history channel's stream (docs/protocol.md §6.1): JSON-safe, e.g. for sessionStorage. */
+/** A position in a history channel's stream (docs/protocol.md §6.5): JSON-safe, e.g. for sessionStorage. */
 export interface Position {
   /** b64u */
   epoch: string;

@@ -1,6 +1,6 @@
 // @ts-check
 // The session: login, the WebSocket with key establishment, protected
-// requests, subscriptions (with channel continuity, docs/protocol.md §6.1),
+// requests, subscriptions (with channel continuity, docs/protocol.md §6.5),
 // reconnection, logout.
 
 import { fromUtf8, utf8 } from "./bytes.js";
@@ -361,7 +361,7 @@ class Connection {
  */
 
 /**
- * A position in a channel's stream (history channels, docs/protocol.md §6.1).
+ * A position in a channel's stream (history channels, docs/protocol.md §6.5).
  * @typedef {object} Position
  * @property {string} epoch b64u
  * @property {number} offset the number of events published in this epoch (the first event is 1)

@@ -1,4 +1,4 @@
-// Channel continuity (docs/protocol.md §6.1) in sm.js against the mock
+// Channel continuity (docs/protocol.md §6.5) in sm.js against the mock
 // gateway's history channels, with both crypto backends: positions in
 // `meta`, resubscribing with `since` after a reconnect, replayed events
 // exactly once and in order, `gap` (not recovered, RESYNC, a skipped offset)

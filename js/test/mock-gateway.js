@@ -7,7 +7,7 @@
 // implementations of every step.
 //
 // Channels named `hist.*` or `secret.hist.*` keep history (docs/protocol.md
-// §6.1): a stream with an epoch and offsets, a ring of the last
+// §6.5): a stream with an epoch and offsets, a ring of the last
 // `historySize` events, EVENT_AT, SUBSCRIBE with `since` (replay or
 // `recovered: false`), RESYNC; `secret.*` channels are sensitive.
 import * as nc from "node:crypto";
@@ -543,7 +543,7 @@ class MockConn {
         if (!req) return this.respond(f, null, { code: "bad_request", message: "bad SUBSCRIBE body" });
         this.subs.set(f.name, f.name.startsWith("secret."));
         if (!this.gw.isHistory(f.name)) return this.respond(f, Buffer.alloc(0));
-        // docs/protocol.md §6.1: replay iff `since` is in this epoch and
+        // docs/protocol.md §6.5: replay iff `since` is in this epoch and
         // every event after it is still kept.
         const st = this.gw.stream(f.name);
         const since = req.since;

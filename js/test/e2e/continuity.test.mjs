@@ -1,15 +1,12 @@
-// Channel continuity (docs/protocol.md §6.1, issue 12) in real headless
+// Channel continuity (docs/protocol.md §6.5, issue 12) in real headless
 // Chromium against the real gateway: the gateway is killed and restarted
 // while events flow to history channels; each page's handler must see every
 // acknowledged event exactly once, in order, or a `gap` that covers it.
 //
-// PENDING: the gateway's history support is being written; this file is
-// named *.e2e-pending.mjs so that `npm run test:e2e` (test/e2e/*.test.mjs)
-// does not run it yet. Once the server side is in, rename it to
-// continuity.test.mjs. Run it by hand with a fresh binary:
+// Run alone with a fresh binary:
 //
 //   cargo build -p wsgate
-//   cd js && node --test --test-timeout=180000 test/e2e/continuity.e2e-pending.mjs
+//   cd js && node --test --test-timeout=180000 test/e2e/continuity.test.mjs
 //
 // (WSGATE_E2E_LOCAL_BUNDLE=1 serves sm.js built from src/ instead of the
 // bundle the binary embeds.) What it needs from the gateway, beyond what
@@ -78,7 +75,7 @@ async function publishAt(origin, channel, data) {
   if (!res.ok) throw new Error(`publish to ${channel}: HTTP ${res.status} ${text}`);
   const j = JSON.parse(text);
   if (typeof j.epoch !== "string" || !Number.isSafeInteger(j.offset)) {
-    throw new Error(`POST /api/publish on history channel ${channel} answered ${text}, not a position {"epoch","offset"} (docs/protocol.md §6.1)`);
+    throw new Error(`POST /api/publish on history channel ${channel} answered ${text}, not a position {"epoch","offset"} (docs/protocol.md §6.5)`);
   }
   return { epoch: j.epoch, offset: j.offset };
 }
