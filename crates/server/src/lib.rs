@@ -55,7 +55,9 @@ pub(crate) struct Shared {
     pub(crate) keys: keys::KeySet,
     pub(crate) secret: keys::ServerSecret,
     pub(crate) credentials: Arc<dyn store::CredentialStore>,
-    pub(crate) state: Arc<dyn store::StateStore>,
+    /// The state store behind the record seal: sessions and exchanges are
+    /// sealed before any backend sees them (issue 11, item 4).
+    pub(crate) state: store::SealedState,
     pub(crate) sessions: ws::registry::SessionRegistry,
     pub(crate) open_connections: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) metrics: metrics::Metrics,

@@ -178,6 +178,11 @@ pub(crate) struct Metrics {
     pub(crate) upstream_errors: Counter,
     pub(crate) queue_drops: Counter,
     pub(crate) send_timeouts: Counter,
+    /// Session and exchange records that did not open (forged, copied
+    /// under another id, altered, or sealed under another `server_secret`)
+    /// and were treated as absent. Shared with the node's
+    /// `store::SealedState`.
+    pub(crate) state_records_refused: std::sync::Arc<Counter>,
 }
 
 fn family(out: &mut String, name: &str, kind: &str, help: &str) {
@@ -399,6 +404,17 @@ impl Metrics {
             "Connections dropped because writing to them stalled for limits.send_timeout_secs.",
         );
         let _ = writeln!(o, "wsgate_send_timeouts_total {}", self.send_timeouts.get());
+        family(
+            &mut o,
+            "wsgate_state_records_refused_total",
+            "counter",
+            "Session and login-exchange records of the state store that did not open (forged, copied under another id, altered, or sealed under another server_secret) and were treated as absent.",
+        );
+        let _ = writeln!(
+            o,
+            "wsgate_state_records_refused_total {}",
+            self.state_records_refused.get()
+        );
         o
     }
 }

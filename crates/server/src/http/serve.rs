@@ -44,7 +44,16 @@ impl Gateway {
         credentials: Arc<dyn CredentialStore>,
         state: Arc<dyn StateStore>,
     ) -> Self {
-        let sessions = SessionRegistry::new(state.clone());
+        // Every backend, whoever built it, sits behind the one seal.
+        let metrics = crate::metrics::Metrics::default();
+        let state = crate::store::SealedState::new(
+            state,
+            &secret,
+            Arc::clone(&metrics.state_records_refused),
+        );
+        // The registry only asks whether a session is still there (after a
+        // missed revocation); it needs no opened record.
+        let sessions = SessionRegistry::new(Arc::clone(state.backend()));
         let config_upstream = config.upstream.clone();
         Self {
             shared: Arc::new(Shared {
@@ -56,7 +65,7 @@ impl Gateway {
                 sessions,
                 open_connections: Arc::new(AtomicUsize::new(0)),
                 hub: crate::hub::Hub::default(),
-                metrics: crate::metrics::Metrics::default(),
+                metrics,
                 upstreams: crate::upstream::Upstreams::new(&config_upstream),
             }),
         }

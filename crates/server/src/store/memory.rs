@@ -11,7 +11,7 @@ use tokio::time::Instant;
 use zeroize::Zeroizing;
 
 use super::{
-    CredentialStore, ExchangeAdmission, ExchangeQuota, FailureLimit, SessionRecord, StateStore,
+    CredentialStore, ExchangeAdmission, ExchangeQuota, FailureLimit, SealedSession, StateStore,
     StoreError, StoreEvent, UserRecord, unix_now,
 };
 
@@ -148,7 +148,7 @@ struct FailureWindow {
 
 struct State {
     exchanges: Exchanges,
-    sessions: ExpiringMap<SessionRecord>,
+    sessions: ExpiringMap<SealedSession>,
     failures: ExpiringMap<FailureWindow>,
 }
 
@@ -156,7 +156,7 @@ struct State {
 ///
 /// Exchange and failure-window TTLs run on [`tokio::time::Instant`] (so tests
 /// can pause time); session expiry on the wall clock
-/// ([`SessionRecord::expires_at`]). Expired exchanges are dropped before
+/// ([`SealedSession::expires_at`]). Expired exchanges are dropped before
 /// every exchange call, so the quotas of `put_exchange` count exactly the
 /// live ones; other expired entries are dropped when read and swept as the
 /// maps grow, so memory stays proportional to the live entries;
@@ -283,15 +283,20 @@ impl StateStore for MemoryStateStore {
         Ok(u64::try_from(guard.exchanges.by_sid.len()).unwrap_or(u64::MAX))
     }
 
-    async fn put_session(&self, id: &str, record: &SessionRecord) -> Result<(), StoreError> {
+    async fn put_session(&self, id: &str, record: &SealedSession) -> Result<(), StoreError> {
         let now = unix_now();
+        if record.expires_at().is_none() {
+            // No sealed record: nothing that could ever open, or expire.
+            lock(&self.state).sessions.entries.remove(id);
+            return Ok(());
+        }
         lock(&self.state)
             .sessions
             .insert(id.to_owned(), record.clone(), |s| s.is_expired_at(now));
         Ok(())
     }
 
-    async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+    async fn get_session(&self, id: &str) -> Result<Option<SealedSession>, StoreError> {
         let now = unix_now();
         let mut state = lock(&self.state);
         match state.sessions.entries.get(id) {

@@ -17,12 +17,20 @@
 //! Every backend runs the same conformance suite (`store/tests.rs`); the
 //! Redis and PostgreSQL ones against real servers that the tests start
 //! (`store/test_servers.rs`).
+//!
+//! **State records are sealed** (`store/seal.rs`): a node holds its state
+//! store behind one AEAD boundary keyed from `server_secret`, and the
+//! [`StateStore`] trait only carries sealed sessions ([`SealedSession`]) and
+//! sealed exchange bytes. Whoever can read a backend finds no session or
+//! exchange key; whoever can write one cannot plant a session: a record that
+//! does not open is treated as absent.
 
 mod memory;
 mod persist;
 mod postgres;
 mod redact;
 mod redis;
+mod seal;
 mod sqlite;
 
 #[cfg(test)]
@@ -42,6 +50,7 @@ pub use self::redact::redact_url;
 pub use self::redis::RedisStateStore;
 pub use memory::{MemoryCredentialStore, MemoryStateStore};
 pub use persist::PersistentSessions;
+pub(crate) use seal::SealedState;
 pub use sqlite::SqliteCredentialStore;
 pub use wsgate_proto::scram::Verifier;
 
@@ -203,6 +212,51 @@ impl fmt::Debug for SessionRecord {
     }
 }
 
+/// A session record as a [`StateStore`] keeps it: sealed (AES-256-GCM under
+/// a key derived from `server_secret`, the session id in the AAD) by the
+/// node before it reaches the backend. Opaque to the backend, except for
+/// the clear `expires_at` in its header ([`expires_at`](Self::expires_at)),
+/// which the seal authenticates.
+///
+/// `Debug` shows its length only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SealedSession(Vec<u8>);
+
+impl SealedSession {
+    /// A record as read back from a backend (any bytes: whether they open is
+    /// decided when the node opens them).
+    pub fn from_stored(bytes: Vec<u8>) -> Self {
+        Self(bytes)
+    }
+
+    /// The bytes to store.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The clear expiry (unix seconds) of the header; None for bytes that
+    /// are no sealed record of this version (a backend may drop them).
+    pub fn expires_at(&self) -> Option<u64> {
+        seal::header_expires_at(&self.0)
+    }
+
+    /// Whether the record has expired at `now` (unix seconds). Bytes
+    /// without a header do not: they are handed to the node, which refuses
+    /// (and counts) them.
+    pub fn is_expired_at(&self, now: u64) -> bool {
+        self.expires_at().is_some_and(|e| now >= e)
+    }
+}
+
+impl fmt::Debug for SealedSession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SealedSession")
+            .field("expires_at", &self.expires_at())
+            .field("len", &self.0.len())
+            .finish()
+    }
+}
+
 /// The current wall-clock time in unix seconds, the clock of
 /// [`SessionRecord::expires_at`]. A clock before 1970 reads as 0.
 pub fn unix_now() -> u64 {
@@ -274,7 +328,8 @@ pub struct FailureLimit<'a> {
 /// Short-lived state shared by every node of a fleet.
 #[async_trait::async_trait]
 pub trait StateStore: Send + Sync + fmt::Debug + 'static {
-    /// Stores a SCRAM exchange for `ttl`, unless `quota` is full: the check
+    /// Stores a SCRAM exchange (sealed by the node: opaque bytes here) for
+    /// `ttl`, unless `quota` is full: the check
     /// and the insert are one atomic step, so concurrent calls never hold
     /// more than `quota.max_per_group` live exchanges in one group, nor
     /// `quota.max_total` in the store. Exactly one `take_exchange` gets a
@@ -293,10 +348,12 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
     async fn take_exchange(&self, sid: &str) -> Result<Option<Vec<u8>>, StoreError>;
     /// Exchanges live now, in the whole store (on Redis: every node's).
     async fn live_exchanges(&self) -> Result<u64, StoreError>;
-    /// Stores a session; it lives until its `expires_at`.
-    async fn put_session(&self, id: &str, record: &SessionRecord) -> Result<(), StoreError>;
-    /// The session `id`; None if unknown, expired or revoked.
-    async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError>;
+    /// Stores a sealed session; it lives until its
+    /// [`expires_at`](SealedSession::expires_at) (one without is not kept).
+    async fn put_session(&self, id: &str, record: &SealedSession) -> Result<(), StoreError>;
+    /// The sealed session `id` exactly as stored; None if unknown, expired or
+    /// revoked. Whether it opens is the node's business, not the backend's.
+    async fn get_session(&self, id: &str) -> Result<Option<SealedSession>, StoreError>;
     /// Removes the session and notifies every watcher (later: every node),
     /// whether or not this store knew it.
     async fn revoke_session(&self, id: &str) -> Result<(), StoreError>;
@@ -469,8 +526,8 @@ pub(crate) fn create_private_file(path: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Serde for the session key as b64u, so a JSON-encoded record (Redis) stays
-/// compact and strict.
+/// Serde for the session key as b64u, so the JSON sealed into a
+/// [`SealedSession`] stays compact and strict.
 mod b64u_key {
     use serde::{Deserialize as _, Deserializer, Serializer, de::Error as _};
     use wsgate_proto::b64;

@@ -7,6 +7,11 @@
 //! a crash loses at most the sessions of the last batch: they log in again); on start the live sessions are
 //! loaded back. Exchanges, failure counters and events stay in memory: they
 //! are worth seconds, a session is worth hours. A fleet uses Redis instead.
+//!
+//! Rows hold [`SealedSession`]s (b64u), sealed by the node before they get
+//! here: the file never holds a session key in clear. A row that is not a
+//! sealed record of this version — one an earlier, unsealed version wrote —
+//! is deleted on open (its user logs in again).
 
 use std::fmt;
 use std::path::Path;
@@ -17,14 +22,15 @@ use rusqlite::{Connection, params};
 use tokio::sync::{broadcast, mpsc};
 
 use super::{
-    ExchangeAdmission, ExchangeQuota, FailureLimit, SessionRecord, StateStore, StoreError,
+    ExchangeAdmission, ExchangeQuota, FailureLimit, SealedSession, StateStore, StoreError,
     StoreEvent, unix_now,
 };
 
 enum Op {
     Put {
         id: String,
-        json: zeroize::Zeroizing<String>,
+        /// The sealed record, b64u.
+        text: String,
         expires_at: u64,
     },
     Delete(String),
@@ -91,17 +97,42 @@ impl<S: StateStore> PersistentSessions<S> {
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| sql(&owned, &e))?;
             drop(stmt);
-            Ok((conn, rows))
+            let mut records = Vec::with_capacity(rows.len());
+            let mut stale = Vec::new();
+            for (id, text) in rows {
+                let sealed = wsgate_proto::b64::decode_b64u(&text)
+                    .ok()
+                    .map(SealedSession::from_stored)
+                    .filter(|s| s.expires_at().is_some());
+                match sealed {
+                    Some(sealed) => records.push((id, sealed)),
+                    None => stale.push(id),
+                }
+            }
+            if !stale.is_empty() {
+                // Rows of an earlier version hold session keys in clear:
+                // delete them (secure_delete zeroes them), and fold the WAL
+                // in so no copy is left there either.
+                for id in &stale {
+                    conn.execute("DELETE FROM sessions WHERE id = ?1", params![id])
+                        .map_err(|e| sql(&owned, &e))?;
+                }
+                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                    .map_err(|e| sql(&owned, &e))?;
+                tracing::warn!(
+                    sessions = stale.len(),
+                    "deleted unsealed sessions of an earlier version from the journal; \
+                     their users log in again"
+                );
+            }
+            Ok((conn, records))
         })
         .await
         .map_err(|e| StoreError::Unavailable(format!("session journal task failed: {e}")))??;
         let mut loaded = 0usize;
-        for (id, json) in records {
-            // A row that no longer parses is dropped, not fatal: the user logs in again.
-            if let Ok(record) = serde_json::from_str::<SessionRecord>(&json) {
-                inner.put_session(&id, &record).await?;
-                loaded += 1;
-            }
+        for (id, record) in records {
+            inner.put_session(&id, &record).await?;
+            loaded += 1;
         }
         if loaded > 0 {
             tracing::info!(sessions = loaded, "restored sessions from the journal");
@@ -148,12 +179,12 @@ async fn write_behind(
             let mut deleted = 0;
             for op in &ops {
                 match op {
-                    Op::Put { id, json, expires_at } => {
+                    Op::Put { id, text, expires_at } => {
                         let exp = i64::try_from(*expires_at).unwrap_or(i64::MAX);
                         tx.prepare_cached(
                             "INSERT OR REPLACE INTO sessions (id, record, expires_at) VALUES (?1, ?2, ?3)",
                         )?
-                        .execute(params![id, json.as_str(), exp])?;
+                        .execute(params![id, text.as_str(), exp])?;
                     }
                     Op::Delete(id) => {
                         deleted += tx
@@ -203,19 +234,22 @@ impl<S: StateStore> StateStore for PersistentSessions<S> {
     async fn live_exchanges(&self) -> Result<u64, StoreError> {
         self.inner.live_exchanges().await
     }
-    async fn put_session(&self, id: &str, record: &SessionRecord) -> Result<(), StoreError> {
+    async fn put_session(&self, id: &str, record: &SealedSession) -> Result<(), StoreError> {
         self.inner.put_session(id, record).await?;
-        let json = serde_json::to_string(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let Some(expires_at) = record.expires_at() else {
+            // Not a sealed record: nothing worth journaling.
+            return Ok(());
+        };
         let op = Op::Put {
             id: id.to_owned(),
-            json: zeroize::Zeroizing::new(json),
-            expires_at: record.expires_at,
+            text: wsgate_proto::b64::encode_b64u(record.as_bytes()),
+            expires_at,
         };
         // The writer only stops with the process; a lost write costs a re-login.
         let _ = self.journal.send(op);
         Ok(())
     }
-    async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+    async fn get_session(&self, id: &str) -> Result<Option<SealedSession>, StoreError> {
         self.inner.get_session(id).await
     }
     async fn revoke_session(&self, id: &str) -> Result<(), StoreError> {
@@ -263,7 +297,17 @@ impl<S: StateStore> StateStore for PersistentSessions<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStateStore;
+    use crate::store::tests::sealed;
+    use crate::store::{MemoryStateStore, SealedState, SessionRecord};
+
+    /// The journal at `path` as a node uses it: behind the record seal.
+    async fn open_sealed(path: &Path) -> SealedState {
+        sealed(
+            PersistentSessions::open(path, MemoryStateStore::new())
+                .await
+                .unwrap(),
+        )
+    }
 
     mod conformance {
         use super::*;
@@ -297,9 +341,7 @@ mod tests {
     async fn a_revoked_session_key_is_not_left_in_the_journal_files() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("sessions.sqlite3");
-        let store = PersistentSessions::open(&path, MemoryStateStore::new())
-            .await
-            .unwrap();
+        let store = open_sealed(&path).await;
         let mut rec = record("alice", unix_now() + 3600);
         rec.session_key = zeroize::Zeroizing::new([0xA7; 32]);
         let encoded = wsgate_proto::b64::encode_b64u(&[0xA7; 32]);
@@ -324,7 +366,13 @@ mod tests {
             .await
             .unwrap();
         settle().await;
-        assert!(holds(&files()), "the journal holds the live session");
+        // Sealed: not even the live session's key is on disk.
+        assert!(!holds(&files()), "the journal holds a session key");
+        let s1 = b"s1";
+        assert!(
+            files().windows(s1.len()).any(|w| w == s1),
+            "the journal holds the live session"
+        );
         store.revoke_session("s1").await.unwrap();
         settle().await;
         assert!(
@@ -340,9 +388,7 @@ mod tests {
         let path = dir.path().join("sessions.sqlite3");
         let later = unix_now() + 3600;
         {
-            let store = PersistentSessions::open(&path, MemoryStateStore::new())
-                .await
-                .unwrap();
+            let store = open_sealed(&path).await;
             store
                 .put_session("keep", &record("alice", later))
                 .await
@@ -359,9 +405,7 @@ mod tests {
             settle().await;
         }
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let store = PersistentSessions::open(&path, MemoryStateStore::new())
-            .await
-            .unwrap();
+        let store = open_sealed(&path).await;
         let kept = store.get_session("keep").await.unwrap().unwrap();
         assert_eq!(
             (kept.user.as_str(), kept.expires_at, *kept.session_key),
@@ -383,6 +427,63 @@ mod tests {
                 0o600
             );
         }
+    }
+
+    /// A row written into the journal by hand (no login) — in clear, as
+    /// earlier versions wrote them, or a sealed row copied under another id
+    /// — is no session after a restart; the clear one is deleted from disk.
+    #[tokio::test]
+    async fn rows_forged_or_copied_in_the_journal_are_refused_and_clear_ones_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.sqlite3");
+        let later = unix_now() + 3600;
+        {
+            let store = open_sealed(&path).await;
+            store
+                .put_session("real", &record("alice", later))
+                .await
+                .unwrap();
+            settle().await;
+        }
+        let conn = Connection::open(&path).unwrap();
+        let clear = serde_json::to_string(&record("mallory", later)).unwrap();
+        conn.execute(
+            "INSERT INTO sessions (id, record, expires_at) VALUES ('forged', ?1, ?2)",
+            params![clear, i64::try_from(later).unwrap()],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO sessions (id, record, expires_at) \
+             SELECT 'copy', record, expires_at FROM sessions WHERE id = 'real'",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let store = open_sealed(&path).await;
+        assert!(store.get_session("forged").await.unwrap().is_none());
+        assert!(store.get_session("copy").await.unwrap().is_none());
+        assert_eq!(
+            store.records_refused(),
+            1,
+            "the copy; the clear row is gone"
+        );
+        assert_eq!(
+            store.get_session("real").await.unwrap().unwrap().user,
+            "alice"
+        );
+        let ids: Vec<String> = Connection::open(&path)
+            .unwrap()
+            .prepare("SELECT id FROM sessions ORDER BY id")
+            .unwrap()
+            .query_map([], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            ids,
+            ["copy", "real"],
+            "the unsealed row was deleted on open"
+        );
     }
 
     /// The per-batch expiry delete must not scan every session (it did: a

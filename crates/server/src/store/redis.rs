@@ -7,10 +7,10 @@
 //!
 //! | key | value | expiry |
 //! |---|---|---|
-//! | `{prefix}exchange:{sid}` | a hash: `s` the SCRAM exchange state, `g` its quota group | `PEXPIREAT deadline`; stored and taken (atomic take-once) by Lua scripts, below |
+//! | `{prefix}exchange:{sid}` | a hash: `s` the sealed SCRAM exchange state (`store/seal.rs`), `g` its quota group | `PEXPIREAT deadline`; stored and taken (atomic take-once) by Lua scripts, below |
 //! | `{prefix}exchange-index` | a sorted set: every live exchange's sid, scored by its deadline (Redis clock, ms) | `PEXPIREAT` the latest deadline |
 //! | `{prefix}exchange-group:{group}` | the same, for the exchanges of one quota group (an IP or IPv6 prefix) | `PEXPIREAT` the group's latest deadline |
-//! | `{prefix}session:{id}` | the [`SessionRecord`] as JSON | `SET … PXAT expires_at` |
+//! | `{prefix}session:{id}` | the [`SealedSession`]'s bytes (no session key in clear: sealed by the node) | `SET … PXAT expires_at` |
 //! | `{prefix}failures:{key}` | the failure count | a Lua script: `INCR`, then `PEXPIRE window` on the first failure; returns the count and `PTTL` |
 //!
 //! **Exchange quotas are exact.** `put_exchange` is one script: it reads
@@ -85,7 +85,7 @@ use zeroize::Zeroizing;
 
 use super::memory::{EVENT_CHANNEL_CAPACITY, REVOCATION_CHANNEL_CAPACITY};
 use super::{
-    ExchangeAdmission, ExchangeQuota, FailureLimit, SessionRecord, StateStore, StoreError,
+    ExchangeAdmission, ExchangeQuota, FailureLimit, SealedSession, StateStore, StoreError,
     StoreEvent, redact_url, unix_now,
 };
 
@@ -893,40 +893,32 @@ impl StateStore for RedisStateStore {
         .await
     }
 
-    async fn put_session(&self, id: &str, record: &SessionRecord) -> Result<(), StoreError> {
+    async fn put_session(&self, id: &str, record: &SealedSession) -> Result<(), StoreError> {
         let key = self.fanout.keys.session(id);
-        if record.is_expired_at(unix_now()) {
-            return self.query::<()>("DEL", redis::cmd("DEL").arg(&key)).await;
-        }
-        let json =
-            Zeroizing::new(serde_json::to_vec(record).map_err(|e| {
-                StoreError::Corrupt(format!("cannot encode the session record ({e})"))
-            })?);
-        let expires_at_ms = record.expires_at.saturating_mul(1000).min(MAX_UNIX_MS);
+        let expires_at = match record.expires_at() {
+            Some(at) if at > unix_now() => at,
+            _ => return self.query::<()>("DEL", redis::cmd("DEL").arg(&key)).await,
+        };
+        let expires_at_ms = expires_at.saturating_mul(1000).min(MAX_UNIX_MS);
         self.query::<()>(
             "SET",
             redis::cmd("SET")
                 .arg(&key)
-                .arg(&json[..])
+                .arg(record.as_bytes())
                 .arg("PXAT")
                 .arg(expires_at_ms),
         )
         .await
     }
 
-    async fn get_session(&self, id: &str) -> Result<Option<SessionRecord>, StoreError> {
+    async fn get_session(&self, id: &str) -> Result<Option<SealedSession>, StoreError> {
         let key = self.fanout.keys.session(id);
-        let json: Option<Vec<u8>> = self.query("GET", redis::cmd("GET").arg(&key)).await?;
-        let Some(json) = json.map(Zeroizing::new) else {
+        let bytes: Option<Vec<u8>> = self.query("GET", redis::cmd("GET").arg(&key)).await?;
+        // Whatever is there (a record of an earlier version, a forgery) is
+        // handed up as is: the node opens it, or treats it as absent.
+        let Some(record) = bytes.map(SealedSession::from_stored) else {
             return Ok(None);
         };
-        let record: SessionRecord = serde_json::from_slice(&json).map_err(|e| {
-            StoreError::Corrupt(format!(
-                "Redis at {}: {key} is not a session record ({e}); is another program \
-                 writing under the same key prefix?",
-                self.location
-            ))
-        })?;
         // Node clocks may run ahead of Redis's: never hand out an expired one.
         Ok((!record.is_expired_at(unix_now())).then_some(record))
     }

@@ -24,6 +24,7 @@ use tokio::sync::broadcast::error::TryRecvError;
 use zeroize::Zeroizing;
 
 use super::*;
+use crate::keys::ServerSecret;
 
 /// Key bytes no Debug output may show, in any common rendering.
 const STORED_KEY: [u8; 32] = [0xA5; 32];
@@ -256,6 +257,7 @@ fn quota(group: &str, max_per_group: u32, max_total: u32) -> ExchangeQuota<'_> {
 }
 
 pub(crate) async fn exchange_quotas_bound_each_group_and_the_store<S: StateStore>(store: S) {
+    let store = sealed(store);
     let ttl = Duration::from_secs(60);
     assert_eq!(store.live_exchanges().await.unwrap(), 0);
     for i in 0..3 {
@@ -340,6 +342,7 @@ pub(crate) async fn exchange_quotas_bound_each_group_and_the_store<S: StateStore
 }
 
 pub(crate) async fn expired_exchanges_stop_counting<S: StateStore>(store: S) {
+    let store = sealed(store);
     for i in 0..2 {
         store
             .put_exchange(&format!("e{i}"), vec![1], EXCHANGE_TTL, quota("E", 2, 3))
@@ -381,6 +384,7 @@ pub(crate) async fn expired_exchanges_stop_counting<S: StateStore>(store: S) {
 
 /// Many concurrent first requests of one group: exactly the quota is stored.
 pub(crate) async fn exchange_quotas_hold_under_concurrency<S: StateStore>(store: S) {
+    let store = sealed(store);
     const TASKS: usize = 64;
     let store = Arc::new(store);
     let barrier = Arc::new(tokio::sync::Barrier::new(TASKS));
@@ -519,6 +523,7 @@ pub(crate) async fn forgiving_a_failure_takes_one_back<S: StateStore>(store: S) 
 }
 
 pub(crate) async fn exchange_round_trips_once<S: StateStore>(store: S) {
+    let store = sealed(store);
     store
         .put_exchange(
             "sid-1",
@@ -553,6 +558,7 @@ pub(crate) async fn exchange_round_trips_once<S: StateStore>(store: S) {
 }
 
 pub(crate) async fn exchange_take_is_atomic_under_concurrency<S: StateStore>(store: S) {
+    let store = sealed(store);
     const TASKS: usize = 64;
     let store = Arc::new(store);
     for round in 0..8 {
@@ -588,6 +594,7 @@ pub(crate) async fn exchange_take_is_atomic_under_concurrency<S: StateStore>(sto
 }
 
 pub(crate) async fn exchange_expires_after_its_ttl<S: StateStore>(store: S) {
+    let store = sealed(store);
     store
         .put_exchange(
             "early",
@@ -618,10 +625,12 @@ pub(crate) async fn exchange_expires_after_its_ttl<S: StateStore>(store: S) {
 }
 
 pub(crate) async fn unknown_session_is_none<S: StateStore>(store: S) {
+    let store = sealed(store);
     assert!(store.get_session("nope").await.unwrap().is_none());
 }
 
 pub(crate) async fn session_round_trips<S: StateStore>(store: S) {
+    let store = sealed(store);
     let record = live_session("alice");
     store.put_session("s1", &record).await.unwrap();
     let got = store.get_session("s1").await.unwrap().unwrap();
@@ -633,6 +642,7 @@ pub(crate) async fn session_round_trips<S: StateStore>(store: S) {
 }
 
 pub(crate) async fn expired_session_is_none<S: StateStore>(store: S) {
+    let store = sealed(store);
     let now = unix_now();
     store
         .put_session("past", &session("alice", now - 10))
@@ -652,6 +662,7 @@ pub(crate) async fn expired_session_is_none<S: StateStore>(store: S) {
 }
 
 pub(crate) async fn revocation_removes_the_session_and_notifies_watchers<S: StateStore>(store: S) {
+    let store = sealed(store);
     let mut first = store.watch_revocations();
     let mut second = store.watch_revocations();
     store.put_session("s1", &live_session("a")).await.unwrap();
@@ -677,6 +688,7 @@ pub(crate) async fn revocation_removes_the_session_and_notifies_watchers<S: Stat
 }
 
 pub(crate) async fn watchers_see_only_later_revocations<S: StateStore>(store: S) {
+    let store = sealed(store);
     store.put_session("old", &live_session("a")).await.unwrap();
     store.revoke_session("old").await.unwrap();
     let mut late = store.watch_revocations();
@@ -757,7 +769,153 @@ pub(crate) async fn reset_failures_forgets_the_count<S: StateStore>(store: S) {
     store.reset_failures("never").await.unwrap();
 }
 
+/// The server secret of the test nodes.
+pub(crate) fn test_secret() -> ServerSecret {
+    ServerSecret::from_bytes([0x11; 32])
+}
+
+/// `backend` as a node uses it: behind the record seal of [`test_secret`].
+pub(crate) fn sealed<S: StateStore>(backend: S) -> SealedState {
+    SealedState::new(Arc::new(backend), &test_secret(), Arc::default())
+}
+
+/// `record` sealed as the session `id` under [`test_secret`], for tests
+/// that drive a backend directly.
+pub(crate) fn raw_session(id: &str, record: &SessionRecord) -> SealedSession {
+    let plain = serde_json::to_vec(record).unwrap();
+    let seal = super::seal::RecordSeal::new(&test_secret());
+    SealedSession::from_stored(seal.seal(super::seal::Kind::Session, id, record.expires_at, &plain))
+}
+
+/// Whether `bytes` hold [`SESSION_KEY`] raw, in b64u or in b64.
+pub(crate) fn holds_session_key(bytes: &[u8]) -> bool {
+    let encoded = [
+        SESSION_KEY.to_vec(),
+        wsgate_proto::b64::encode_b64u(&SESSION_KEY).into_bytes(),
+        wsgate_proto::b64::encode_b64(&SESSION_KEY).into_bytes(),
+    ];
+    encoded
+        .iter()
+        .any(|e| bytes.windows(e.len()).any(|w| w == &e[..]))
+}
+
+/// The attack of issue 11, item 4: a session record written straight into
+/// the backend (no login) — in clear as earlier versions stored it, or
+/// sealed under another `server_secret` — is not a session.
+pub(crate) async fn a_session_forged_in_the_backend_is_refused<S: StateStore>(store: S) {
+    let store = sealed(store);
+    let record = live_session("alice");
+    // A well-formed clear header (version 1, the expiry), then the record
+    // in clear where the ciphertext belongs.
+    let mut forged = vec![1];
+    forged.extend_from_slice(&record.expires_at.to_be_bytes());
+    forged.extend_from_slice(&serde_json::to_vec(&record).unwrap());
+    store
+        .backend()
+        .put_session("forged", &SealedSession::from_stored(forged))
+        .await
+        .unwrap();
+    assert!(store.get_session("forged").await.unwrap().is_none());
+    // Sealed as a node of another fleet (another server_secret) would.
+    let other = SealedState::new(
+        Arc::clone(store.backend()),
+        &ServerSecret::from_bytes([0x22; 32]),
+        Arc::default(),
+    );
+    other.put_session("elsewhere", &record).await.unwrap();
+    assert!(other.get_session("elsewhere").await.unwrap().is_some());
+    assert!(store.get_session("elsewhere").await.unwrap().is_none());
+    assert_eq!(store.records_refused(), 2);
+    // A normal round trip still works, and what the backend holds is no
+    // key: the bytes of the record never show it.
+    store.put_session("real", &record).await.unwrap();
+    assert_same_session(&store.get_session("real").await.unwrap().unwrap(), &record);
+    let raw = store.backend().get_session("real").await.unwrap().unwrap();
+    assert!(!holds_session_key(raw.as_bytes()), "{raw:?}");
+    assert!(!raw.as_bytes().windows(5).any(|w| w == b"alice"));
+    assert_eq!(raw.expires_at(), Some(record.expires_at));
+    assert_eq!(store.records_refused(), 2);
+}
+
+/// A sealed record copied under another id (another user's session, a
+/// chosen id) does not open; nor one whose clear fields or ciphertext were
+/// altered.
+pub(crate) async fn a_sealed_session_copied_or_altered_is_refused<S: StateStore>(store: S) {
+    let store = sealed(store);
+    let record = live_session("alice");
+    store.put_session("s1", &record).await.unwrap();
+    let raw = store.backend().get_session("s1").await.unwrap().unwrap();
+    store.backend().put_session("s2", &raw).await.unwrap();
+    assert!(store.get_session("s2").await.unwrap().is_none());
+    // A later expiry in the clear header (to outlive a revocation or the
+    // session's end).
+    let mut later = raw.as_bytes().to_vec();
+    later[1..9].copy_from_slice(&(record.expires_at + 86_400).to_be_bytes());
+    store
+        .backend()
+        .put_session("s1", &SealedSession::from_stored(later))
+        .await
+        .unwrap();
+    assert!(store.get_session("s1").await.unwrap().is_none());
+    // One flipped bit of the ciphertext.
+    let mut flipped = raw.as_bytes().to_vec();
+    let last = flipped.len() - 20;
+    flipped[last] ^= 0x01;
+    store
+        .backend()
+        .put_session("s1", &SealedSession::from_stored(flipped))
+        .await
+        .unwrap();
+    assert!(store.get_session("s1").await.unwrap().is_none());
+    assert_eq!(store.records_refused(), 3);
+    // The record as sealed still opens where it belongs.
+    store.backend().put_session("s1", &raw).await.unwrap();
+    assert_same_session(&store.get_session("s1").await.unwrap().unwrap(), &record);
+}
+
+/// Login exchanges are sealed too: one written straight into the backend,
+/// or a sealed one moved to another sid, is not taken.
+pub(crate) async fn a_forged_or_moved_exchange_is_refused<S: StateStore>(store: S) {
+    let store = sealed(store);
+    let q = ExchangeQuota::unbounded("g");
+    store
+        .backend()
+        .put_exchange("forged", b"{\"clear\":1}".to_vec(), EXCHANGE_TTL, q)
+        .await
+        .unwrap()
+        .stored();
+    assert_eq!(store.take_exchange("forged").await.unwrap(), None);
+    store
+        .put_exchange("a", SESSION_KEY.to_vec(), EXCHANGE_TTL, q)
+        .await
+        .unwrap()
+        .stored();
+    let raw = store.backend().take_exchange("a").await.unwrap().unwrap();
+    assert!(!holds_session_key(&raw));
+    store
+        .backend()
+        .put_exchange("b", raw.clone(), EXCHANGE_TTL, q)
+        .await
+        .unwrap()
+        .stored();
+    assert_eq!(store.take_exchange("b").await.unwrap(), None);
+    assert_eq!(store.records_refused(), 2);
+    // Back under its own sid it opens (once).
+    store
+        .backend()
+        .put_exchange("a", raw, EXCHANGE_TTL, q)
+        .await
+        .unwrap()
+        .stored();
+    assert_eq!(
+        store.take_exchange("a").await.unwrap().as_deref(),
+        Some(&SESSION_KEY[..])
+    );
+    assert_eq!(store.take_exchange("a").await.unwrap(), None);
+}
+
 pub(crate) async fn state_store_debug_shows_no_key_bytes<S: StateStore>(store: S) {
+    let store = sealed(store);
     let record = live_session("alice");
     store.put_session("s1", &record).await.unwrap();
     store
@@ -892,6 +1050,9 @@ macro_rules! state_store_suite {
             event_payloads_are_kept_byte_for_byte,
             events_without_a_channel_are_dropped,
             a_healthy_store_says_so,
+            a_session_forged_in_the_backend_is_refused,
+            a_sealed_session_copied_or_altered_is_refused,
+            a_forged_or_moved_exchange_is_refused,
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
         async fn exchange_take_is_atomic_under_concurrency() {
@@ -1011,7 +1172,10 @@ mod memory_specific {
                 .await
                 .unwrap();
             store
-                .put_session(&format!("s{i}"), &session("u", unix_now() - 1))
+                .put_session(
+                    &format!("s{i}"),
+                    &raw_session("", &session("u", unix_now() - 1)),
+                )
                 .await
                 .unwrap();
         }
@@ -1032,7 +1196,7 @@ mod memory_specific {
                 .await
                 .unwrap();
             store
-                .put_session(&format!("t{i}"), &live_session("u"))
+                .put_session(&format!("t{i}"), &raw_session("", &live_session("u")))
                 .await
                 .unwrap();
         }
@@ -1062,7 +1226,10 @@ mod memory_specific {
             .record_failure("k", Duration::from_secs(1))
             .await
             .unwrap();
-        store.put_session("s", &session("u", 1)).await.unwrap();
+        store
+            .put_session("s", &raw_session("s", &session("u", 1)))
+            .await
+            .unwrap();
         assert_eq!(store.entry_counts(), (1, 1, 1));
         tokio::time::sleep(Duration::from_secs(2)).await;
         assert_eq!(store.take_exchange("x").await.unwrap(), None);
@@ -1181,6 +1348,7 @@ mod redis_specific {
     #[tokio::test]
     async fn nodes_share_state_and_fan_out_to_each_other() {
         let Some((a, b)) = fleet().await else { return };
+        let (a, b) = (sealed(a), sealed(b));
         let (mut a_revoked, mut b_revoked) = (a.watch_revocations(), b.watch_revocations());
         let (mut a_events, mut b_events) = (a.watch_events(), b.watch_events());
 
@@ -1328,7 +1496,10 @@ mod redis_specific {
             .await
             .unwrap()
             .stored();
-        store.put_session("s1", &live_session("a")).await.unwrap();
+        store
+            .put_session("s1", &raw_session("s1", &live_session("a")))
+            .await
+            .unwrap();
         store.record_failure("ip:192.0.2.1", WINDOW).await.unwrap();
         let mut conn = raw(&url).await;
         let mut keys: Vec<String> = ::redis::cmd("KEYS")
@@ -1366,30 +1537,44 @@ mod redis_specific {
             (expires_at / 1000).abs_diff(record.expires_at as i64) <= 1,
             "{expires_at}"
         );
-        // The session's key bytes are stored, but never in Debug output.
+        // The session's key bytes are not stored (sealed), nor in Debug output.
+        let value: Vec<u8> = ::redis::cmd("GET")
+            .arg(format!("{prefix}session:s1"))
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(!holds_session_key(&value));
         assert_no_key_bytes(&format!("{store:?}"));
     }
 
     #[tokio::test]
-    async fn foreign_data_is_corrupt_and_operator_revocations_count() {
+    async fn foreign_data_is_refused_and_operator_revocations_count() {
         if skipped() {
             return;
         }
         let (url, prefix) = (shared_redis().url(), unique_prefix());
-        let store = RedisStateStore::connect_with_prefix(&url, &prefix)
-            .await
-            .unwrap();
+        let store = sealed(
+            RedisStateStore::connect_with_prefix(&url, &prefix)
+                .await
+                .unwrap(),
+        );
         let mut watcher = store.watch_revocations();
         let mut conn = raw(&url).await;
-        let _: () = ::redis::cmd("SET")
-            .arg(format!("{prefix}session:bad"))
-            .arg("not json")
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        let err = store.get_session("bad").await.unwrap_err();
-        assert!(matches!(err, StoreError::Corrupt(_)), "{err:?}");
-        assert!(err.to_string().contains("session:bad"), "{err}");
+        // Foreign bytes, and the attack of issue 11 item 4: a session record
+        // in clear, as earlier versions stored it, written with one SET.
+        let forged = serde_json::to_vec(&live_session("alice")).unwrap();
+        for (id, value) in [("bad", &b"not json"[..]), ("forged", &forged[..])] {
+            let _: () = ::redis::cmd("SET")
+                .arg(format!("{prefix}session:{id}"))
+                .arg(value)
+                .arg("EX")
+                .arg(3600)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            assert!(store.get_session(id).await.unwrap().is_none(), "{id}");
+        }
+        assert_eq!(store.records_refused(), 2);
         // An operator may revoke a session by hand with a bare id.
         let _: () = ::redis::cmd("PUBLISH")
             .arg(format!("{prefix}revocations"))
@@ -1427,7 +1612,10 @@ mod redis_specific {
         assert!(store.location().starts_with("rediss://127.0.0.1:"));
         assert!(!store.location().contains("ca_file"));
         let mut events = store.watch_events();
-        other.put_session("s", &live_session("a")).await.unwrap();
+        other
+            .put_session("s", &raw_session("s", &live_session("a")))
+            .await
+            .unwrap();
         assert!(store.get_session("s").await.unwrap().is_some());
         other.publish_event("news", b"over tls").await.unwrap();
         assert_eq!(
@@ -1582,7 +1770,10 @@ mod redis_specific {
         events: &mut Receiver<StoreEvent>,
     ) {
         eventually("working again", Duration::from_secs(15), async || {
-            store.put_session("back", &live_session("a")).await.is_ok()
+            store
+                .put_session("back", &raw_session("back", &live_session("a")))
+                .await
+                .is_ok()
                 && other.get_session("back").await.is_ok()
         })
         .await;
@@ -1975,7 +2166,7 @@ mod factories {
         let store = open_state(&shared_redis().url()).await.unwrap();
         assert!(format!("{store:?}").contains("RedisStateStore"));
         store
-            .put_session(&unique_prefix(), &live_session("a"))
+            .put_session(&unique_prefix(), &raw_session("", &live_session("a")))
             .await
             .unwrap();
     }

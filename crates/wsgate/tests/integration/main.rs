@@ -20,6 +20,7 @@ mod logs;
 mod metrics;
 mod nginx;
 mod roles;
+mod state_seal;
 mod unauthenticated;
 mod upstream;
 mod util;
