@@ -143,7 +143,9 @@ pub(crate) async fn refresh_gauges(shared: &Shared) {
 }
 
 /// What the state store keeps between the two requests of an exchange: the
-/// SCRAM state, the key request 1 was sealed to, and `exchange_key`.
+/// SCRAM state, the key request 1 was sealed to, and `exchange_key`. Sealed
+/// by the node (`store::SealedState`, the `sid` in the AAD) before any
+/// backend sees it.
 #[derive(Serialize, Deserialize)]
 struct ExchangeRecord {
     #[serde(flatten)]
@@ -354,7 +356,8 @@ async fn first_request(
         sealed_to,
         exchange_key: b64::encode_b64u(exchange_key.as_bytes()),
     };
-    let state = serde_json::to_vec(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    let mut state =
+        crate::store::to_json_zeroizing(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     // ...and how many may be live at once, per address and in all: a full
     // table refuses, it never grows.
     let quota = ExchangeQuota {
@@ -364,7 +367,12 @@ async fn first_request(
     };
     match shared
         .state
-        .put_exchange(&sid, state, policy.exchange_ttl, quota)
+        .put_exchange(
+            &sid,
+            std::mem::take(&mut *state),
+            policy.exchange_ttl,
+            quota,
+        )
         .await?
     {
         ExchangeAdmission::Stored => {}

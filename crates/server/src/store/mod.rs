@@ -50,7 +50,7 @@ pub use self::redact::redact_url;
 pub use self::redis::RedisStateStore;
 pub use memory::{MemoryCredentialStore, MemoryStateStore};
 pub use persist::PersistentSessions;
-pub(crate) use seal::SealedState;
+pub(crate) use seal::{SealedState, to_json_zeroizing};
 pub use sqlite::SqliteCredentialStore;
 pub use wsgate_proto::scram::Verifier;
 

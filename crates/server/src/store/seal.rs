@@ -78,6 +78,29 @@ impl Kind {
     }
 }
 
+/// `value` as JSON in one buffer allocated at its exact size: growing a
+/// buffer would leave copies of the secrets in it behind, unzeroized.
+pub(crate) fn to_json_zeroizing<T: serde::Serialize>(
+    value: &T,
+) -> Result<Zeroizing<Vec<u8>>, serde_json::Error> {
+    /// Counts what would be written.
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    serde_json::to_writer(&mut count, value)?;
+    let mut out = Zeroizing::new(Vec::with_capacity(count.0));
+    serde_json::to_writer(&mut *out, value)?;
+    Ok(out)
+}
+
 /// The clear `expires_at` of a sealed record, if it is one.
 pub(super) fn header_expires_at(blob: &[u8]) -> Option<u64> {
     let (version, rest) = blob.split_first()?;
@@ -261,8 +284,7 @@ impl SealedState {
         id: &str,
         record: &SessionRecord,
     ) -> Result<(), StoreError> {
-        let mut plain = Zeroizing::new(Vec::with_capacity(512));
-        serde_json::to_writer(&mut *plain, record)
+        let plain = to_json_zeroizing(record)
             .map_err(|e| StoreError::Corrupt(format!("cannot encode the session record ({e})")))?;
         let sealed = self.seal.seal(Kind::Session, id, record.expires_at, &plain);
         self.backend
