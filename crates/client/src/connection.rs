@@ -420,7 +420,10 @@ impl Connection {
                 }
                 return Ok(msg.body);
             }
-            if msg.msg_type == MessageType::Event as u8 {
+            if matches!(
+                MessageType::from_u8(msg.msg_type),
+                Some(MessageType::Event | MessageType::EventAt | MessageType::Resync)
+            ) {
                 self.events.push_back(msg);
             }
         }
@@ -442,6 +445,11 @@ impl Connection {
                 "expected close 4001 after LOGOUT, got {code:?}"
             ))),
         }
+    }
+
+    /// The oldest event received while waiting for a response, if any.
+    pub(crate) fn pop_event(&mut self) -> Option<Message> {
+        self.events.pop_front()
     }
 
     /// Events received while waiting for responses.

@@ -1,4 +1,4 @@
-//! Channel continuity (protocol.md §6.1): stream positions, the EVENT_AT
+//! Channel continuity (protocol.md §6.5): stream positions, the EVENT_AT
 //! body, the SUBSCRIBE body and its RESPONSE.
 //!
 //! A channel with history has a stream: an `epoch` (b64u of 8 random bytes,
@@ -53,7 +53,7 @@ pub fn split_event_at_body(body: &[u8]) -> Option<(u64, &[u8])> {
     Some((offset, payload))
 }
 
-/// What a SUBSCRIBE body asks for (protocol.md §6.1, §6.2). One parser for
+/// What a SUBSCRIBE body asks for (protocol.md §6.5, §6.6). One parser for
 /// every member, so history and presence never disagree on the body.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubscribeRequest {

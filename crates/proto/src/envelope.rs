@@ -44,10 +44,10 @@ pub enum MessageType {
     /// Server → client: an event on a subscribed channel.
     Event = 0x23,
     /// Server → client: an event on a channel with history, its body the
-    /// 8-byte big-endian offset then the payload (protocol.md §6.1).
+    /// 8-byte big-endian offset then the payload (protocol.md §6.5).
     EventAt = 0x24,
     /// Server → client: events before a position may have been missed
-    /// (protocol.md §6.1).
+    /// (protocol.md §6.5).
     Resync = 0x25,
     /// Client → server: end the session.
     Logout = 0x31,

@@ -48,6 +48,9 @@ pub struct ChannelRule {
     pub subscribe: SubscribePolicy,
     /// Who may publish.
     pub publish: PublishPolicy,
+    /// `history = N`: the channel's events are kept in a stream and sent as
+    /// EVENT_AT (protocol.md §6.5). `None` (the default): plain EVENTs.
+    pub history: Option<crate::store::HistoryPolicy>,
 }
 
 /// A match: the rule and, for `{user}` patterns, the owner.
@@ -101,7 +104,15 @@ impl ChannelRule {
             sensitive,
             subscribe,
             publish,
+            history: None,
         })
+    }
+
+    /// The same rule, keeping history as `policy` says.
+    #[must_use]
+    pub fn with_history(mut self, policy: Option<crate::store::HistoryPolicy>) -> Self {
+        self.history = policy;
+        self
     }
 
     /// Whether `name` matches; returns the `{user}` segment if any.

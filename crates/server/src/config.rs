@@ -177,6 +177,12 @@ pub struct FileChannel {
     pub subscribe: Option<String>,
     /// `api` (default), `authenticated` or `owner`.
     pub publish: Option<String>,
+    /// `history = 100`: events kept per channel (protocol.md §6.5); 0 (the
+    /// default) keeps none.
+    pub history: Option<usize>,
+    /// `history_ttl_secs = 300`: a channel's stream is forgotten after this
+    /// long without a publish.
+    pub history_ttl_secs: Option<u64>,
 }
 
 /// `[testing]` as written.
@@ -209,6 +215,8 @@ pub struct FileLimits {
     pub send_queue_bytes: Option<usize>,
     pub send_timeout_secs: Option<u64>,
     pub max_subscriptions: Option<usize>,
+    pub max_history_bytes: Option<usize>,
+    pub max_replay: Option<usize>,
 }
 
 /// `[login]` as written.
@@ -315,6 +323,12 @@ pub struct Limits {
     pub send_timeout: Duration,
     /// Channels one connection may be subscribed to. Default 256.
     pub max_subscriptions: usize,
+    /// Payload bytes a channel with history keeps, beside its `history`
+    /// count; the oldest events go first. Default 4 MiB.
+    pub max_history_bytes: usize,
+    /// Events one SUBSCRIBE with `since` may replay; a client further
+    /// behind gets `recovered: false` instead of a flood. Default 1000.
+    pub max_replay: usize,
 }
 
 impl Default for Limits {
@@ -335,6 +349,8 @@ impl Default for Limits {
             send_queue_bytes: 4 << 20,
             send_timeout: Duration::from_secs(10),
             max_subscriptions: 256,
+            max_history_bytes: 4 << 20,
+            max_replay: 1000,
         }
     }
 }
@@ -730,6 +746,20 @@ impl Config {
                 1,
                 100_000,
             )?,
+            max_history_bytes: ranged(
+                "limits.max_history_bytes",
+                l.max_history_bytes,
+                dl.max_history_bytes,
+                1024,
+                1 << 30,
+            )?,
+            max_replay: ranged(
+                "limits.max_replay",
+                l.max_replay,
+                dl.max_replay,
+                1,
+                MAX_HISTORY,
+            )?,
         };
         if limits.ping_interval >= limits.idle_timeout {
             return Err(invalid(
@@ -849,7 +879,7 @@ impl Config {
         };
         let mut channels = ChannelTable::default();
         for (i, c) in file.channels.iter().enumerate() {
-            channels.push(channel_from_file(i, c)?);
+            channels.push(channel_from_file(i, c, &limits)?);
         }
         if let Some(url) = file
             .auth_redirect
@@ -947,7 +977,11 @@ pub fn parse_listen(s: &str) -> Result<SocketAddr, ConfigError> {
     })
 }
 
-fn channel_from_file(i: usize, c: &FileChannel) -> Result<ChannelRule, ConfigError> {
+fn channel_from_file(
+    i: usize,
+    c: &FileChannel,
+    limits: &Limits,
+) -> Result<ChannelRule, ConfigError> {
     let subscribe = match c.subscribe.as_deref().unwrap_or("authenticated") {
         "authenticated" => SubscribePolicy::Authenticated,
         "owner" => SubscribePolicy::Owner,
@@ -970,9 +1004,50 @@ fn channel_from_file(i: usize, c: &FileChannel) -> Result<ChannelRule, ConfigErr
             ));
         }
     };
-    ChannelRule::new(&c.pattern, c.sensitive, subscribe, publish)
-        .map_err(|m| invalid(format!("channels[{i}].pattern"), m))
+    let history = match c.history.unwrap_or(0) {
+        0 => {
+            if c.history_ttl_secs.is_some() {
+                return Err(invalid(
+                    format!("channels[{i}].history_ttl_secs"),
+                    "needs `history = N` (events kept per channel) next to it",
+                ));
+            }
+            None
+        }
+        keep if keep > MAX_HISTORY => {
+            return Err(invalid(
+                format!("channels[{i}].history"),
+                format!("{keep} events per channel is more than the {MAX_HISTORY} allowed"),
+            ));
+        }
+        keep => {
+            let ttl = c.history_ttl_secs.unwrap_or(DEFAULT_HISTORY_TTL_SECS);
+            if !(1..=MAX_HISTORY_TTL_SECS).contains(&ttl) {
+                return Err(invalid(
+                    format!("channels[{i}].history_ttl_secs"),
+                    format!("{ttl}: use 1 to {MAX_HISTORY_TTL_SECS} seconds"),
+                ));
+            }
+            Some(crate::store::HistoryPolicy {
+                keep,
+                ttl: Duration::from_secs(ttl),
+                max_bytes: limits.max_history_bytes,
+            })
+        }
+    };
+    Ok(
+        ChannelRule::new(&c.pattern, c.sensitive, subscribe, publish)
+            .map_err(|m| invalid(format!("channels[{i}].pattern"), m))?
+            .with_history(history),
+    )
 }
+
+/// Most events a channel may keep (`history`).
+pub const MAX_HISTORY: usize = 100_000;
+/// `history_ttl_secs` unless set.
+pub const DEFAULT_HISTORY_TTL_SECS: u64 = 300;
+/// Longest `history_ttl_secs`: a week.
+pub const MAX_HISTORY_TTL_SECS: u64 = 7 * 24 * 3600;
 
 fn route_from_file(i: usize, r: &FileRoute) -> Result<Route, ConfigError> {
     let target = match (&r.builtin, &r.upstream) {

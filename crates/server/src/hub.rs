@@ -22,13 +22,24 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::sync::{broadcast, mpsc};
 
-use crate::store::{StateStore, StoreEvent};
+use crate::channels::ChannelTable;
+use crate::metrics::Counter;
+use crate::store::{HistoryEvent, Position, StateStore, StoreEvent, StreamAt};
+
+/// Most events one gap fill reads from a stream; a longer gap is announced
+/// with RESYNC instead.
+const MAX_GAP_FILL: usize = 10_000;
 
 /// What a connection receives from the hub.
 #[derive(Debug)]
 pub(crate) enum HubMessage {
     /// An event on a subscribed channel.
     Event(Arc<StoreEvent>),
+    /// Events of a history channel up to this position may have been
+    /// missed on this node, and history could not fill the gap
+    /// (protocol.md §6.5): subscribers that had not seen up to it get
+    /// RESYNC.
+    Resync(Arc<str>, Position),
     /// The queue overflowed: the connection must close (4429).
     Overflow,
 }
@@ -106,6 +117,11 @@ impl Subscriber {
 #[derive(Debug, Default)]
 struct Inner {
     channels: Mutex<HashMap<String, HashMap<u64, Subscriber>>>,
+    /// For each history channel with subscribers here: the last position
+    /// this node delivered, so that a jump in offsets (events this node
+    /// never got, e.g. while its Redis connection was down) is filled from
+    /// the stream before newer events (protocol.md §6.5).
+    streams: Mutex<HashMap<String, (Arc<str>, u64)>>,
     mailboxes: Mutex<HashMap<u64, Subscriber>>,
     next_id: AtomicU64,
     started: OnceLock<()>,
@@ -127,6 +143,20 @@ impl Inner {
 
     fn mailboxes(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Subscriber>> {
         self.mailboxes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<str>, u64)>> {
+        self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends `message` to every subscriber of `channel` (not queue-counted:
+    /// a notice is small and rare).
+    fn notify(&self, channel: &str, message: impl Fn() -> HubMessage) {
+        if let Some(subs) = self.channels().get(channel) {
+            for sub in subs.values() {
+                let _ = sub.tx.send(message());
+            }
+        }
     }
 
     fn dispatch(&self, event: StoreEvent) {
@@ -155,12 +185,185 @@ impl Inner {
     }
 }
 
+/// The hub's task: the feed, and the stream positions it fills gaps of.
+struct Feed {
+    inner: Arc<Inner>,
+    state: Arc<dyn StateStore>,
+    channels: ChannelTable,
+    gaps_filled: Arc<Counter>,
+}
+
+impl Feed {
+    /// One event from the feed: plain ones go straight out; an event of a
+    /// history channel is first checked against the last position this node
+    /// delivered, and a gap before it filled from the stream (or, if the
+    /// stream no longer has it, announced with RESYNC).
+    async fn on_event(&self, event: StoreEvent) {
+        let Some(at) = event.at.clone() else {
+            self.inner.dispatch(event);
+            return;
+        };
+        let last = self.inner.streams().get(&event.channel).cloned();
+        match last {
+            // Not tracked: nobody here subscribes to it (or just began to).
+            None => {}
+            Some((epoch, offset)) if epoch == at.epoch => {
+                if at.offset <= offset {
+                    // Already delivered (filled from the stream earlier).
+                    return;
+                }
+                if at.offset > offset + 1 {
+                    self.fill(&event.channel, &epoch, offset, at.offset - 1)
+                        .await;
+                }
+            }
+            // A new epoch: history may have been lost. Subscribers see the
+            // epoch change on the event itself and are told (RESYNC).
+            Some(_) => {}
+        }
+        self.advance(&event.channel, &at);
+        self.inner.dispatch(event);
+    }
+
+    /// Records that `channel` was delivered up to `at` (if still tracked).
+    fn advance(&self, channel: &str, at: &StreamAt) {
+        if let Some(last) = self.inner.streams().get_mut(channel) {
+            let newer = last.0 != at.epoch || at.offset > last.1;
+            if newer {
+                *last = (at.epoch.clone(), at.offset);
+            }
+        }
+    }
+
+    /// Delivers the events of `channel` after `from` up to `to` (one epoch)
+    /// from its stream; if the stream no longer has them all, tells the
+    /// subscribers they may have missed events up to `to`.
+    async fn fill(&self, channel: &str, epoch: &Arc<str>, from: u64, to: u64) {
+        let Some(policy) = self.channels.lookup(channel).and_then(|m| m.rule.history) else {
+            return;
+        };
+        let since = Position {
+            epoch: epoch.to_string(),
+            offset: from,
+        };
+        let wanted = usize::try_from(to - from).unwrap_or(usize::MAX);
+        let read = if wanted <= MAX_GAP_FILL {
+            match self
+                .state
+                .read_history(channel, Some(&since), wanted, &policy)
+                .await
+            {
+                Ok(read) => Some(read),
+                Err(e) => {
+                    tracing::warn!(error = %e, channel, "cannot fill a gap from the stream");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let events: Vec<HistoryEvent> = match read {
+            Some(read) if read.continues => {
+                read.events.into_iter().filter(|e| e.offset <= to).collect()
+            }
+            _ => Vec::new(),
+        };
+        let complete = events.len() as u64 == to - from;
+        if complete {
+            self.gaps_filled.inc();
+            for e in events {
+                let at = StreamAt {
+                    epoch: epoch.clone(),
+                    offset: e.offset,
+                };
+                self.advance(channel, &at);
+                self.inner.dispatch(StoreEvent {
+                    channel: channel.to_owned(),
+                    payload: e.payload,
+                    at: Some(at),
+                });
+            }
+        } else {
+            let position = Position {
+                epoch: epoch.to_string(),
+                offset: to,
+            };
+            let name: Arc<str> = channel.into();
+            self.advance(
+                channel,
+                &StreamAt {
+                    epoch: epoch.clone(),
+                    offset: to,
+                },
+            );
+            self.inner.notify(channel, || {
+                HubMessage::Resync(name.clone(), position.clone())
+            });
+        }
+    }
+
+    /// After a lag notice (this node may have missed events anywhere):
+    /// brings every tracked stream up to its current position.
+    async fn catch_up(&self) {
+        let tracked: Vec<(String, (Arc<str>, u64))> = self
+            .inner
+            .streams()
+            .iter()
+            .map(|(c, p)| (c.clone(), p.clone()))
+            .collect();
+        for (channel, (epoch, offset)) in tracked {
+            let Some(policy) = self.channels.lookup(&channel).and_then(|m| m.rule.history) else {
+                continue;
+            };
+            let since = Position {
+                epoch: epoch.to_string(),
+                offset,
+            };
+            match self
+                .state
+                .read_history(&channel, Some(&since), 0, &policy)
+                .await
+            {
+                Ok(read) if read.position.epoch == *epoch => {
+                    if read.position.offset > offset {
+                        self.fill(&channel, &epoch, offset, read.position.offset)
+                            .await;
+                    }
+                }
+                Ok(read) => {
+                    // A new epoch: everything of the old one after `offset`
+                    // may be lost.
+                    let at = StreamAt {
+                        epoch: read.position.epoch.as_str().into(),
+                        offset: read.position.offset,
+                    };
+                    self.advance(&channel, &at);
+                    let name: Arc<str> = channel.as_str().into();
+                    let position = read.position;
+                    self.inner.notify(&channel, || {
+                        HubMessage::Resync(name.clone(), position.clone())
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, channel, "cannot check a stream after a lag");
+                }
+            }
+        }
+    }
+}
+
 impl Hub {
     /// Starts consuming the store's event feed (once). Must run before the
     /// node accepts connections, so no SUBSCRIBE is answered early. A
     /// connection's queue holds at most `limits.send_queue` events and
     /// `limits.send_queue_bytes` bytes of them.
-    pub(crate) fn start(&self, state: &Arc<dyn StateStore>, limits: &crate::config::Limits) {
+    pub(crate) fn start(
+        &self,
+        state: &Arc<dyn StateStore>,
+        limits: &crate::config::Limits,
+        channels: &ChannelTable,
+        gaps_filled: &Arc<Counter>,
+    ) {
         if self.inner.started.set(()).is_err() {
             return;
         }
@@ -170,17 +373,23 @@ impl Hub {
         self.inner
             .queue_bytes_limit
             .store(limits.send_queue_bytes, Ordering::Relaxed);
-        let mut feed = state.watch_events();
-        let inner = self.inner.clone();
+        let mut rx = state.watch_events();
+        let feed = Feed {
+            inner: self.inner.clone(),
+            state: state.clone(),
+            channels: channels.clone(),
+            gaps_filled: gaps_filled.clone(),
+        };
         tokio::spawn(async move {
             loop {
-                match feed.recv().await {
-                    Ok(event) => inner.dispatch(event),
+                match rx.recv().await {
+                    Ok(event) => feed.on_event(event).await,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
                         tracing::warn!(
                             missed = n,
-                            "event feed lagged; events were dropped on this node"
+                            "event feed lagged; events were dropped on this node (history channels are caught up from their streams)"
                         );
+                        feed.catch_up().await;
                     }
                     Err(broadcast::error::RecvError::Closed) => break,
                 }
@@ -224,8 +433,21 @@ impl Hub {
             subs.remove(&id);
             if subs.is_empty() {
                 channels.remove(channel);
+                self.inner.streams().remove(channel);
             }
         }
+    }
+
+    /// A subscriber of history channel `channel` here knows it up to
+    /// `position` (its SUBSCRIBE read the stream): the node starts tracking
+    /// the stream there if it did not yet. A tracked position is never
+    /// moved forward from here: events up to a later one may still be on
+    /// their way to the other subscribers.
+    pub(crate) fn note_position(&self, channel: &str, position: &Position) {
+        self.inner
+            .streams()
+            .entry(channel.to_owned())
+            .or_insert_with(|| (position.epoch.as_str().into(), position.offset));
     }
 
     /// Forgets a connection and its subscriptions.
@@ -267,7 +489,12 @@ mod tests {
         let state: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
         let hub = Hub::default();
         // 1000 events, but only 10 000 bytes.
-        hub.start(&state, &limits(1000, 10_000));
+        hub.start(
+            &state,
+            &limits(1000, 10_000),
+            &ChannelTable::default(),
+            &Arc::default(),
+        );
         let mut slow = hub.mailbox();
         let mut big = hub.mailbox();
         assert!(hub.subscribe(slow.id, "c"));
@@ -304,7 +531,12 @@ mod tests {
     async fn events_reach_subscribers_and_overflow_disconnects_only_the_slow_one() {
         let state: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
         let hub = Hub::default();
-        hub.start(&state, &limits(2, 1 << 20));
+        hub.start(
+            &state,
+            &limits(2, 1 << 20),
+            &ChannelTable::default(),
+            &Arc::default(),
+        );
         let mut fast = hub.mailbox();
         let mut slow = hub.mailbox();
         assert!(hub.subscribe(fast.id, "news"));

@@ -178,6 +178,13 @@ pub(crate) struct Metrics {
     pub(crate) upstream_errors: Counter,
     pub(crate) queue_drops: Counter,
     pub(crate) send_timeouts: Counter,
+    /// Events replayed after a SUBSCRIBE with `since` (protocol.md §6.5).
+    pub(crate) history_replayed: Counter,
+    /// Gaps in a stream (events this node did not get from the feed)
+    /// filled from the stream. Shared with the hub's task.
+    pub(crate) history_gaps_filled: std::sync::Arc<Counter>,
+    /// RESYNCs sent to clients.
+    pub(crate) history_resyncs: Counter,
     /// Session and exchange records that did not open (forged, copied
     /// under another id, altered, or sealed under another `server_secret`)
     /// and were treated as absent. Shared with the node's
@@ -414,6 +421,39 @@ impl Metrics {
             o,
             "wsgate_state_records_refused_total {}",
             self.state_records_refused.get()
+        );
+        family(
+            &mut o,
+            "wsgate_history_replayed_total",
+            "counter",
+            "Events replayed from channel history after a SUBSCRIBE with since.",
+        );
+        let _ = writeln!(
+            o,
+            "wsgate_history_replayed_total {}",
+            self.history_replayed.get()
+        );
+        family(
+            &mut o,
+            "wsgate_history_gaps_filled_total",
+            "counter",
+            "Gaps in a history channel's events on this node (missed from the fan-out) filled from its stream.",
+        );
+        let _ = writeln!(
+            o,
+            "wsgate_history_gaps_filled_total {}",
+            self.history_gaps_filled.get()
+        );
+        family(
+            &mut o,
+            "wsgate_history_resyncs_total",
+            "counter",
+            "RESYNCs sent: events of a history channel may have been missed.",
+        );
+        let _ = writeln!(
+            o,
+            "wsgate_history_resyncs_total {}",
+            self.history_resyncs.get()
         );
         o
     }

@@ -109,12 +109,98 @@ pub(crate) async fn publish(
             &json!({"status": "bad_request", "message": "data is larger than limits.max_message_size"}),
         );
     }
+    let history = shared
+        .config
+        .channels
+        .lookup(channel)
+        .and_then(|m| m.rule.history);
+    match history {
+        // A history channel answers with the event's position (§6.5).
+        Some(policy) => match shared
+            .state
+            .publish_at(channel, payload.as_bytes(), &policy)
+            .await
+        {
+            Ok(at) => json_response(
+                StatusCode::OK,
+                &json!({"status": "published", "ok": true, "epoch": at.epoch, "offset": at.offset}),
+            ),
+            Err(e) => unavailable(&e),
+        },
+        None => match shared
+            .state
+            .publish_event(channel, payload.as_bytes())
+            .await
+        {
+            Ok(()) => json_response(StatusCode::OK, &json!({"status": "published"})),
+            Err(e) => unavailable(&e),
+        },
+    }
+}
+
+/// Events `/api/history` returns unless `limit` says otherwise.
+const DEFAULT_HISTORY_LIMIT: usize = 100;
+
+/// `POST /api/history` `{"channel","since"?,"limit"?}` (protocol.md §6.5):
+/// the stream's position and, oldest first, the first `limit` kept events
+/// after `since` (when it is in the current epoch), else the last `limit`.
+pub(crate) async fn history(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(resp) = authorized(&shared, &headers) {
+        return *resp;
+    }
+    #[derive(serde::Deserialize)]
+    struct Request {
+        channel: String,
+        since: Option<crate::store::Position>,
+        limit: Option<usize>,
+    }
+    let Ok(request) = serde_json::from_slice::<Request>(&body) else {
+        return bad_request(
+            "body must be JSON like {\"channel\": \"news\", \"since\": {\"epoch\": \"…\", \"offset\": 7}, \"limit\": 100}",
+        );
+    };
+    let Some(rule) = shared.config.channels.lookup(&request.channel) else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"status": "not_found", "message": format!("no channel pattern matches {:?}", request.channel)}),
+        );
+    };
+    let Some(policy) = rule.rule.history else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"status": "no_history", "message": format!("channel {:?} keeps no history (set history = N on its pattern)", request.channel)}),
+        );
+    };
+    let max = shared.config.limits.max_replay;
+    let limit = request.limit.unwrap_or(DEFAULT_HISTORY_LIMIT);
+    if limit == 0 || limit > max {
+        return bad_request(&format!("limit must be 1 to {max} (limits.max_replay)"));
+    }
     match shared
         .state
-        .publish_event(channel, payload.as_bytes())
+        .read_history(&request.channel, request.since.as_ref(), limit, &policy)
         .await
     {
-        Ok(()) => json_response(StatusCode::OK, &json!({"status": "published"})),
+        Ok(read) => {
+            let events: Vec<serde_json::Value> = read
+                .events
+                .iter()
+                .map(|e| match serde_json::from_slice::<serde_json::Value>(&e.payload) {
+                    Ok(data) => json!({"offset": e.offset, "data": data}),
+                    // A WebSocket PUBLISH may carry any bytes: those that
+                    // are not JSON come base64-encoded.
+                    Err(_) => json!({"offset": e.offset, "data_b64": wsgate_proto::b64::encode_b64(&e.payload)}),
+                })
+                .collect();
+            json_response(
+                StatusCode::OK,
+                &json!({"epoch": read.position.epoch, "offset": read.position.offset, "events": events}),
+            )
+        }
         Err(e) => unavailable(&e),
     }
 }

@@ -84,9 +84,12 @@ impl Gateway {
     /// listeners.
     pub fn router(&self) -> Router {
         self.shared.sessions.start();
-        self.shared
-            .hub
-            .start(&self.shared.state, &self.shared.config.limits);
+        self.shared.hub.start(
+            &self.shared.state,
+            &self.shared.config.limits,
+            &self.shared.config.channels,
+            &self.shared.metrics.history_gaps_filled,
+        );
         let mut router = Router::new()
             .route("/auth/key", get(http::auth::get_key))
             .route("/auth/session", put(http::auth::put_session))
@@ -109,6 +112,7 @@ impl Gateway {
         // body read (layers added later run first).
         let api = Router::new()
             .route("/api/publish", post(http::api::publish))
+            .route("/api/history", post(http::api::history))
             .route("/auth/introspect", post(http::api::introspect))
             .route_layer(axum::extract::DefaultBodyLimit::disable())
             .route_layer(axum::middleware::from_fn_with_state(

@@ -1,18 +1,20 @@
 //! In-process stores: the default [`StateStore`] of a single node, and a
 //! [`CredentialStore`] for tests and embedding.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
 use tokio::time::Instant;
 use zeroize::Zeroizing;
 
+use super::history::select;
 use super::{
-    CredentialStore, ExchangeAdmission, ExchangeQuota, FailureLimit, SealedSession, StateStore,
-    StoreError, StoreEvent, UserRecord, unix_now,
+    CredentialStore, ExchangeAdmission, ExchangeQuota, FailureLimit, HistoryEvent, HistoryPolicy,
+    HistoryRead, Position, SealedSession, StateStore, StoreError, StoreEvent, StreamAt, UserRecord,
+    unix_now,
 };
 
 /// How many revocations a slow watcher may fall behind before it sees
@@ -150,6 +152,75 @@ struct State {
     exchanges: Exchanges,
     sessions: ExpiringMap<SealedSession>,
     failures: ExpiringMap<FailureWindow>,
+    streams: Streams,
+}
+
+/// One channel's stream: an epoch chosen when it is created (so a restarted
+/// node starts new epochs: its history is gone, and subscribers are told),
+/// the offset, and the kept events, oldest first, offsets consecutive.
+struct Stream {
+    epoch: Arc<str>,
+    offset: u64,
+    events: VecDeque<HistoryEvent>,
+    bytes: usize,
+    /// Forgotten after this (the policy's TTL after the last publish).
+    expires: Instant,
+}
+
+impl Stream {
+    fn new(now: Instant, ttl: Duration) -> Self {
+        Self {
+            epoch: wsgate_proto::continuity::new_epoch(&mut rand::rng()).into(),
+            offset: 0,
+            events: VecDeque::new(),
+            bytes: 0,
+            expires: now + ttl,
+        }
+    }
+
+    fn position(&self) -> Position {
+        Position {
+            epoch: self.epoch.to_string(),
+            offset: self.offset,
+        }
+    }
+
+    /// Drops the oldest events until both bounds of `policy` hold.
+    fn trim(&mut self, policy: &HistoryPolicy) {
+        while self.events.len() > policy.keep
+            || (self.bytes > policy.max_bytes && !self.events.is_empty())
+        {
+            if let Some(old) = self.events.pop_front() {
+                self.bytes -= old.payload.len();
+            }
+        }
+    }
+}
+
+/// Every channel's stream; expired ones are dropped when touched and swept
+/// as the map grows.
+struct Streams {
+    by_channel: HashMap<String, Stream>,
+    next_sweep_len: usize,
+}
+
+impl Streams {
+    /// The live stream of `channel`, created (new epoch) if it has none or
+    /// its old one expired.
+    fn get(&mut self, channel: &str, now: Instant, ttl: Duration) -> &mut Stream {
+        if self.by_channel.len() >= self.next_sweep_len {
+            self.by_channel.retain(|_, s| s.expires > now);
+            self.next_sweep_len = (self.by_channel.len() * 2).max(MIN_SWEEP_LEN);
+        }
+        let stream = self
+            .by_channel
+            .entry(channel.to_owned())
+            .or_insert_with(|| Stream::new(now, ttl));
+        if stream.expires <= now {
+            *stream = Stream::new(now, ttl);
+        }
+        stream
+    }
 }
 
 /// The in-process [`StateStore`] of a single node.
@@ -178,6 +249,10 @@ impl MemoryStateStore {
                 exchanges: Exchanges::default(),
                 sessions: ExpiringMap::new(),
                 failures: ExpiringMap::new(),
+                streams: Streams {
+                    by_channel: HashMap::new(),
+                    next_sweep_len: MIN_SWEEP_LEN,
+                },
             }),
             revocations,
             events,
@@ -417,6 +492,7 @@ impl StateStore for MemoryStateStore {
             let _ = self.events.send(StoreEvent {
                 channel: channel.to_owned(),
                 payload: bytes::Bytes::copy_from_slice(payload),
+                at: None,
             });
         }
         Ok(())
@@ -424,6 +500,67 @@ impl StateStore for MemoryStateStore {
 
     fn watch_events(&self) -> broadcast::Receiver<StoreEvent> {
         self.events.subscribe()
+    }
+
+    async fn publish_at(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        policy: &HistoryPolicy,
+    ) -> Result<Position, StoreError> {
+        if channel.is_empty() {
+            return Err(StoreError::Unavailable("an empty channel name".into()));
+        }
+        let now = Instant::now();
+        let payload = bytes::Bytes::copy_from_slice(payload);
+        let mut state = lock(&self.state);
+        let stream = state.streams.get(channel, now, policy.ttl);
+        stream.offset += 1;
+        stream.expires = now + policy.ttl;
+        stream.bytes += payload.len();
+        stream.events.push_back(HistoryEvent {
+            offset: stream.offset,
+            payload: payload.clone(),
+        });
+        stream.trim(policy);
+        let position = stream.position();
+        // Sent under the lock: watchers see offsets in the order they were
+        // given out.
+        let _ = self.events.send(StoreEvent {
+            channel: channel.to_owned(),
+            payload,
+            at: Some(StreamAt {
+                epoch: stream.epoch.clone(),
+                offset: stream.offset,
+            }),
+        });
+        Ok(position)
+    }
+
+    async fn read_history(
+        &self,
+        channel: &str,
+        since: Option<&Position>,
+        limit: usize,
+        policy: &HistoryPolicy,
+    ) -> Result<HistoryRead, StoreError> {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        let stream = state.streams.get(channel, now, policy.ttl);
+        let position = stream.position();
+        let oldest = stream.events.front().map(|e| e.offset);
+        let (events, continues) = select(
+            &position,
+            stream.events.iter().cloned(),
+            oldest,
+            since,
+            limit,
+        );
+        Ok(HistoryRead {
+            position,
+            events,
+            continues,
+        })
     }
 }
 

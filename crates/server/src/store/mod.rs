@@ -25,6 +25,7 @@
 //! exchange key; whoever can write one cannot plant a session: a record that
 //! does not open is treated as absent.
 
+mod history;
 mod memory;
 mod persist;
 mod postgres;
@@ -45,8 +46,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use zeroize::Zeroizing;
 
+pub use self::history::{HistoryEvent, HistoryPolicy, HistoryRead, Position, StreamAt};
 pub use self::postgres::PostgresCredentialStore;
 pub use self::redact::redact_url;
+pub(crate) use self::redact::store_location;
 pub use self::redis::RedisStateStore;
 pub use memory::{MemoryCredentialStore, MemoryStateStore};
 pub use persist::PersistentSessions;
@@ -411,6 +414,42 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
     /// `RecvError::Lagged`. Events with an empty `channel` are fillers of
     /// such a notice and carry nothing: skip them.
     fn watch_events(&self) -> tokio::sync::broadcast::Receiver<StoreEvent>;
+    /// Publishes to a channel with history (protocol.md §6.5): assigns the
+    /// next offset, appends the event to the channel's stream (trimmed to
+    /// `policy`) and fans it out to every node's
+    /// [`watch_events`](Self::watch_events), with its [`StreamAt`], in one
+    /// atomic step; returns its position. Concurrent publishers anywhere
+    /// never get one offset twice, and watchers see a channel's events in
+    /// offset order (or a gap they can fill with
+    /// [`read_history`](Self::read_history)).
+    async fn publish_at(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        policy: &HistoryPolicy,
+    ) -> Result<Position, StoreError> {
+        let _ = (channel, payload, policy);
+        Err(StoreError::Unavailable(
+            "this state store keeps no channel history".into(),
+        ))
+    }
+    /// Reads a channel's stream: its position and, with `since` in the
+    /// current epoch and every event after it kept, up to `limit` events
+    /// after it; otherwise up to `limit` of the last kept events
+    /// ([`HistoryRead`]). A stream that does not exist is created, empty,
+    /// with a new epoch, so the position a subscriber is told stays valid.
+    async fn read_history(
+        &self,
+        channel: &str,
+        since: Option<&Position>,
+        limit: usize,
+        policy: &HistoryPolicy,
+    ) -> Result<HistoryRead, StoreError> {
+        let _ = (channel, since, limit, policy);
+        Err(StoreError::Unavailable(
+            "this state store keeps no channel history".into(),
+        ))
+    }
     /// Whether the backend is reachable right now, as far as this node
     /// knows (Redis: false while the connection is down). A node reports it
     /// and may refuse work early while it is false; calls made meanwhile fail
@@ -430,6 +469,9 @@ pub struct StoreEvent {
     pub channel: String,
     /// The event body, exactly as published.
     pub payload: bytes::Bytes,
+    /// Its stream position, for a channel with history
+    /// ([`StateStore::publish_at`]); `None` otherwise.
+    pub at: Option<StreamAt>,
 }
 
 impl fmt::Debug for StoreEvent {
@@ -437,6 +479,7 @@ impl fmt::Debug for StoreEvent {
         f.debug_struct("StoreEvent")
             .field("channel", &self.channel)
             .field("payload_len", &self.payload.len())
+            .field("at", &self.at)
             .finish()
     }
 }

@@ -289,6 +289,23 @@ impl<S: StateStore> StateStore for PersistentSessions<S> {
     fn watch_events(&self) -> broadcast::Receiver<StoreEvent> {
         self.inner.watch_events()
     }
+    async fn publish_at(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        policy: &super::HistoryPolicy,
+    ) -> Result<super::Position, StoreError> {
+        self.inner.publish_at(channel, payload, policy).await
+    }
+    async fn read_history(
+        &self,
+        channel: &str,
+        since: Option<&super::Position>,
+        limit: usize,
+        policy: &super::HistoryPolicy,
+    ) -> Result<super::HistoryRead, StoreError> {
+        self.inner.read_history(channel, since, limit, policy).await
+    }
     fn is_healthy(&self) -> bool {
         self.inner.is_healthy()
     }

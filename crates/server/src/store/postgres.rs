@@ -22,7 +22,7 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::Type;
 use tokio_postgres::{NoTls, Row};
 
-use super::{CredentialStore, StoreError, UserRecord, redact_url};
+use super::{CredentialStore, StoreError, UserRecord, store_location};
 
 /// The deadline of every call, including waiting for a pooled connection.
 pub(crate) const QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,7 +77,7 @@ impl PostgresCredentialStore {
     /// refuses the login, or the table cannot be created or has another
     /// shape.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let location: Arc<str> = redact_url(url).into();
+        let location: Arc<str> = store_location(url).into();
         let mut config: tokio_postgres::Config = url.parse().map_err(|e| {
             StoreError::Unavailable(format!(
                 "{location} is not a usable PostgreSQL URL ({e}); write \

@@ -162,6 +162,22 @@ fn describe_key_values(s: &str) -> String {
     out
 }
 
+/// Where a store is, for its own messages: `scheme://host[:port]/path`
+/// with the user name, any password and the query left out entirely
+/// (`redis://:secret@host:6379/0?x=y` → `redis://host:6379/0`). A string
+/// that is not a URL shows only its length.
+pub(crate) fn store_location(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return format!("<{} characters, not a URL>", url.chars().count());
+    };
+    let rest = rest.split(['?', '#']).next().unwrap_or_default();
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority
+        .rsplit_once('@')
+        .map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}{path}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::redact_url;

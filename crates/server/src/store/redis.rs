@@ -85,8 +85,9 @@ use zeroize::Zeroizing;
 
 use super::memory::{EVENT_CHANNEL_CAPACITY, REVOCATION_CHANNEL_CAPACITY};
 use super::{
-    ExchangeAdmission, ExchangeQuota, FailureLimit, SealedSession, StateStore, StoreError,
-    StoreEvent, redact_url, unix_now,
+    ExchangeAdmission, ExchangeQuota, FailureLimit, HistoryEvent, HistoryPolicy, HistoryRead,
+    Position, SealedSession, StateStore, StoreError, StoreEvent, StreamAt, store_location,
+    unix_now,
 };
 
 /// The deadline of every command, including waiting for a reconnection.
@@ -172,6 +173,80 @@ local function now_ms()
 end
 ";
 
+/// Publishes to a channel's stream (protocol.md §6.5) and fans the event
+/// out, in one step. `KEYS`: the stream's hash (`e` epoch, `o` offset, `b`
+/// payload bytes kept), the stream of events (ids `0-<offset>`). `ARGV`:
+/// a new epoch (used if the stream does not exist), events to keep, TTL
+/// (ms), payload bytes to keep, the payload, the pub/sub channel, the
+/// frame's head (origin, channel length, channel). Trims exactly, oldest
+/// first, until both bounds hold. Returns `{epoch, offset}`.
+const PUBLISH_AT_LUA: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 'b', 0)
+end
+local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
+redis.call('XADD', KEYS[2], '0-' .. offset, 'd', ARGV[5])
+local bytes = redis.call('HINCRBY', KEYS[1], 'b', #ARGV[5])
+local len = redis.call('XLEN', KEYS[2])
+local keep = tonumber(ARGV[2])
+local max_bytes = tonumber(ARGV[4])
+while len > 0 and (len > keep or bytes > max_bytes) do
+  local oldest = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+  redis.call('XDEL', KEYS[2], oldest[1])
+  bytes = redis.call('HINCRBY', KEYS[1], 'b', -#oldest[2][2])
+  len = len - 1
+end
+redis.call('PEXPIRE', KEYS[1], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[3])
+local hi = math.floor(offset / 4294967296)
+local frame = ARGV[7] .. string.char(#epoch) .. epoch
+  .. struct.pack('>I4I4', hi, offset - hi * 4294967296) .. ARGV[5]
+redis.call('PUBLISH', ARGV[6], frame)
+return {epoch, offset}
+";
+
+/// Reads a channel's stream. `KEYS` as for [`PUBLISH_AT_LUA`]. `ARGV`: a
+/// new epoch (a stream that does not exist is created with it), TTL (ms),
+/// `since`'s epoch (empty: none), `since`'s offset, the most events to
+/// return. Returns `{epoch, offset, continues, offset₁, payload₁, …}`,
+/// oldest first: after `since` if it continues the stream, else the last.
+const READ_HISTORY_LUA: &str = r"
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 'b', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+local offset = tonumber(redis.call('HGET', KEYS[1], 'o'))
+local first = redis.call('XRANGE', KEYS[2], '-', '+', 'COUNT', 1)[1]
+local oldest = 0
+if first then oldest = tonumber(string.match(first[1], '^0%-(%d+)$')) end
+local limit = tonumber(ARGV[5])
+local continues = 0
+local entries = {}
+if ARGV[3] ~= '' then
+  local s = tonumber(ARGV[4])
+  if ARGV[3] == epoch and s <= offset and (s == offset or (oldest > 0 and oldest <= s + 1)) then
+    continues = 1
+    entries = redis.call('XRANGE', KEYS[2], '(0-' .. ARGV[4], '+', 'COUNT', limit)
+  end
+end
+if continues == 0 then
+  local newest = redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', limit)
+  for i = #newest, 1, -1 do table.insert(entries, newest[i]) end
+end
+local out = {epoch, offset, continues}
+for _, entry in ipairs(entries) do
+  table.insert(out, tonumber(string.match(entry[1], '^0%-(%d+)$')))
+  table.insert(out, entry[2][2])
+end
+return out
+";
+
 /// Stores an exchange within its quotas. `KEYS`: the exchange, the index,
 /// the group's set. `ARGV`: state, TTL (ms), max per group, max total, sid,
 /// group, the prefix of group-set keys. Returns `{0}` (stored), `{1, ms}`
@@ -234,6 +309,8 @@ struct Scripts {
     put_exchange: Script,
     take_exchange: Script,
     live_exchanges: Script,
+    publish_at: Script,
+    read_history: Script,
 }
 
 impl Scripts {
@@ -246,6 +323,8 @@ impl Scripts {
             put_exchange: with_now(PUT_EXCHANGE_LUA),
             take_exchange: Script::new(TAKE_EXCHANGE_LUA),
             live_exchanges: with_now(LIVE_EXCHANGES_LUA),
+            publish_at: Script::new(PUBLISH_AT_LUA),
+            read_history: Script::new(READ_HISTORY_LUA),
         }
     }
 }
@@ -256,6 +335,8 @@ struct Keys {
     prefix: String,
     revocations: String,
     events: String,
+    /// Events of channels with history, published by [`PUBLISH_AT_LUA`].
+    stream_events: String,
 }
 
 impl Keys {
@@ -264,7 +345,16 @@ impl Keys {
             prefix: prefix.to_owned(),
             revocations: format!("{prefix}revocations"),
             events: format!("{prefix}events"),
+            stream_events: format!("{prefix}stream-events"),
         }
+    }
+
+    fn stream(&self, channel: &str) -> String {
+        format!("{}stream:{channel}", self.prefix)
+    }
+
+    fn stream_log(&self, channel: &str) -> String {
+        format!("{}stream-log:{channel}", self.prefix)
     }
 
     fn exchange(&self, sid: &str) -> String {
@@ -313,6 +403,7 @@ impl Fanout {
             let _ = self.events.send(StoreEvent {
                 channel: String::new(),
                 payload: Bytes::new(),
+                at: None,
             });
         }
     }
@@ -329,6 +420,12 @@ impl Fanout {
         } else if channel == self.keys.events
             && let Some(event) = self.parse_event(payload)
         {
+            let _ = self.events.send(event);
+        } else if channel == self.keys.stream_events
+            && let Some(event) = parse_stream_event(payload)
+        {
+            // This store's own too: Redis's order is the offsets' order,
+            // and its echo is how a publisher's node gets the event.
             let _ = self.events.send(event);
         }
     }
@@ -377,8 +474,81 @@ impl Fanout {
         (!channel.is_empty()).then(|| StoreEvent {
             channel: channel.to_owned(),
             payload: Bytes::copy_from_slice(payload),
+            at: None,
         })
     }
+}
+
+/// An event of a channel with history, as [`PUBLISH_AT_LUA`] frames it:
+/// origin, channel length (u16 BE), channel, epoch length (u8), epoch,
+/// offset (u64 BE), payload.
+fn parse_stream_event(frame: &[u8]) -> Option<StoreEvent> {
+    let malformed = || {
+        tracing::warn!(len = frame.len(), "ignoring a malformed stream event frame");
+        None
+    };
+    let Some((_origin, rest)) = frame.split_first_chunk::<ORIGIN_LEN>() else {
+        return malformed();
+    };
+    let Some((len, rest)) = rest.split_first_chunk::<2>() else {
+        return malformed();
+    };
+    let Some((channel, rest)) = rest.split_at_checked(usize::from(u16::from_be_bytes(*len))) else {
+        return malformed();
+    };
+    let Some((epoch_len, rest)) = rest.split_first() else {
+        return malformed();
+    };
+    let Some((epoch, rest)) = rest.split_at_checked(usize::from(*epoch_len)) else {
+        return malformed();
+    };
+    let Some((offset, payload)) = rest.split_first_chunk::<8>() else {
+        return malformed();
+    };
+    let (Ok(channel), Ok(epoch)) = (std::str::from_utf8(channel), std::str::from_utf8(epoch))
+    else {
+        return malformed();
+    };
+    (!channel.is_empty()).then(|| StoreEvent {
+        channel: channel.to_owned(),
+        payload: Bytes::copy_from_slice(payload),
+        at: Some(StreamAt {
+            epoch: epoch.into(),
+            offset: u64::from_be_bytes(*offset),
+        }),
+    })
+}
+
+/// The largest offset a `since` may carry into a script: Lua's numbers are
+/// doubles, exact up to 2^53. A larger one is past any real stream.
+const MAX_LUA_OFFSET: u64 = 1 << 53;
+
+/// The reply of [`READ_HISTORY_LUA`], at most `limit` events of it.
+fn parse_history_reply(reply: Vec<redis::Value>, limit: usize) -> Result<HistoryRead, StoreError> {
+    let corrupt = || StoreError::Corrupt("the stream read script answered oddly".into());
+    let mut items = reply.into_iter();
+    let (Some(epoch), Some(offset), Some(continues)) = (items.next(), items.next(), items.next())
+    else {
+        return Err(corrupt());
+    };
+    let epoch: String = redis::from_redis_value(epoch).map_err(|_| corrupt())?;
+    let offset: u64 = redis::from_redis_value(offset).map_err(|_| corrupt())?;
+    let continues: u8 = redis::from_redis_value(continues).map_err(|_| corrupt())?;
+    let mut events = Vec::new();
+    while let (Some(at), Some(payload)) = (items.next(), items.next()) {
+        let offset: u64 = redis::from_redis_value(at).map_err(|_| corrupt())?;
+        let payload: Vec<u8> = redis::from_redis_value(payload).map_err(|_| corrupt())?;
+        events.push(HistoryEvent {
+            offset,
+            payload: Bytes::from(payload),
+        });
+    }
+    events.truncate(limit);
+    Ok(HistoryRead {
+        position: Position { epoch, offset },
+        events,
+        continues: continues == 1,
+    })
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -443,7 +613,7 @@ impl RedisStateStore {
     /// Like [`connect`](Self::connect), with every key and channel under
     /// `prefix` (several fleets, or tests, may then share one Redis).
     pub async fn connect_with_prefix(url: &str, prefix: &str) -> Result<Self, StoreError> {
-        let location: Arc<str> = redact_url(url).into();
+        let location: Arc<str> = store_location(url).into();
         let client = open_client(url, &location)?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))
@@ -669,7 +839,11 @@ async fn subscribe(client: &Client, keys: &Keys, location: &str) -> Result<PubSu
     let attempt = async {
         let mut pubsub = client.get_async_pubsub().await?;
         pubsub
-            .subscribe(&[keys.revocations.as_str(), keys.events.as_str()])
+            .subscribe(&[
+                keys.revocations.as_str(),
+                keys.events.as_str(),
+                keys.stream_events.as_str(),
+            ])
             .await?;
         Ok::<_, RedisError>(pubsub)
     };
@@ -1052,12 +1226,88 @@ impl StateStore for RedisStateStore {
         let _ = self.fanout.events.send(StoreEvent {
             channel: channel.to_owned(),
             payload: Bytes::copy_from_slice(payload),
+            at: None,
         });
         Ok(())
     }
 
     fn watch_events(&self) -> broadcast::Receiver<StoreEvent> {
         self.fanout.events.subscribe()
+    }
+
+    async fn publish_at(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        policy: &HistoryPolicy,
+    ) -> Result<Position, StoreError> {
+        let keys = &self.fanout.keys;
+        let Some(head) = event_frame(&self.fanout.origin, channel, b"") else {
+            return Err(StoreError::Unavailable(format!(
+                "channel name of {} bytes is too long to publish (at most 65535)",
+                channel.len()
+            )));
+        };
+        let (stream, log) = (keys.stream(channel), keys.stream_log(channel));
+        let epoch = wsgate_proto::continuity::new_epoch(&mut rand::rng());
+        let (keep, ttl, max_bytes) = (
+            policy.keep.to_string(),
+            millis(policy.ttl).to_string(),
+            policy.max_bytes.to_string(),
+        );
+        let (epoch, offset): (String, u64) = self
+            .eval(
+                "the stream publish script",
+                &self.scripts.publish_at,
+                &[&stream, &log],
+                &[
+                    epoch.as_bytes(),
+                    keep.as_bytes(),
+                    ttl.as_bytes(),
+                    max_bytes.as_bytes(),
+                    payload,
+                    keys.stream_events.as_bytes(),
+                    &head,
+                ],
+            )
+            .await?;
+        Ok(Position { epoch, offset })
+    }
+
+    async fn read_history(
+        &self,
+        channel: &str,
+        since: Option<&Position>,
+        limit: usize,
+        policy: &HistoryPolicy,
+    ) -> Result<HistoryRead, StoreError> {
+        let keys = &self.fanout.keys;
+        let (stream, log) = (keys.stream(channel), keys.stream_log(channel));
+        let epoch = wsgate_proto::continuity::new_epoch(&mut rand::rng());
+        let ttl = millis(policy.ttl).to_string();
+        // A `since` past what Lua counts exactly is past every stream: sent
+        // as an epoch that matches none.
+        let (since_epoch, since_offset) = match since {
+            Some(p) if p.offset <= MAX_LUA_OFFSET => (p.epoch.as_str(), p.offset.to_string()),
+            Some(_) => ("-", "0".to_owned()),
+            None => ("", "0".to_owned()),
+        };
+        let count = limit.max(1).to_string();
+        let reply: Vec<redis::Value> = self
+            .eval(
+                "the stream read script",
+                &self.scripts.read_history,
+                &[&stream, &log],
+                &[
+                    epoch.as_bytes(),
+                    ttl.as_bytes(),
+                    since_epoch.as_bytes(),
+                    since_offset.as_bytes(),
+                    count.as_bytes(),
+                ],
+            )
+            .await?;
+        parse_history_reply(reply, limit)
     }
 
     fn is_healthy(&self) -> bool {

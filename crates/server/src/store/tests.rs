@@ -1014,6 +1014,205 @@ pub(crate) async fn a_healthy_store_says_so<S: StateStore>(store: S) {
     assert!(store.is_healthy(), "{store:?}");
 }
 
+// ──────────────────────── channel streams (§6.5) ────────────────────────────
+
+fn history(keep: usize) -> HistoryPolicy {
+    HistoryPolicy {
+        keep,
+        ttl: Duration::from_secs(300),
+        max_bytes: 1 << 20,
+    }
+}
+
+fn pos(epoch: &str, offset: u64) -> Position {
+    Position {
+        epoch: epoch.to_owned(),
+        offset,
+    }
+}
+
+fn offsets(read: &HistoryRead) -> Vec<u64> {
+    read.events.iter().map(|e| e.offset).collect()
+}
+
+pub(crate) async fn streams_count_from_one_and_keep_exactly_the_last_events<S: StateStore>(
+    store: S,
+) {
+    let policy = history(3);
+    let mut epoch = None;
+    for i in 1..=5u64 {
+        let at = store
+            .publish_at("feed", format!("e{i}").as_bytes(), &policy)
+            .await
+            .unwrap();
+        assert_eq!(at.offset, i);
+        assert_eq!(
+            epoch.get_or_insert(at.epoch.clone()),
+            &at.epoch,
+            "one epoch"
+        );
+    }
+    let e = epoch.unwrap();
+    let read = |since: Option<Position>, limit: usize| {
+        let store = &store;
+        async move {
+            store
+                .read_history("feed", since.as_ref(), limit, &policy)
+                .await
+                .unwrap()
+        }
+    };
+    // No since: the last kept, exactly 3 of them, oldest first.
+    let last = read(None, 10).await;
+    assert_eq!(last.position, pos(&e, 5));
+    assert_eq!(offsets(&last), [3, 4, 5]);
+    assert!(!last.continues);
+    assert_eq!(&last.events[0].payload[..], b"e3");
+    // since 2: everything after it is kept.
+    let after = read(Some(pos(&e, 2)), 10).await;
+    assert!(after.continues && after.is_complete_after(&pos(&e, 2)));
+    assert_eq!(offsets(&after), [3, 4, 5]);
+    // since 1: event 2 was trimmed, so it does not continue.
+    let gone = read(Some(pos(&e, 1)), 10).await;
+    assert!(!gone.continues);
+    assert_eq!(offsets(&gone), [3, 4, 5]);
+    // since the current position: continues, nothing to replay.
+    let now = read(Some(pos(&e, 5)), 10).await;
+    assert!(now.continues && now.events.is_empty() && now.is_complete_after(&pos(&e, 5)));
+    // Beyond the stream, another epoch, an absurd offset: no.
+    for since in [pos(&e, 6), pos("AAAAAAAAAAA", 2), pos(&e, u64::MAX)] {
+        assert!(!read(Some(since.clone()), 10).await.continues, "{since:?}");
+    }
+    // A limit pages forward: the first events after since.
+    let page = read(Some(pos(&e, 2)), 2).await;
+    assert!(page.continues && !page.is_complete_after(&pos(&e, 2)));
+    assert_eq!(offsets(&page), [3, 4]);
+    assert_eq!(offsets(&read(None, 2).await), [4, 5]);
+    assert!(read(None, 0).await.events.is_empty());
+    // Other channels have their own streams.
+    let other = store.publish_at("other", b"x", &policy).await.unwrap();
+    assert_eq!(other.offset, 1);
+}
+
+pub(crate) async fn stream_events_reach_watchers_with_their_position<S: StateStore>(store: S) {
+    let mut watcher = store.watch_events();
+    let at = store
+        .publish_at("feed", b"\x00\xffpayload", &history(10))
+        .await
+        .unwrap();
+    let event = next_event(&mut watcher).await;
+    assert_eq!(event.channel, "feed");
+    assert_eq!(&event.payload[..], b"\x00\xffpayload");
+    let got = event.at.expect("a stream position");
+    assert_eq!((&*got.epoch, got.offset), (at.epoch.as_str(), 1));
+    // A plain publish still has none.
+    store.publish_event("plain", b"p").await.unwrap();
+    assert_eq!(next_event(&mut watcher).await.at, None);
+}
+
+pub(crate) async fn streams_keep_at_most_their_bytes<S: StateStore>(store: S) {
+    let policy = HistoryPolicy {
+        max_bytes: 10,
+        ..history(100)
+    };
+    for _ in 0..4 {
+        store.publish_at("feed", b"four", &policy).await.unwrap();
+    }
+    let read = store
+        .read_history("feed", None, 100, &policy)
+        .await
+        .unwrap();
+    assert_eq!(offsets(&read), [3, 4], "8 bytes kept, not 12");
+    // An event larger than the bound alone is fanned out but not kept.
+    store
+        .publish_at("feed", b"eleven bytes", &policy)
+        .await
+        .unwrap();
+    let read = store
+        .read_history("feed", None, 100, &policy)
+        .await
+        .unwrap();
+    assert_eq!(read.position.offset, 5);
+    assert!(read.events.is_empty());
+}
+
+pub(crate) async fn a_stream_read_before_any_publish_keeps_its_epoch<S: StateStore>(store: S) {
+    let policy = history(10);
+    let first = store.read_history("new", None, 10, &policy).await.unwrap();
+    assert_eq!(first.position.offset, 0);
+    assert!(first.events.is_empty());
+    let again = store.read_history("new", None, 10, &policy).await.unwrap();
+    assert_eq!(again.position, first.position, "the epoch told stays valid");
+    let at = store.publish_at("new", b"1", &policy).await.unwrap();
+    assert_eq!(at, pos(&first.position.epoch, 1));
+    let since_start = store
+        .read_history("new", Some(&first.position), 10, &policy)
+        .await
+        .unwrap();
+    assert!(since_start.is_complete_after(&first.position));
+    assert_eq!(offsets(&since_start), [1]);
+}
+
+pub(crate) async fn an_idle_stream_is_forgotten_into_a_new_epoch<S: StateStore>(store: S) {
+    let policy = HistoryPolicy {
+        ttl: Duration::from_millis(300),
+        ..history(10)
+    };
+    let first = store.publish_at("feed", b"1", &policy).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let second = store.publish_at("feed", b"2", &policy).await.unwrap();
+    assert_ne!(second.epoch, first.epoch);
+    assert_eq!(second.offset, 1);
+    let read = store
+        .read_history("feed", Some(&first), 10, &policy)
+        .await
+        .unwrap();
+    assert!(
+        !read.continues,
+        "the old epoch's position does not continue"
+    );
+}
+
+pub(crate) async fn concurrent_stream_publishers_never_share_an_offset<S: StateStore>(store: S) {
+    let store = std::sync::Arc::new(store);
+    let mut watcher = store.watch_events();
+    let policy = history(1000);
+    let tasks: Vec<_> = (0..8)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for i in 0..25 {
+                    let at = store
+                        .publish_at("feed", format!("{t}:{i}").as_bytes(), &policy)
+                        .await
+                        .unwrap();
+                    got.push(at.offset);
+                }
+                got
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for task in tasks {
+        all.extend(task.await.unwrap());
+    }
+    all.sort_unstable();
+    assert_eq!(all, (1..=200).collect::<Vec<u64>>(), "every offset once");
+    // Watchers see them in offset order.
+    let mut seen = Vec::new();
+    while seen.len() < 200 {
+        let event = next_event(&mut watcher).await;
+        seen.push(event.at.unwrap().offset);
+    }
+    assert_eq!(seen, (1..=200).collect::<Vec<u64>>());
+    let read = store
+        .read_history("feed", None, 1000, &policy)
+        .await
+        .unwrap();
+    assert_eq!(offsets(&read), (1..=200).collect::<Vec<u64>>());
+}
+
 /// Instantiates the state store suite for one backend.
 /// `$make` is a future giving `(guard, store)`.
 ///
@@ -1053,7 +1252,17 @@ macro_rules! state_store_suite {
             a_session_forged_in_the_backend_is_refused,
             a_sealed_session_copied_or_altered_is_refused,
             a_forged_or_moved_exchange_is_refused,
+            streams_count_from_one_and_keep_exactly_the_last_events,
+            stream_events_reach_watchers_with_their_position,
+            streams_keep_at_most_their_bytes,
+            a_stream_read_before_any_publish_keeps_its_epoch,
+            an_idle_stream_is_forgotten_into_a_new_epoch,
         );
+        #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+        async fn concurrent_stream_publishers_never_share_an_offset() {
+            $crate::store::tests::get_store!($mode, $make, _guard, store);
+            $crate::store::tests::concurrent_stream_publishers_never_share_an_offset(store).await;
+        }
         #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
         async fn exchange_take_is_atomic_under_concurrency() {
             $crate::store::tests::get_store!($mode, $make, _guard, store);
@@ -2407,6 +2616,7 @@ fn event_debug_shows_the_payload_length_not_its_bytes() {
     let event = StoreEvent {
         channel: "user.alice.inbox".to_owned(),
         payload: bytes::Bytes::from_static(&SESSION_KEY),
+        at: None,
     };
     let text = format!("{event:?} {event:#?}");
     assert!(

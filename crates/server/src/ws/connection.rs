@@ -56,6 +56,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, Sleep};
+use wsgate_proto::continuity::{SubscribeReply, SubscribeRequest};
 use wsgate_proto::envelope::{self, FLAG_ENC, FLAG_ERR, MessageType, TAG_LEN};
 use wsgate_proto::key_exchange::{self, Hello, KeyAck, TrafficKeys};
 use wsgate_proto::protect::{Opener, Sealer};
@@ -70,6 +71,7 @@ use crate::http::serve::{ConnGuard, WEBSOCKET_DRAIN};
 use crate::http::tls::MaybeTls;
 use crate::hub::{HubMessage, Mailbox};
 use crate::routes::{Builtin, Target};
+use crate::store::{Position, StoreEvent, StreamAt};
 use crate::upstream::Caller;
 
 type Io = TokioIo<Upgraded>;
@@ -339,6 +341,9 @@ struct Established {
     /// Created on the first SUBSCRIBE.
     mailbox: Option<Mailbox>,
     subscriptions: std::collections::HashSet<String>,
+    /// For each subscribed history channel: the last position this client
+    /// was given (protocol.md §6.5), so it gets every later event once.
+    streams: std::collections::HashMap<String, (Arc<str>, u64)>,
     /// The last event's channel and the flags its rule gives (ENC or not).
     event_flags: Option<(String, u8)>,
 }
@@ -950,6 +955,7 @@ impl Conn {
             completions: None,
             mailbox: None,
             subscriptions: std::collections::HashSet::new(),
+            streams: std::collections::HashMap::new(),
             event_flags: None,
         }));
         let ack = KeyAck {
@@ -1029,7 +1035,7 @@ impl Conn {
         match msg_type {
             MessageType::Request => self.on_request(id, enc, name, body),
             MessageType::Logout => self.on_logout(id, enc).await,
-            MessageType::Subscribe => self.on_subscribe(id, enc, name),
+            MessageType::Subscribe => self.on_subscribe(id, enc, name, body).await,
             MessageType::Unsubscribe => self.on_unsubscribe(id, enc, name),
             MessageType::Publish => self.on_publish(id, enc, name, body).await,
             _ => Err(violation("unexpected message type")),
@@ -1181,7 +1187,11 @@ impl Conn {
                     "slow consumer: event queue full",
                 ))
             }
+            HubMessage::Resync(channel, position) => self.on_stream_resync(&channel, &position),
             HubMessage::Event(event) => {
+                if let Some(at) = &event.at {
+                    return self.on_stream_event(&event, at);
+                }
                 let Phase::Established(est) = &mut self.phase else {
                     return Err(Ending::new(close::PROTOCOL_VIOLATION, "not established"));
                 };
@@ -1209,6 +1219,75 @@ impl Conn {
                 )
             }
         }
+    }
+
+    /// The ENC flag of `channel`'s events (sensitive or not).
+    fn event_flags(&self, channel: &str) -> u8 {
+        let sensitive = self
+            .shared
+            .config
+            .channels
+            .lookup(channel)
+            .is_some_and(|m| m.rule.sensitive);
+        if sensitive { FLAG_ENC } else { 0 }
+    }
+
+    /// An event of a history channel: sent as EVENT_AT if it is after what
+    /// this client was given; a jump in offsets or a new epoch is announced
+    /// with RESYNC first (the node could not fill it: protocol.md §6.5).
+    fn on_stream_event(&mut self, event: &StoreEvent, at: &StreamAt) -> Step {
+        let Phase::Established(est) = &mut self.phase else {
+            return Err(Ending::new(close::PROTOCOL_VIOLATION, "not established"));
+        };
+        let Some(last) = est.streams.get_mut(&event.channel) else {
+            // Unsubscribed meanwhile, or its SUBSCRIBE is still reading.
+            return Ok(());
+        };
+        let resync = if last.0 == at.epoch {
+            if at.offset <= last.1 {
+                return Ok(());
+            }
+            at.offset > last.1 + 1
+        } else {
+            true
+        };
+        *last = (at.epoch.clone(), at.offset);
+        let flags = self.event_flags(&event.channel);
+        if resync {
+            self.send_resync(
+                &event.channel,
+                &Position {
+                    epoch: at.epoch.to_string(),
+                    offset: at.offset - 1,
+                },
+                flags,
+            )?;
+        }
+        let body = wsgate_proto::continuity::event_at_body(at.offset, &event.payload);
+        self.send_protected(MessageType::EventAt as u8, flags, 0, &event.channel, &body)
+    }
+
+    /// The node may have missed events of `channel` up to `position`.
+    fn on_stream_resync(&mut self, channel: &str, position: &Position) -> Step {
+        let Phase::Established(est) = &mut self.phase else {
+            return Err(Ending::new(close::PROTOCOL_VIOLATION, "not established"));
+        };
+        let Some(last) = est.streams.get_mut(channel) else {
+            return Ok(());
+        };
+        if *last.0 == *position.epoch && last.1 >= position.offset {
+            // This client already has everything up to there.
+            return Ok(());
+        }
+        *last = (position.epoch.as_str().into(), position.offset);
+        let flags = self.event_flags(channel);
+        self.send_resync(channel, position, flags)
+    }
+
+    fn send_resync(&mut self, channel: &str, position: &Position, flags: u8) -> Step {
+        self.shared.metrics.history_resyncs.inc();
+        let body = serde_json::to_vec(position).unwrap_or_default();
+        self.send_protected(MessageType::Resync as u8, flags, 0, channel, &body)
     }
 
     /// protocol.md §6.2 order: not_found, then encryption_required, then forbidden.
@@ -1246,10 +1325,16 @@ impl Conn {
         Ok(())
     }
 
-    fn on_subscribe(&mut self, id: u32, enc: bool, name: &str) -> Step {
+    async fn on_subscribe(&mut self, id: u32, enc: bool, name: &str, body: &[u8]) -> Step {
         if let Err((code, message)) = self.check_channel(enc, name, true) {
             return self.respond_error(id, enc, code, &message);
         }
+        // After the channel checks (protocol.md §6.5): a body that is not
+        // empty and not a SUBSCRIBE object.
+        let request = match SubscribeRequest::parse(body) {
+            Ok(r) => r,
+            Err(e) => return self.respond_error(id, enc, "bad_request", &e.to_string()),
+        };
         // While the fleet's event feed is down, a subscription could not
         // promise to receive every later publish: refuse rather than lie.
         if !self.shared.state.is_healthy() {
@@ -1260,6 +1345,12 @@ impl Conn {
                 "the event feed is reconnecting; retry shortly",
             );
         }
+        let history = self
+            .shared
+            .config
+            .channels
+            .lookup(name)
+            .and_then(|m| m.rule.history);
         let max = self.shared.config.limits.max_subscriptions;
         let hub = self.shared.hub.clone();
         let Some(est) = self.established_mut() else {
@@ -1274,7 +1365,8 @@ impl Conn {
             );
         }
         let mailbox = est.mailbox.get_or_insert_with(|| hub.mailbox());
-        if !hub.subscribe(mailbox.id, name) {
+        let mailbox_id = mailbox.id;
+        if !hub.subscribe(mailbox_id, name) {
             return Err(Ending::new(
                 close::SLOW_CONSUMER,
                 "slow consumer: event queue full",
@@ -1283,7 +1375,65 @@ impl Conn {
         est.subscriptions.insert(name.to_owned());
         // The node's event feed runs from start-up, so every publish from
         // now on reaches this mailbox: the subscription is live.
-        self.respond(id, enc, b"")
+        let Some(policy) = history else {
+            return self.respond(id, enc, b"");
+        };
+        // A history channel: read the stream now that live events queue up
+        // behind this SUBSCRIBE, answer with its position, replay what
+        // `since` missed, and let through only later events (the mailbox is
+        // read after this returns, so nothing overtakes the RESPONSE).
+        let replay_limit = self.shared.config.limits.max_replay;
+        let read = match self
+            .shared
+            .state
+            .read_history(name, request.since.as_ref(), replay_limit, &policy)
+            .await
+        {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::warn!(error = %e, "state store unavailable at SUBSCRIBE");
+                if let Some(est) = self.established_mut() {
+                    est.subscriptions.remove(name);
+                }
+                hub.unsubscribe(mailbox_id, name);
+                return self.respond_error(
+                    id,
+                    enc,
+                    "unavailable",
+                    "could not read the channel's history; retry",
+                );
+            }
+        };
+        let recovered = request
+            .since
+            .as_ref()
+            .is_some_and(|since| read.is_complete_after(since));
+        hub.note_position(name, &read.position);
+        if let Some(est) = self.established_mut() {
+            est.streams.insert(
+                name.to_owned(),
+                (read.position.epoch.as_str().into(), read.position.offset),
+            );
+        }
+        let reply = SubscribeReply {
+            epoch: read.position.epoch.clone(),
+            offset: read.position.offset,
+            recovered,
+        };
+        let reply = serde_json::to_vec(&reply).unwrap_or_default();
+        self.respond(id, enc, &reply)?;
+        if recovered {
+            let flags = self.event_flags(name);
+            self.shared
+                .metrics
+                .history_replayed
+                .add(read.events.len() as u64);
+            for event in &read.events {
+                let body = wsgate_proto::continuity::event_at_body(event.offset, &event.payload);
+                self.send_protected(MessageType::EventAt as u8, flags, 0, name, &body)?;
+            }
+        }
+        Ok(())
     }
 
     fn on_unsubscribe(&mut self, id: u32, enc: bool, name: &str) -> Step {
@@ -1292,6 +1442,7 @@ impl Conn {
             && est.subscriptions.remove(name)
             && let Some(mailbox) = &est.mailbox
         {
+            est.streams.remove(name);
             hub.unsubscribe(mailbox.id, name);
         }
         self.respond(id, enc, b"")
@@ -1301,11 +1452,34 @@ impl Conn {
         if let Err((code, message)) = self.check_channel(enc, name, false) {
             return self.respond_error(id, enc, code, &message);
         }
-        if let Err(e) = self.shared.state.publish_event(name, body).await {
-            tracing::error!(error = %e, "state store unavailable at PUBLISH");
-            return self.respond_error(id, enc, "unavailable", "could not publish; retry");
+        let history = self
+            .shared
+            .config
+            .channels
+            .lookup(name)
+            .and_then(|m| m.rule.history);
+        let published = match &history {
+            // A history channel answers with the event's position.
+            Some(policy) => self
+                .shared
+                .state
+                .publish_at(name, body, policy)
+                .await
+                .map(|p| serde_json::to_vec(&p).unwrap_or_default()),
+            None => self
+                .shared
+                .state
+                .publish_event(name, body)
+                .await
+                .map(|()| Vec::new()),
+        };
+        match published {
+            Ok(reply) => self.respond(id, enc, &reply),
+            Err(e) => {
+                tracing::error!(error = %e, "state store unavailable at PUBLISH");
+                self.respond_error(id, enc, "unavailable", "could not publish; retry")
+            }
         }
-        self.respond(id, enc, b"")
     }
 
     async fn on_logout(&mut self, id: u32, enc: bool) -> Step {

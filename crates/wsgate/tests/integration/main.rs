@@ -9,6 +9,7 @@ mod attacks;
 mod channels;
 mod cli;
 mod client;
+mod continuity;
 mod embedding;
 mod exposure;
 mod fleet;
