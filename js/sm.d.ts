@@ -49,7 +49,7 @@ export type ConnectionState = "connecting" | "open" | "reconnecting" | "closed";
 /** What the frame hook learns about each WebSocket message (null if it does not parse). */
 export interface FrameInfo {
   type: number;
-  /** "HELLO", "KEY_INIT", "KEY_ACK", "REQUEST", "RESPONSE", "SUBSCRIBE", "UNSUBSCRIBE", "PUBLISH", "EVENT", "EVENT_AT", "RESYNC", "LOGOUT" */
+  /** "HELLO", "KEY_INIT", "KEY_ACK", "REQUEST", "RESPONSE", "SUBSCRIBE", "UNSUBSCRIBE", "PUBLISH", "EVENT", "EVENT_AT", "RESYNC", "PRESENCE", "PRESENCE_EVENT", "LOGOUT" */
   typeName: string;
   flags: number;
   id: number;
@@ -170,6 +170,29 @@ export interface RecoveredDetail {
   missed: number;
 }
 
+/** A user became present on the channel (`join`) or stopped being present (`leave`): docs/protocol.md §6.6. */
+export type PresenceEvent = { join: string; leave?: undefined } | { leave: string; join?: undefined };
+
+export interface PresenceMeta {
+  channel: string;
+  /** The PRESENCE_EVENT was encrypted on the wire (sensitive channel). */
+  encrypted: boolean;
+}
+
+export interface PresenceUser {
+  user: string;
+  /** That user's connections subscribed to the channel, on every node. */
+  connections: number;
+}
+
+/** The answer to `presence(channel)`. */
+export interface PresenceList {
+  /** Sorted by user. */
+  users: PresenceUser[];
+  /** The server cut the list at its limit (`max_presence_list`): more users are present. */
+  truncated: boolean;
+}
+
 export interface SubscribeOptions extends RequestOptions {
   /** Resume from a stored position (used when the session tracks none for the channel yet). null: none. */
   since?: Position | null;
@@ -177,6 +200,12 @@ export interface SubscribeOptions extends RequestOptions {
   onGap?: (d: GapDetail) => void;
   /** Called when a subscription with `since` resumed without loss. */
   onRecovered?: (d: RecoveredDetail) => void;
+  /**
+   * Channels with presence: receive `{join: user}` / `{leave: user}`. The channel's SUBSCRIBE asks for
+   * presence events (`"presence_events": true`) while any of its handlers has this, across reconnects too.
+   * Events missed while the connection was down are not replayed: call `presence()` again on reconnect.
+   */
+  presence?: ((d: PresenceEvent, meta: PresenceMeta) => void) | null;
 }
 
 /** Calling it unsubscribes (that handler). */
@@ -232,6 +261,11 @@ export declare class Session extends EventTarget {
    * on history channels from the last position delivered: every event once, in order, or `onGap`.
    */
   subscribe(channel: string, handler: (data: Uint8Array, meta: EventMeta) => void, opts?: SubscribeOptions): Promise<Subscription>;
+  /**
+   * Who is present on a channel with presence (docs/protocol.md §6.6), fleet-wide, sorted by user.
+   * Allowed to whoever may subscribe to it; `not_found` on a channel without presence.
+   */
+  presence(channel: string, opts?: RequestOptions): Promise<PresenceList>;
   /** Ends the session on the server, then closes. */
   logout(opts?: { timeout?: number }): Promise<void>;
   /** Closes without logging out. */

@@ -15,6 +15,8 @@ export const T = Object.freeze({
   EVENT: 0x23,
   EVENT_AT: 0x24,
   RESYNC: 0x25,
+  PRESENCE: 0x26,
+  PRESENCE_EVENT: 0x27,
   LOGOUT: 0x31,
 });
 
@@ -31,6 +33,8 @@ export const TYPE_NAMES = Object.freeze({
   0x23: "EVENT",
   0x24: "EVENT_AT",
   0x25: "RESYNC",
+  0x26: "PRESENCE",
+  0x27: "PRESENCE_EVENT",
   0x31: "LOGOUT",
 });
 

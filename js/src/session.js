@@ -1,7 +1,7 @@
 // @ts-check
 // The session: login, the WebSocket with key establishment, protected
-// requests, subscriptions (with channel continuity, docs/protocol.md §6.5),
-// reconnection, logout.
+// requests, subscriptions (with channel continuity, docs/protocol.md §6.5,
+// and presence, §6.6), reconnection, logout.
 
 import { fromUtf8, utf8 } from "./bytes.js";
 import { selectBackend } from "./crypto/index.js";
@@ -398,9 +398,36 @@ class Connection {
  */
 
 /**
+ * A user became present on a channel (`join`) or stopped being present
+ * (`leave`), docs/protocol.md §6.6.
+ * @typedef {{ join: string, leave?: undefined } | { leave: string, join?: undefined }} PresenceEvent
+ */
+
+/**
+ * @typedef {object} PresenceMeta
+ * @property {string} channel
+ * @property {boolean} encrypted the PRESENCE_EVENT was encrypted on the wire (sensitive channel)
+ */
+
+/** @typedef {(d: PresenceEvent, meta: PresenceMeta) => void} PresenceHandler */
+
+/**
+ * @typedef {object} PresenceUser
+ * @property {string} user
+ * @property {number} connections that user's connections subscribed to the channel, fleet-wide
+ */
+
+/**
+ * @typedef {object} PresenceList
+ * @property {PresenceUser[]} users sorted by user, as the server sent them
+ * @property {boolean} truncated the server cut the list at its limit
+ */
+
+/**
  * @typedef {object} SubListener
  * @property {((d: GapDetail) => void) | undefined} onGap
  * @property {((d: RecoveredDetail) => void) | undefined} onRecovered
+ * @property {PresenceHandler | undefined} onPresence
  */
 
 /**
@@ -452,9 +479,51 @@ function advance(sub, pos) {
   }
 }
 
-/** The SUBSCRIBE body: `{"since": position}`, or empty. @param {Position | null} since */
-function subscribeBody(since) {
-  return since ? utf8(JSON.stringify({ since })) : EMPTY;
+/**
+ * Whether any handler of the subscription asked for presence events: the
+ * channel's one SUBSCRIBE asks for them then (docs/protocol.md §6.6).
+ * @param {Subscription} sub
+ */
+function wantsPresence(sub) {
+  for (const l of sub.listeners) if (l.onPresence) return true;
+  return false;
+}
+
+/**
+ * The SUBSCRIBE body: `{"since": position, "presence_events": true}` with
+ * either member, or empty.
+ * @param {Position | null} since @param {boolean} presence
+ */
+function subscribeBody(since, presence) {
+  if (!since && !presence) return EMPTY;
+  /** @type {{ since?: Position, presence_events?: true }} */
+  const j = {};
+  if (since) j.since = since;
+  if (presence) j.presence_events = true;
+  return utf8(JSON.stringify(j));
+}
+
+/** @param {unknown} j @returns {PresenceEvent | null} */
+function asPresenceEvent(j) {
+  if (!j || typeof j !== "object" || Array.isArray(j)) return null;
+  const { join, leave } = /** @type {any} */ (j);
+  if (typeof join === "string" && leave === undefined && join !== "") return { join };
+  if (typeof leave === "string" && join === undefined && leave !== "") return { leave };
+  return null;
+}
+
+/** @param {unknown} j @returns {PresenceList | null} */
+function asPresenceList(j) {
+  if (!j || typeof j !== "object" || Array.isArray(j)) return null;
+  const { users, truncated } = /** @type {any} */ (j);
+  if (!Array.isArray(users) || (truncated !== undefined && typeof truncated !== "boolean")) return null;
+  /** @type {PresenceUser[]} */
+  const out = [];
+  for (const u of users) {
+    if (!u || typeof u !== "object" || typeof u.user !== "string" || !Number.isSafeInteger(u.connections) || u.connections < 0) return null;
+    out.push({ user: u.user, connections: u.connections });
+  }
+  return { users: out, truncated: truncated === true };
 }
 
 /** A logged-in wsgate session. Create it with `connect()`. */
@@ -653,14 +722,16 @@ export class Session extends EventTarget {
   }
 
   _onOpen() {
-    this._setState("open");
-    // Restore subscriptions first, then send whatever waited.
+    // Restore subscriptions first, then send whatever waited. They are
+    // queued before "open" is announced, so that what a "state" listener
+    // sends (e.g. presence() to refresh a list) goes after them.
     const restore = [];
     for (const [channel, sub] of this._subs) {
-      // History channels resume from the last position delivered.
+      // History channels resume from the last position delivered; presence
+      // events stay on while a handler wants them.
       const since = positionOf(sub) ?? sub.since;
       restore.push(
-        this._enqueue(T.SUBSCRIBE, sub.sensitive ? FLAG_ENC : 0, channel, subscribeBody(since), this._requestTimeout, true, (body) => this._onSubscribed(channel, sub, since, body)).catch((error) => {
+        this._enqueue(T.SUBSCRIBE, sub.sensitive ? FLAG_ENC : 0, channel, subscribeBody(since, wantsPresence(sub)), this._requestTimeout, true, (body) => this._onSubscribed(channel, sub, since, body)).catch((error) => {
           if (this._subs.get(channel) === sub && error instanceof WsgateError && ["not_found", "forbidden", "encryption_required"].includes(error.code)) {
             this._subs.delete(channel);
           }
@@ -668,6 +739,7 @@ export class Session extends EventTarget {
         }),
       );
     }
+    this._setState("open");
     this._pump();
   }
 
@@ -883,6 +955,22 @@ export class Session extends EventTarget {
       return;
     }
     if (f.type === T.EVENT_AT) return this._onEventAt(f);
+    if (f.type === T.PRESENCE_EVENT) {
+      const d = asPresenceEvent(parseJson(f.plaintext));
+      if (!d) throw connError("protocol_error", `The server sent a PRESENCE_EVENT for ${f.name} that is neither {"join": user} nor {"leave": user}.`);
+      const sub = this._subs.get(f.name);
+      if (!sub) return; // raced with an unsubscribe
+      const meta = { channel: f.name, encrypted: (f.flags & FLAG_ENC) !== 0 };
+      for (const l of [...sub.listeners]) {
+        if (!l.onPresence) continue;
+        try {
+          l.onPresence(d.join !== undefined ? { join: d.join } : { leave: /** @type {string} */ (d.leave) }, { ...meta });
+        } catch (e) {
+          reportLater(e);
+        }
+      }
+      return;
+    }
     if (f.type === T.RESYNC) {
       const pos = asPosition(parseJson(f.plaintext));
       if (!pos) throw connError("protocol_error", `The server sent a RESYNC for ${f.name} that is not a position.`);
@@ -1039,7 +1127,10 @@ export class Session extends EventTarget {
    * order, or `onGap` says that some may be missing.
    * @param {string} channel
    * @param {EventHandler} handler
-   * @param {{ sensitive?: boolean, timeout?: number, since?: Position | null, onGap?: (d: GapDetail) => void, onRecovered?: (d: RecoveredDetail) => void }} [opts]
+   * On a channel with presence, `presence` receives `{join: user}` and
+   * `{leave: user}` (docs/protocol.md §6.6); the channel's SUBSCRIBE asks for
+   * them while any of its handlers has `presence`, across reconnects too.
+   * @param {{ sensitive?: boolean, timeout?: number, since?: Position | null, onGap?: (d: GapDetail) => void, onRecovered?: (d: RecoveredDetail) => void, presence?: PresenceHandler | null }} [opts]
    *   sensitive: send SUBSCRIBE encrypted (required by sensitive channels); since: resume from a stored
    *   position (used when this session tracks none for the channel yet)
    * @returns {Promise<(() => Promise<void>) & { readonly channel: string, readonly position: Position | null }>}
@@ -1053,11 +1144,11 @@ export class Session extends EventTarget {
       since = asPosition(opts.since);
       if (!since) throw new WsgateError("invalid_argument", "subscribe()'s since must be a position { epoch: <b64u string>, offset: <non-negative integer> }.");
     }
-    for (const k of /** @type {const} */ (["onGap", "onRecovered"])) {
+    for (const k of /** @type {const} */ (["onGap", "onRecovered", "presence"])) {
       if (opts[k] != null && typeof opts[k] !== "function") throw new WsgateError("invalid_argument", `subscribe()'s ${k} must be a function.`);
     }
     /** @type {SubListener} */
-    const listener = { onGap: opts.onGap ?? undefined, onRecovered: opts.onRecovered ?? undefined };
+    const listener = { onGap: opts.onGap ?? undefined, onRecovered: opts.onRecovered ?? undefined, onPresence: opts.presence ?? undefined };
     let sub = this._subs.get(channel);
     /** @type {Position | null} */
     let asked = null;
@@ -1065,7 +1156,8 @@ export class Session extends EventTarget {
     if (sub) {
       // One position per channel: another handler joins it as it is. The
       // server takes a SUBSCRIBE as a new start, so it resumes from there
-      // too (else events on their way could be lost).
+      // too (else events on their way could be lost), and asks for presence
+      // events if any handler (this one or an earlier) wants them.
       sub.handlers.add(handler);
       sub.listeners.add(listener);
       if (opts.sensitive) sub.sensitive = true;
@@ -1078,7 +1170,7 @@ export class Session extends EventTarget {
     }
     const mine = sub;
     try {
-      await this._enqueue(T.SUBSCRIBE, mine.sensitive ? FLAG_ENC : 0, channel, subscribeBody(asked), opts.timeout ?? this._requestTimeout, false, (body) =>
+      await this._enqueue(T.SUBSCRIBE, mine.sensitive ? FLAG_ENC : 0, channel, subscribeBody(asked, wantsPresence(mine)), opts.timeout ?? this._requestTimeout, false, (body) =>
         this._onSubscribed(channel, mine, asked, body, join),
       );
     } catch (e) {
@@ -1093,6 +1185,9 @@ export class Session extends EventTarget {
       done = true;
       mine.handlers.delete(handler);
       mine.listeners.delete(listener);
+      // Other handlers stay: no new SUBSCRIBE. If this was the last one that
+      // wanted presence events, those still coming are dropped, and the next
+      // SUBSCRIBE of the channel (a reconnect, a new handler) no longer asks.
       if (mine.handlers.size > 0 || this._subs.get(channel) !== mine) return;
       this._subs.delete(channel);
       if (this._terminal) return;
@@ -1105,6 +1200,24 @@ export class Session extends EventTarget {
         position: { get: () => positionOf(mine), enumerable: true },
       })
     );
+  }
+
+  /**
+   * Who is present on a channel with presence (docs/protocol.md §6.6): the
+   * users with at least one connection subscribed to it, fleet-wide, sorted
+   * by user. Allowed to whoever may subscribe to the channel (subscribed or
+   * not). A channel without presence rejects with `not_found`.
+   * @param {string} channel @param {{ sensitive?: boolean, timeout?: number }} [opts]
+   *   sensitive: send it encrypted (required by sensitive channels)
+   * @returns {Promise<PresenceList>}
+   */
+  async presence(channel, opts = {}) {
+    if (this._terminal) throw this._endedError();
+    checkName(channel, "channel");
+    const body = await this._enqueue(T.PRESENCE, opts.sensitive ? FLAG_ENC : 0, channel, EMPTY, opts.timeout ?? this._requestTimeout);
+    const list = asPresenceList(parseJson(body));
+    if (!list) throw new WsgateError("protocol_error", `The server's answer to PRESENCE ${channel} is not a presence list {"users":[{"user","connections"}…]}.`);
+    return list;
   }
 
   /**

@@ -10,6 +10,18 @@
 // §6.5): a stream with an epoch and offsets, a ring of the last
 // `historySize` events, EVENT_AT, SUBSCRIBE with `since` (replay or
 // `recovered: false`), RESYNC; `secret.*` channels are sensitive.
+//
+// Channels named `room.*`, `secret.room.*`, `hist.room.*` (history too),
+// `secret.hist.room.*` or `forbidden.room` have presence
+// (docs/protocol.md §6.6): PRESENCE answers the users with a connection
+// subscribed (this gateway's connections, grouped by their session's user,
+// plus simulated users of other connections or nodes that tests add with
+// `presenceJoin` / `presenceLeave`), cut at `maxPresenceList` with
+// `truncated: true`; a SUBSCRIBE with `"presence_events": true` gets
+// PRESENCE_EVENT `{"join"}` / `{"leave"}` whenever a user starts or stops
+// being present (not its own connection's join). PRESENCE on another channel
+// is `not_found`, on `forbidden.room` `forbidden`, on `secret.*` without ENC
+// `encryption_required`.
 import * as nc from "node:crypto";
 import { x25519 } from "@noble/curves/ed25519.js";
 import { Aes256Gcm, CipherSuite, DhkemX25519HkdfSha256, HkdfSha256 } from "@hpke/core";
@@ -134,6 +146,73 @@ export class MockGateway {
     this.replayOverlap = 0;
     /** [channel, SUBSCRIBE body as text] for every SUBSCRIBE received */
     this.subscribeBodies = [];
+    /** presence channel → Map(user → connections) of simulated users (other connections, other nodes) */
+    this.presenceOthers = new Map();
+    /** Longest presence list answered; longer ones are cut and say `truncated: true`. */
+    this.maxPresenceList = Infinity;
+    /** When a string: the body of every PRESENCE answer instead of the list. */
+    this.presenceReply = null;
+  }
+
+  isPresence(channel) {
+    return /^(secret\.)?(hist\.)?room\./.test(channel) || channel === "forbidden.room";
+  }
+
+  /** channel → Map(user → connections subscribed), this gateway's and the simulated ones. */
+  presenceUsers(channel) {
+    const users = new Map(this.presenceOthers.get(channel) ?? []);
+    for (const c of this.conns) if (c.session && c.subs.has(channel)) users.set(c.session.user, (users.get(c.session.user) ?? 0) + 1);
+    return users;
+  }
+
+  /** The PRESENCE answer: sorted by user, cut at maxPresenceList. */
+  presenceList(channel) {
+    const all = [...this.presenceUsers(channel)].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0)).map(([user, connections]) => ({ user, connections }));
+    if (all.length <= this.maxPresenceList) return { users: all };
+    return { users: all.slice(0, this.maxPresenceList), truncated: true };
+  }
+
+  /**
+   * Runs `change`, then sends the joins and leaves it caused to the
+   * connections subscribed with presence events (except `except`).
+   */
+  presenceChange(channel, change, except = null) {
+    if (!this.isPresence(channel)) return change();
+    const before = this.presenceUsers(channel);
+    const result = change();
+    const after = this.presenceUsers(channel);
+    const events = [];
+    for (const u of before.keys()) if (!after.has(u)) events.push({ leave: u });
+    for (const u of after.keys()) if (!before.has(u)) events.push({ join: u });
+    for (const e of events) this.sendPresenceEvent(channel, JSON.stringify(e), except);
+    return result;
+  }
+
+  /** A PRESENCE_EVENT with any body to the connections subscribed to `channel` with presence events. */
+  sendPresenceEvent(channel, body, except = null) {
+    for (const c of this.conns) {
+      if (c === except || !c.subs.has(channel) || !c.presenceEvents.has(channel)) continue;
+      c.sendFrame(0x27, c.subs.get(channel) ? 1 : 0, 0, channel, Buffer.from(body));
+    }
+  }
+
+  /** A simulated connection of `user` (elsewhere in the fleet) subscribes to `channel`. */
+  presenceJoin(channel, user) {
+    this.presenceChange(channel, () => {
+      const m = this.presenceOthers.get(channel) ?? new Map();
+      m.set(user, (m.get(user) ?? 0) + 1);
+      this.presenceOthers.set(channel, m);
+    });
+  }
+
+  /** One simulated connection of `user` leaves `channel`. */
+  presenceLeave(channel, user) {
+    this.presenceChange(channel, () => {
+      const m = this.presenceOthers.get(channel);
+      if (!m || !m.has(user)) return;
+      if (m.get(user) > 1) m.set(user, m.get(user) - 1);
+      else m.delete(user);
+    });
   }
 
   isHistory(channel) {
@@ -377,7 +456,7 @@ export class MockGateway {
   /** Drops every connection abnormally and refuses new ones. */
   kill({ forgetSessions = false } = {}) {
     this.down = true;
-    for (const c of [...this.conns]) c.drop(1006);
+    for (const c of [...this.conns]) c.drop(1006, "", { quiet: true });
     if (forgetSessions) this.sessions.clear();
   }
 
@@ -406,9 +485,12 @@ function eventAtBody(offset, data) {
   return Buffer.concat([b, data]);
 }
 
-/** A SUBSCRIBE body: empty → {}, `{"since": position}` → { since }, anything else → null. */
+/**
+ * A SUBSCRIBE body: empty → {}, `{"since": position, "presence_events": bool}`
+ * (either member) → { since?, presence }, anything else → null.
+ */
 function parseSubscribeBody(pt) {
-  if (pt.length === 0) return {};
+  if (pt.length === 0) return { presence: false };
   let j;
   try {
     j = JSON.parse(pt.toString("utf8"));
@@ -416,10 +498,12 @@ function parseSubscribeBody(pt) {
     return null;
   }
   if (!j || typeof j !== "object" || Array.isArray(j)) return null;
-  if (j.since === undefined) return {};
+  if (j.presence_events != null && typeof j.presence_events !== "boolean") return null;
+  const presence = j.presence_events === true;
+  if (j.since == null) return { presence };
   const p = j.since;
   if (!p || typeof p.epoch !== "string" || !Number.isSafeInteger(p.offset) || p.offset < 0) return null;
-  return { since: p };
+  return { since: p, presence };
 }
 
 class MockConn {
@@ -430,6 +514,8 @@ class MockConn {
     this.recvSeq = 0;
     this.sendSeq = 0;
     this.subs = new Map();
+    /** channels this connection asked presence events for */
+    this.presenceEvents = new Set();
     this.inFlight = new Set();
     this.held = new Map();
   }
@@ -440,13 +526,23 @@ class MockConn {
     this.ws._deliver(Buffer.concat([header(1, 0, 0, ""), body]));
   }
 
-  drop(code, reason = "") {
-    this.gw.conns.delete(this);
+  drop(code, reason = "", { quiet = false } = {}) {
+    this.leave(quiet);
     this.ws._closed(code, reason);
   }
 
   onClientClose(code, reason) {
     this.gw.log.push(["client-close", code, reason]);
+    this.leave(false);
+  }
+
+  /** The connection is gone: its users' presence goes with it (announced unless `quiet`). */
+  leave(quiet) {
+    if (!this.gw.conns.has(this)) return;
+    if (!quiet) {
+      // One change per channel: take the connection out of each in turn.
+      for (const ch of [...this.subs.keys()]) if (this.gw.isPresence(ch)) this.gw.presenceChange(ch, () => this.subs.delete(ch));
+    }
     this.gw.conns.delete(this);
   }
 
@@ -537,12 +633,25 @@ class MockConn {
       }
       case 0x20: {
         if (f.name.startsWith("secret.") && !enc) return this.respond(f, null, { code: "encryption_required", message: "sensitive channel" });
-        if (f.name === "forbidden") return this.respond(f, null, { code: "forbidden", message: "no" });
+        if (f.name === "forbidden" || f.name === "forbidden.room") return this.respond(f, null, { code: "forbidden", message: "no" });
         this.gw.subscribeBodies.push([f.name, f.pt.toString("utf8")]);
         const req = parseSubscribeBody(f.pt);
         if (!req) return this.respond(f, null, { code: "bad_request", message: "bad SUBSCRIBE body" });
+        if (req.presence) this.presenceEvents.add(f.name);
+        else this.presenceEvents.delete(f.name);
+        // The answer (and a replay) first, then the others hear of the join.
+        const was = this.subs.has(f.name);
+        const join = () => {
+          if (!was) this.gw.presenceChange(f.name, () => this.subs.set(f.name, f.name.startsWith("secret.")), this);
+        };
+        if (!this.gw.isHistory(f.name)) {
+          this.respond(f, Buffer.alloc(0));
+          return join();
+        }
+        // (Subscribed before the answer, as far as other events go; the
+        // others hear of the join after the replay.)
+        const others = was ? null : this.gw.presenceUsers(f.name);
         this.subs.set(f.name, f.name.startsWith("secret."));
-        if (!this.gw.isHistory(f.name)) return this.respond(f, Buffer.alloc(0));
         // docs/protocol.md §6.5: replay iff `since` is in this epoch and
         // every event after it is still kept.
         const st = this.gw.stream(f.name);
@@ -554,6 +663,7 @@ class MockConn {
           const from = since.offset - this.gw.replayOverlap;
           for (const e of st.ring) if (e.offset > from) this.sendFrame(0x24, enc ? 1 : 0, 0, f.name, eventAtBody(e.offset, e.data));
         }
+        if (others && this.gw.isPresence(f.name) && !others.has(this.session.user)) this.gw.sendPresenceEvent(f.name, JSON.stringify({ join: this.session.user }), this);
         return;
       }
       case 0x22: {
@@ -563,8 +673,16 @@ class MockConn {
         return this.respond(f, pos ? Buffer.from(JSON.stringify(pos)) : Buffer.alloc(0));
       }
       case 0x21:
-        this.subs.delete(f.name);
+        this.presenceEvents.delete(f.name);
+        this.gw.presenceChange(f.name, () => this.subs.delete(f.name));
         return this.respond(f, Buffer.alloc(0));
+      case 0x26: {
+        if (!this.gw.isPresence(f.name)) return this.respond(f, null, { code: "not_found", message: `channel ${f.name} has no presence` });
+        if (f.name.startsWith("secret.") && !enc) return this.respond(f, null, { code: "encryption_required", message: "sensitive channel" });
+        if (f.name.startsWith("forbidden")) return this.respond(f, null, { code: "forbidden", message: "no" });
+        if (this.gw.presenceReply !== null) return this.respond(f, Buffer.from(this.gw.presenceReply));
+        return this.respond(f, Buffer.from(JSON.stringify(this.gw.presenceList(f.name))));
+      }
       case 0x31: {
         this.respond(f, Buffer.alloc(0));
         this.gw.sessions.delete(this.sid);

@@ -1,6 +1,6 @@
 // Compiled (not run) by `npm run typecheck`: the README example must
 // type-check against the hand-written sm.d.ts.
-import { connect, WsgateError, type GapDetail, type Position, type Session, type Subscription } from "../sm.js";
+import { connect, WsgateError, type GapDetail, type Position, type PresenceEvent, type PresenceList, type PresenceMeta, type Session, type Subscription } from "../sm.js";
 
 export async function example(): Promise<void> {
   const s: Session = await connect({ username: "demo", password: "wsgate-demo", url: "http://127.0.0.1:8080", crypto: "auto" });
@@ -22,6 +22,19 @@ export async function example(): Promise<void> {
   const published: Position | null = await s.publish("hist.feed", { n: 1 });
   console.log(feed.channel, pos?.epoch, published?.offset);
   await feed();
+  // Presence: who is online, and join/leave events.
+  const online = new Map<string, number>();
+  const room: Subscription = await s.subscribe("room.lobby", () => {}, {
+    presence: (d: PresenceEvent, meta: PresenceMeta) => {
+      if (d.join !== undefined) online.set(d.join, online.get(d.join) ?? 1);
+      else online.delete(d.leave);
+      console.log(meta.channel, meta.encrypted);
+    },
+  });
+  const list: PresenceList = await s.presence("room.lobby", { sensitive: false, timeout: 5000 });
+  for (const { user, connections } of list.users) online.set(user, connections);
+  if (list.truncated) console.log("more users than listed");
+  await room();
   off();
   try {
     await s.request("sys.echo", { any: "json" });
