@@ -38,6 +38,34 @@ pub enum ChannelEvent {
         /// The new position (its epoch may be new).
         position: Position,
     },
+    /// A PRESENCE_EVENT (protocol.md §6.6): a user joined or left.
+    Presence {
+        /// The channel.
+        channel: String,
+        /// The user.
+        user: String,
+        /// `true` for a join, `false` for a leave.
+        joined: bool,
+    },
+}
+
+/// Who is present on a channel: the PRESENCE reply.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct PresenceReply {
+    /// Users and their subscribed connections, sorted by user.
+    pub users: Vec<PresentUser>,
+    /// Whether the server cut the list (`[limits] max_presence_list`).
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// One present user.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+pub struct PresentUser {
+    /// The stored user name.
+    pub user: String,
+    /// Their connections subscribed to the channel, on every node.
+    pub connections: u32,
 }
 
 impl ChannelEvent {
@@ -58,6 +86,29 @@ impl ChannelEvent {
                     offset,
                     payload: payload.to_vec(),
                     channel: msg.name,
+                }
+            }
+            Some(MessageType::PresenceEvent) => {
+                #[derive(serde::Deserialize)]
+                struct Change {
+                    join: Option<String>,
+                    leave: Option<String>,
+                }
+                let change: Change = serde_json::from_slice(&msg.body)
+                    .map_err(|e| Error::Protocol(format!("PRESENCE_EVENT body: {e}")))?;
+                let (user, joined) = match (change.join, change.leave) {
+                    (Some(user), None) => (user, true),
+                    (None, Some(user)) => (user, false),
+                    _ => {
+                        return Err(Error::Protocol(
+                            "PRESENCE_EVENT body names neither one join nor one leave".into(),
+                        ));
+                    }
+                };
+                Self::Presence {
+                    channel: msg.name,
+                    user,
+                    joined,
                 }
             }
             Some(MessageType::Resync) => {
@@ -84,11 +135,22 @@ impl Connection {
         since: Option<&Position>,
         sensitive: bool,
     ) -> Result<Option<SubscribeReply>> {
-        let body = SubscribeRequest {
+        let request = SubscribeRequest {
             since: since.cloned(),
             presence_events: false,
-        }
-        .to_body();
+        };
+        self.subscribe_with(channel, &request, sensitive).await
+    }
+
+    /// SUBSCRIBE with any body: `since` and `presence_events` (join and
+    /// leave events of a presence channel, protocol.md §6.6).
+    pub async fn subscribe_with(
+        &mut self,
+        channel: &str,
+        request: &SubscribeRequest,
+        sensitive: bool,
+    ) -> Result<Option<SubscribeReply>> {
+        let body = request.to_body();
         let reply = self
             .call(MessageType::Subscribe, channel, &body, sensitive)
             .await?;
@@ -98,6 +160,14 @@ impl Connection {
         serde_json::from_slice(&reply)
             .map(Some)
             .map_err(|e| Error::Protocol(format!("SUBSCRIBE reply: {e}")))
+    }
+
+    /// PRESENCE: who is present on `channel` now.
+    pub async fn presence(&mut self, channel: &str, sensitive: bool) -> Result<PresenceReply> {
+        let reply = self
+            .call(MessageType::Presence, channel, b"", sensitive)
+            .await?;
+        serde_json::from_slice(&reply).map_err(|e| Error::Protocol(format!("PRESENCE reply: {e}")))
     }
 
     /// The next channel message: one buffered while waiting for a
@@ -182,7 +252,7 @@ impl StreamTracker {
     /// Classifies one channel message and moves the position.
     pub fn observe(&mut self, event: &ChannelEvent) -> Delivery {
         match event {
-            ChannelEvent::Event { .. } => Delivery::New,
+            ChannelEvent::Event { .. } | ChannelEvent::Presence { .. } => Delivery::New,
             ChannelEvent::Resync { channel, position } => {
                 self.positions.insert(channel.clone(), position.clone());
                 Delivery::Gap(position.clone())

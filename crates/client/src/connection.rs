@@ -422,7 +422,12 @@ impl Connection {
             }
             if matches!(
                 MessageType::from_u8(msg.msg_type),
-                Some(MessageType::Event | MessageType::EventAt | MessageType::Resync)
+                Some(
+                    MessageType::Event
+                        | MessageType::EventAt
+                        | MessageType::Resync
+                        | MessageType::PresenceEvent
+                )
             ) {
                 self.events.push_back(msg);
             }

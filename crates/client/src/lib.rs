@@ -31,11 +31,11 @@ use wsgate_proto::login_seal::{self, BoxNumber, ExchangeKey};
 use wsgate_proto::scram::client::ClientFirst;
 use zeroize::Zeroizing;
 
-pub use crate::channels::{ChannelEvent, Delivery, StreamTracker};
+pub use crate::channels::{ChannelEvent, Delivery, PresenceReply, PresentUser, StreamTracker};
 pub use crate::connection::{Connection, Incoming, Message, RawSocket};
 pub use crate::error::{Error, Result};
 pub use rustls;
-pub use wsgate_proto::continuity::{Position, SubscribeReply};
+pub use wsgate_proto::continuity::{Position, SubscribeReply, SubscribeRequest};
 
 /// Where and how to reach a gateway.
 #[derive(Debug, Clone)]

@@ -49,6 +49,10 @@ pub enum MessageType {
     /// Server → client: events before a position may have been missed
     /// (protocol.md §6.5).
     Resync = 0x25,
+    /// Client → server: who is present on a channel (protocol.md §6.6).
+    Presence = 0x26,
+    /// Server → client: a user joined or left a channel (protocol.md §6.6).
+    PresenceEvent = 0x27,
     /// Client → server: end the session.
     Logout = 0x31,
 }
@@ -68,6 +72,8 @@ impl MessageType {
             0x23 => Self::Event,
             0x24 => Self::EventAt,
             0x25 => Self::Resync,
+            0x26 => Self::Presence,
+            0x27 => Self::PresenceEvent,
             0x31 => Self::Logout,
             _ => return None,
         })
@@ -77,7 +83,12 @@ impl MessageType {
     pub fn is_client_request(self) -> bool {
         matches!(
             self,
-            Self::Request | Self::Subscribe | Self::Unsubscribe | Self::Publish | Self::Logout
+            Self::Request
+                | Self::Subscribe
+                | Self::Unsubscribe
+                | Self::Publish
+                | Self::Presence
+                | Self::Logout
         )
     }
 }

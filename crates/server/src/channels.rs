@@ -51,6 +51,9 @@ pub struct ChannelRule {
     /// `history = N`: the channel's events are kept in a stream and sent as
     /// EVENT_AT (protocol.md §6.5). `None` (the default): plain EVENTs.
     pub history: Option<crate::store::HistoryPolicy>,
+    /// `presence = true`: who is subscribed is known fleet-wide, with join
+    /// and leave events (protocol.md §6.6).
+    pub presence: bool,
 }
 
 /// A match: the rule and, for `{user}` patterns, the owner.
@@ -105,7 +108,15 @@ impl ChannelRule {
             subscribe,
             publish,
             history: None,
+            presence: false,
         })
+    }
+
+    /// The same rule, with presence on or off.
+    #[must_use]
+    pub fn with_presence(mut self, presence: bool) -> Self {
+        self.presence = presence;
+        self
     }
 
     /// The same rule, keeping history as `policy` says.
@@ -168,6 +179,11 @@ impl ChannelTable {
     /// Whether no channel is configured.
     pub fn is_empty(&self) -> bool {
         self.rules.is_empty()
+    }
+
+    /// Whether any pattern has presence.
+    pub fn has_presence(&self) -> bool {
+        self.rules.iter().any(|r| r.presence)
     }
 }
 

@@ -183,6 +183,10 @@ pub struct FileChannel {
     /// `history_ttl_secs = 300`: a channel's stream is forgotten after this
     /// long without a publish.
     pub history_ttl_secs: Option<u64>,
+    /// `presence = true`: who is subscribed is known fleet-wide
+    /// (protocol.md §6.6).
+    #[serde(default)]
+    pub presence: bool,
 }
 
 /// `[testing]` as written.
@@ -217,6 +221,8 @@ pub struct FileLimits {
     pub max_subscriptions: Option<usize>,
     pub max_history_bytes: Option<usize>,
     pub max_replay: Option<usize>,
+    pub max_presence_list: Option<usize>,
+    pub presence_ttl_secs: Option<u64>,
 }
 
 /// `[login]` as written.
@@ -329,6 +335,13 @@ pub struct Limits {
     /// Events one SUBSCRIBE with `since` may replay; a client further
     /// behind gets `recovered: false` instead of a flood. Default 1000.
     pub max_replay: usize,
+    /// Users one presence reply lists; more are cut with
+    /// `"truncated": true`. Default 1000.
+    pub max_presence_list: usize,
+    /// How long a node's presence members live without its refresh (it
+    /// refreshes every third of this): the members of a node that died
+    /// leave within it. Default 30 s.
+    pub presence_ttl: Duration,
 }
 
 impl Default for Limits {
@@ -351,6 +364,8 @@ impl Default for Limits {
             max_subscriptions: 256,
             max_history_bytes: 4 << 20,
             max_replay: 1000,
+            max_presence_list: 1000,
+            presence_ttl: Duration::from_secs(30),
         }
     }
 }
@@ -760,6 +775,20 @@ impl Config {
                 1,
                 MAX_HISTORY,
             )?,
+            max_presence_list: ranged(
+                "limits.max_presence_list",
+                l.max_presence_list,
+                dl.max_presence_list,
+                1,
+                100_000,
+            )?,
+            presence_ttl: secs(
+                "limits.presence_ttl_secs",
+                l.presence_ttl_secs,
+                dl.presence_ttl,
+                3,
+                3600,
+            )?,
         };
         if limits.ping_interval >= limits.idle_timeout {
             return Err(invalid(
@@ -1038,7 +1067,8 @@ fn channel_from_file(
     Ok(
         ChannelRule::new(&c.pattern, c.sensitive, subscribe, publish)
             .map_err(|m| invalid(format!("channels[{i}].pattern"), m))?
-            .with_history(history),
+            .with_history(history)
+            .with_presence(c.presence),
     )
 }
 

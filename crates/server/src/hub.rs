@@ -19,16 +19,24 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use tokio::sync::{broadcast, mpsc};
 
 use crate::channels::ChannelTable;
 use crate::metrics::Counter;
-use crate::store::{HistoryEvent, Position, StateStore, StoreEvent, StreamAt};
+use crate::store::{
+    HistoryEvent, HistoryPolicy, HistoryRead, Position, StateStore, StoreError, StoreEvent,
+    StreamAt,
+};
 
 /// Most events one gap fill reads from a stream; a longer gap is announced
 /// with RESYNC instead.
 const MAX_GAP_FILL: usize = 10_000;
+
+/// How long a failed stream read for a gap fill or a catch-up is retried
+/// before the gap is given up on (RESYNC) or left for the next event.
+const READ_RETRY_FOR: Duration = Duration::from_secs(5);
 
 /// What a connection receives from the hub.
 #[derive(Debug)]
@@ -122,6 +130,8 @@ struct Inner {
     /// never got, e.g. while its Redis connection was down) is filled from
     /// the stream before newer events (protocol.md §6.5).
     streams: Mutex<HashMap<String, (Arc<str>, u64)>>,
+    /// Mailboxes that asked for PRESENCE_EVENTs, per channel.
+    presence_listeners: Mutex<HashMap<String, std::collections::HashSet<u64>>>,
     mailboxes: Mutex<HashMap<u64, Subscriber>>,
     next_id: AtomicU64,
     started: OnceLock<()>,
@@ -147,6 +157,46 @@ impl Inner {
 
     fn streams(&self) -> std::sync::MutexGuard<'_, HashMap<String, (Arc<str>, u64)>> {
         self.streams.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn presence_listeners(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, std::collections::HashSet<u64>>> {
+        self.presence_listeners
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A presence change goes to the subscribers that asked for presence
+    /// events, through their bounded queues like any event.
+    fn dispatch_presence(&self, event: StoreEvent) {
+        let listeners: Vec<u64> = match self.presence_listeners().get(&event.channel) {
+            Some(ids) => ids.iter().copied().collect(),
+            None => return,
+        };
+        let limit = self.queue_limit.load(Ordering::Relaxed).max(1);
+        let bytes_limit = self.queue_bytes_limit.load(Ordering::Relaxed).max(1);
+        let bytes = event_bytes(&event) + 64;
+        let event = Arc::new(event);
+        let mut overflowed = Vec::new();
+        if let Some(subs) = self.channels().get(&event.channel) {
+            for id in listeners {
+                let Some(sub) = subs.get(&id) else { continue };
+                if !sub.admit(bytes, limit, bytes_limit) {
+                    overflowed.push(id);
+                    continue;
+                }
+                let _ = sub.tx.send(HubMessage::Event(event.clone()));
+            }
+        }
+        for id in overflowed {
+            if let Some(sub) = self.mailboxes().remove(&id) {
+                let _ = sub.tx.send(HubMessage::Overflow);
+            }
+            self.channels().values_mut().for_each(|subs| {
+                subs.remove(&id);
+            });
+        }
     }
 
     /// Sends `message` to every subscriber of `channel` (not queue-counted:
@@ -199,6 +249,10 @@ impl Feed {
     /// delivered, and a gap before it filled from the stream (or, if the
     /// stream no longer has it, announced with RESYNC).
     async fn on_event(&self, event: StoreEvent) {
+        if event.presence.is_some() {
+            self.inner.dispatch_presence(event);
+            return;
+        }
         let Some(at) = event.at.clone() else {
             self.inner.dispatch(event);
             return;
@@ -248,9 +302,9 @@ impl Feed {
         };
         let wanted = usize::try_from(to - from).unwrap_or(usize::MAX);
         let read = if wanted <= MAX_GAP_FILL {
+            let deadline = tokio::time::Instant::now() + READ_RETRY_FOR;
             match self
-                .state
-                .read_history(channel, Some(&since), wanted, &policy)
+                .read_stream(channel, &since, wanted, &policy, deadline)
                 .await
             {
                 Ok(read) => Some(read),
@@ -281,6 +335,7 @@ impl Feed {
                     channel: channel.to_owned(),
                     payload: e.payload,
                     at: Some(at),
+                    presence: None,
                 });
             }
         } else {
@@ -302,9 +357,43 @@ impl Feed {
         }
     }
 
+    /// Reads `channel`'s stream after `since`, retrying a failed read until
+    /// `deadline` (protocol.md §6.5: only what the stream no longer holds
+    /// becomes a RESYNC). A read right after the feed reconnects usually
+    /// meets the command connection's dead socket first (it reconnects only
+    /// once a command has failed on it), so one failure says little.
+    async fn read_stream(
+        &self,
+        channel: &str,
+        since: &Position,
+        limit: usize,
+        policy: &HistoryPolicy,
+        deadline: tokio::time::Instant,
+    ) -> Result<HistoryRead, StoreError> {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            match self
+                .state
+                .read_history(channel, Some(since), limit, policy)
+                .await
+            {
+                Ok(read) => return Ok(read),
+                Err(e) if tokio::time::Instant::now() + pause < deadline => {
+                    tracing::debug!(error = %e, channel, retry_in = ?pause, "a stream read failed");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// After a lag notice (this node may have missed events anywhere):
     /// brings every tracked stream up to its current position.
     async fn catch_up(&self) {
+        // One retry budget for the whole pass: if the store stays away, the
+        // next reconnection's lag notice starts another.
+        let deadline = tokio::time::Instant::now() + READ_RETRY_FOR;
         let tracked: Vec<(String, (Arc<str>, u64))> = self
             .inner
             .streams()
@@ -320,8 +409,7 @@ impl Feed {
                 offset,
             };
             match self
-                .state
-                .read_history(&channel, Some(&since), 0, &policy)
+                .read_stream(&channel, &since, 0, &policy, deadline)
                 .await
             {
                 Ok(read) if read.position.epoch == *epoch => {
@@ -426,8 +514,22 @@ impl Hub {
         true
     }
 
+    /// Whether mailbox `id` gets `channel`'s presence events.
+    pub(crate) fn listen_presence(&self, id: u64, channel: &str, on: bool) {
+        let mut listeners = self.inner.presence_listeners();
+        if on {
+            listeners.entry(channel.to_owned()).or_default().insert(id);
+        } else if let Some(ids) = listeners.get_mut(channel) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                listeners.remove(channel);
+            }
+        }
+    }
+
     /// Removes mailbox `id` from `channel`.
     pub(crate) fn unsubscribe(&self, id: u64, channel: &str) {
+        self.listen_presence(id, channel, false);
         let mut channels = self.inner.channels();
         if let Some(subs) = channels.get_mut(channel) {
             subs.remove(&id);

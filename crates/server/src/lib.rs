@@ -39,6 +39,7 @@ mod http;
 mod hub;
 pub mod keys;
 mod metrics;
+mod presence;
 pub mod routes;
 pub mod store;
 mod upstream;
@@ -62,6 +63,8 @@ pub(crate) struct Shared {
     pub(crate) open_connections: Arc<std::sync::atomic::AtomicUsize>,
     pub(crate) metrics: metrics::Metrics,
     pub(crate) hub: hub::Hub,
+    /// This node's presence members and their heartbeat.
+    pub(crate) presence: Arc<presence::NodePresence>,
     pub(crate) upstreams: upstream::Upstreams,
 }
 

@@ -185,6 +185,11 @@ pub(crate) struct Metrics {
     pub(crate) history_gaps_filled: std::sync::Arc<Counter>,
     /// RESYNCs sent to clients.
     pub(crate) history_resyncs: Counter,
+    /// PRESENCE_EVENTs sent to clients (protocol.md §6.6).
+    pub(crate) presence_events_sent: Counter,
+    /// Users present through this node (one per channel and user), as
+    /// read at the last scrape.
+    pub(crate) presence_users: Gauge,
     /// Session and exchange records that did not open (forged, copied
     /// under another id, altered, or sealed under another `server_secret`)
     /// and were treated as absent. Shared with the node's
@@ -454,6 +459,24 @@ impl Metrics {
             o,
             "wsgate_history_resyncs_total {}",
             self.history_resyncs.get()
+        );
+        family(
+            &mut o,
+            "wsgate_presence_users",
+            "gauge",
+            "Users present on a channel through a connection of this node (per channel and user).",
+        );
+        let _ = writeln!(o, "wsgate_presence_users {}", self.presence_users.get());
+        family(
+            &mut o,
+            "wsgate_presence_events_total",
+            "counter",
+            "PRESENCE_EVENTs (join, leave) sent to clients.",
+        );
+        let _ = writeln!(
+            o,
+            "wsgate_presence_events_total {}",
+            self.presence_events_sent.get()
         );
         o
     }

@@ -234,3 +234,39 @@ pub(crate) async fn introspect(
         Err(e) => unavailable(&e),
     }
 }
+
+/// `POST /api/presence` `{"channel"}` (protocol.md §6.6): who is present,
+/// as PRESENCE answers it.
+pub(crate) async fn presence(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    if let Err(resp) = authorized(&shared, &headers) {
+        return *resp;
+    }
+    #[derive(serde::Deserialize)]
+    struct Request {
+        channel: String,
+    }
+    let Ok(request) = serde_json::from_slice::<Request>(&body) else {
+        return bad_request("body must be JSON like {\"channel\": \"room.1\"}");
+    };
+    let Some(rule) = shared.config.channels.lookup(&request.channel) else {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"status": "not_found", "message": format!("no channel pattern matches {:?}", request.channel)}),
+        );
+    };
+    if !rule.rule.presence {
+        return json_response(
+            StatusCode::NOT_FOUND,
+            &json!({"status": "no_presence", "message": format!("channel {:?} has no presence (set presence = true on its pattern)", request.channel)}),
+        );
+    }
+    let limit = shared.config.limits.max_presence_list;
+    match shared.state.presence_list(&request.channel, limit).await {
+        Ok(list) => json_response(StatusCode::OK, &crate::ws::presence_reply(&list)),
+        Err(e) => unavailable(&e),
+    }
+}

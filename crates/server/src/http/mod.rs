@@ -29,6 +29,10 @@ pub(crate) async fn metrics(
     axum::extract::State(shared): axum::extract::State<std::sync::Arc<crate::Shared>>,
 ) -> Response {
     auth::refresh_gauges(&shared).await;
+    shared
+        .metrics
+        .presence_users
+        .set(shared.presence.present_users() as u64);
     let mut resp = shared.metrics.render().into_response();
     resp.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -65,6 +65,7 @@ impl Gateway {
                 sessions,
                 open_connections: Arc::new(AtomicUsize::new(0)),
                 hub: crate::hub::Hub::default(),
+                presence: Arc::default(),
                 metrics,
                 upstreams: crate::upstream::Upstreams::new(&config_upstream),
             }),
@@ -90,6 +91,12 @@ impl Gateway {
             &self.shared.config.channels,
             &self.shared.metrics.history_gaps_filled,
         );
+        if self.shared.config.channels.has_presence() {
+            self.shared.presence.start(
+                Arc::clone(self.shared.state.backend()),
+                self.shared.config.limits.presence_ttl,
+            );
+        }
         let mut router = Router::new()
             .route("/auth/key", get(http::auth::get_key))
             .route("/auth/session", put(http::auth::put_session))
@@ -113,6 +120,7 @@ impl Gateway {
         let api = Router::new()
             .route("/api/publish", post(http::api::publish))
             .route("/api/history", post(http::api::history))
+            .route("/api/presence", post(http::api::presence))
             .route("/auth/introspect", post(http::api::introspect))
             .route_layer(axum::extract::DefaultBodyLimit::disable())
             .route_layer(axum::middleware::from_fn_with_state(

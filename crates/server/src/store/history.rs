@@ -80,10 +80,13 @@ impl HistoryRead {
 
 /// Shared by the stores: which kept events a read returns, and whether
 /// `since` continues the stream. `kept` is oldest first, offsets
-/// consecutive, the last one `position.offset` (if any are kept).
-pub(crate) fn select(
+/// consecutive, the last one `position.offset` (if any are kept). Only the
+/// events returned are cloned, and the ones before `since` are skipped by
+/// position, not looked at: a replay of M events from a stream keeping N
+/// costs O(M), not O(N), under the store's lock.
+pub(crate) fn select<'a>(
     position: &Position,
-    kept: impl DoubleEndedIterator<Item = HistoryEvent> + ExactSizeIterator,
+    kept: impl DoubleEndedIterator<Item = &'a HistoryEvent> + ExactSizeIterator,
     oldest_kept: Option<u64>,
     since: Option<&Position>,
     limit: usize,
@@ -99,12 +102,20 @@ pub(crate) fn select(
     match (since, continues) {
         (Some(s), true) => {
             let after = s.offset;
-            let events = kept.filter(|e| e.offset > after).take(limit).collect();
+            // Offsets are consecutive from the oldest kept one, so the first
+            // event after `s` is `after + 1 - oldest` places in.
+            let skip = oldest_kept.map_or(0, |o| after.saturating_add(1).saturating_sub(o));
+            let events = kept
+                .skip(usize::try_from(skip).unwrap_or(usize::MAX))
+                .filter(|e| e.offset > after)
+                .take(limit)
+                .cloned()
+                .collect();
             (events, true)
         }
         _ => {
             let len = kept.len();
-            let events = kept.skip(len.saturating_sub(limit)).collect();
+            let events = kept.skip(len.saturating_sub(limit)).cloned().collect();
             (events, false)
         }
     }

@@ -13,8 +13,8 @@ use zeroize::Zeroizing;
 use super::history::select;
 use super::{
     CredentialStore, ExchangeAdmission, ExchangeQuota, FailureLimit, HistoryEvent, HistoryPolicy,
-    HistoryRead, Position, SealedSession, StateStore, StoreError, StoreEvent, StreamAt, UserRecord,
-    unix_now,
+    HistoryRead, Position, PresenceChange, PresenceList, PresenceMember, SealedSession, StateStore,
+    StoreError, StoreEvent, StreamAt, UserRecord, unix_now,
 };
 
 /// How many revocations a slow watcher may fall behind before it sees
@@ -153,6 +153,42 @@ struct State {
     sessions: ExpiringMap<SealedSession>,
     failures: ExpiringMap<FailureWindow>,
     streams: Streams,
+    presence: HashMap<String, ChannelPresence>,
+}
+
+/// One channel's presence: live members and each user's member count.
+#[derive(Default)]
+struct ChannelPresence {
+    /// member → (user, expiry).
+    members: HashMap<String, (String, Instant)>,
+    counts: HashMap<String, u32>,
+}
+
+impl ChannelPresence {
+    /// Adds or refreshes `member`; true if its user was not present.
+    fn add(&mut self, user: &str, member: &str, expires: Instant) -> bool {
+        if let Some(m) = self.members.get_mut(member) {
+            m.1 = expires;
+            return false;
+        }
+        self.members
+            .insert(member.to_owned(), (user.to_owned(), expires));
+        let count = self.counts.entry(user.to_owned()).or_insert(0);
+        *count += 1;
+        *count == 1
+    }
+
+    /// Removes `member`; its user if that was their last member.
+    fn remove(&mut self, member: &str) -> Option<String> {
+        let (user, _) = self.members.remove(member)?;
+        let count = self.counts.get_mut(&user)?;
+        *count -= 1;
+        if *count == 0 {
+            self.counts.remove(&user);
+            return Some(user);
+        }
+        None
+    }
 }
 
 /// One channel's stream: an epoch chosen when it is created (so a restarted
@@ -240,6 +276,17 @@ pub struct MemoryStateStore {
 }
 
 impl MemoryStateStore {
+    /// Fans a presence change out to the watchers (called under the lock,
+    /// so changes reach them in the order they happened).
+    fn announce(&self, channel: &str, change: PresenceChange) {
+        let _ = self.events.send(StoreEvent {
+            channel: channel.to_owned(),
+            payload: bytes::Bytes::new(),
+            at: None,
+            presence: Some(change),
+        });
+    }
+
     /// An empty store.
     pub fn new() -> Self {
         let (revocations, _) = broadcast::channel(REVOCATION_CHANNEL_CAPACITY);
@@ -253,6 +300,7 @@ impl MemoryStateStore {
                     by_channel: HashMap::new(),
                     next_sweep_len: MIN_SWEEP_LEN,
                 },
+                presence: HashMap::new(),
             }),
             revocations,
             events,
@@ -493,6 +541,7 @@ impl StateStore for MemoryStateStore {
                 channel: channel.to_owned(),
                 payload: bytes::Bytes::copy_from_slice(payload),
                 at: None,
+                presence: None,
             });
         }
         Ok(())
@@ -533,8 +582,114 @@ impl StateStore for MemoryStateStore {
                 epoch: stream.epoch.clone(),
                 offset: stream.offset,
             }),
+            presence: None,
         });
         Ok(position)
+    }
+
+    async fn presence_add(
+        &self,
+        member: &PresenceMember,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let expires = Instant::now() + ttl;
+        let mut state = lock(&self.state);
+        let joined = state
+            .presence
+            .entry(member.channel.clone())
+            .or_default()
+            .add(&member.user, &member.member, expires);
+        if joined {
+            self.announce(&member.channel, PresenceChange::Join(member.user.clone()));
+        }
+        Ok(joined)
+    }
+
+    async fn presence_remove(&self, member: &PresenceMember) -> Result<bool, StoreError> {
+        let mut state = lock(&self.state);
+        let Some(channel) = state.presence.get_mut(&member.channel) else {
+            return Ok(false);
+        };
+        let left = channel.remove(&member.member);
+        if channel.members.is_empty() {
+            state.presence.remove(&member.channel);
+        }
+        match left {
+            Some(user) => {
+                self.announce(&member.channel, PresenceChange::Leave(user));
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
+    async fn presence_refresh(
+        &self,
+        members: &[PresenceMember],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let expires = Instant::now() + ttl;
+        let mut state = lock(&self.state);
+        for m in members {
+            let joined = state
+                .presence
+                .entry(m.channel.clone())
+                .or_default()
+                .add(&m.user, &m.member, expires);
+            if joined {
+                self.announce(&m.channel, PresenceChange::Join(m.user.clone()));
+            }
+        }
+        Ok(())
+    }
+
+    async fn presence_sweep(&self) -> Result<(), StoreError> {
+        let now = Instant::now();
+        let mut state = lock(&self.state);
+        let mut emptied = Vec::new();
+        for (name, channel) in &mut state.presence {
+            let expired: Vec<String> = channel
+                .members
+                .iter()
+                .filter(|(_, (_, expires))| *expires <= now)
+                .map(|(member, _)| member.clone())
+                .collect();
+            for member in expired {
+                if let Some(user) = channel.remove(&member) {
+                    self.announce(name, PresenceChange::Leave(user));
+                }
+            }
+            if channel.members.is_empty() {
+                emptied.push(name.clone());
+            }
+        }
+        for name in emptied {
+            state.presence.remove(&name);
+        }
+        Ok(())
+    }
+
+    async fn presence_list(&self, channel: &str, limit: usize) -> Result<PresenceList, StoreError> {
+        let now = Instant::now();
+        let state = lock(&self.state);
+        let Some(presence) = state.presence.get(channel) else {
+            return Ok(PresenceList::default());
+        };
+        let mut counts: BTreeMap<&str, u32> = BTreeMap::new();
+        for (user, expires) in presence.members.values() {
+            if *expires > now {
+                *counts.entry(user).or_insert(0) += 1;
+            }
+        }
+        let truncated = counts.len() > limit;
+        Ok(PresenceList {
+            users: counts
+                .into_iter()
+                .take(limit)
+                .map(|(u, n)| (u.to_owned(), n))
+                .collect(),
+            truncated,
+        })
     }
 
     async fn read_history(
@@ -549,13 +704,7 @@ impl StateStore for MemoryStateStore {
         let stream = state.streams.get(channel, now, policy.ttl);
         let position = stream.position();
         let oldest = stream.events.front().map(|e| e.offset);
-        let (events, continues) = select(
-            &position,
-            stream.events.iter().cloned(),
-            oldest,
-            since,
-            limit,
-        );
+        let (events, continues) = select(&position, stream.events.iter(), oldest, since, limit);
         Ok(HistoryRead {
             position,
             events,

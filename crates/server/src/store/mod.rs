@@ -29,6 +29,7 @@ mod history;
 mod memory;
 mod persist;
 mod postgres;
+mod presence;
 mod redact;
 mod redis;
 mod seal;
@@ -48,6 +49,7 @@ use zeroize::Zeroizing;
 
 pub use self::history::{HistoryEvent, HistoryPolicy, HistoryRead, Position, StreamAt};
 pub use self::postgres::PostgresCredentialStore;
+pub use self::presence::{DEFAULT_PRESENCE_TTL, PresenceChange, PresenceList, PresenceMember};
 pub use self::redact::redact_url;
 pub(crate) use self::redact::store_location;
 pub use self::redis::RedisStateStore;
@@ -450,6 +452,56 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
             "this state store keeps no channel history".into(),
         ))
     }
+    /// Adds `member` to its channel's presence, alive for `ttl` (until its
+    /// node refreshes it). If it is the user's first live member, the user
+    /// joins: a [`PresenceChange::Join`] is fanned out to every node (in
+    /// the same atomic step) and the result is `true`.
+    async fn presence_add(
+        &self,
+        member: &PresenceMember,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let _ = (member, ttl);
+        Err(StoreError::Unavailable(
+            "this state store keeps no presence".into(),
+        ))
+    }
+    /// Removes `member`; if it was the user's last live member, the user
+    /// leaves: a [`PresenceChange::Leave`] is fanned out and the result is
+    /// `true`. Removing an unknown member does nothing.
+    async fn presence_remove(&self, member: &PresenceMember) -> Result<bool, StoreError> {
+        let _ = member;
+        Err(StoreError::Unavailable(
+            "this state store keeps no presence".into(),
+        ))
+    }
+    /// Keeps `members` (this node's) alive for another `ttl`; one that
+    /// expired meanwhile is added again (and its user may join again).
+    async fn presence_refresh(
+        &self,
+        members: &[PresenceMember],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let _ = (members, ttl);
+        Err(StoreError::Unavailable(
+            "this state store keeps no presence".into(),
+        ))
+    }
+    /// Removes every expired member, on every channel, fanning out the
+    /// leaves it causes; each is removed (and each leave announced) by
+    /// exactly one sweep, whichever node runs it first.
+    async fn presence_sweep(&self) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable(
+            "this state store keeps no presence".into(),
+        ))
+    }
+    /// The users present on `channel` now, sorted, at most `limit`.
+    async fn presence_list(&self, channel: &str, limit: usize) -> Result<PresenceList, StoreError> {
+        let _ = (channel, limit);
+        Err(StoreError::Unavailable(
+            "this state store keeps no presence".into(),
+        ))
+    }
     /// Whether the backend is reachable right now, as far as this node
     /// knows (Redis: false while the connection is down). A node reports it
     /// and may refuse work early while it is false; calls made meanwhile fail
@@ -472,6 +524,9 @@ pub struct StoreEvent {
     /// Its stream position, for a channel with history
     /// ([`StateStore::publish_at`]); `None` otherwise.
     pub at: Option<StreamAt>,
+    /// A presence change instead of a published event (protocol.md §6.6;
+    /// `payload` is then empty).
+    pub presence: Option<PresenceChange>,
 }
 
 impl fmt::Debug for StoreEvent {
@@ -480,6 +535,7 @@ impl fmt::Debug for StoreEvent {
             .field("channel", &self.channel)
             .field("payload_len", &self.payload.len())
             .field("at", &self.at)
+            .field("presence", &self.presence)
             .finish()
     }
 }

@@ -306,6 +306,33 @@ impl<S: StateStore> StateStore for PersistentSessions<S> {
     ) -> Result<super::HistoryRead, StoreError> {
         self.inner.read_history(channel, since, limit, policy).await
     }
+    async fn presence_add(
+        &self,
+        member: &super::PresenceMember,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        self.inner.presence_add(member, ttl).await
+    }
+    async fn presence_remove(&self, member: &super::PresenceMember) -> Result<bool, StoreError> {
+        self.inner.presence_remove(member).await
+    }
+    async fn presence_refresh(
+        &self,
+        members: &[super::PresenceMember],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        self.inner.presence_refresh(members, ttl).await
+    }
+    async fn presence_sweep(&self) -> Result<(), StoreError> {
+        self.inner.presence_sweep().await
+    }
+    async fn presence_list(
+        &self,
+        channel: &str,
+        limit: usize,
+    ) -> Result<super::PresenceList, StoreError> {
+        self.inner.presence_list(channel, limit).await
+    }
     fn is_healthy(&self) -> bool {
         self.inner.is_healthy()
     }

@@ -86,8 +86,8 @@ use zeroize::Zeroizing;
 use super::memory::{EVENT_CHANNEL_CAPACITY, REVOCATION_CHANNEL_CAPACITY};
 use super::{
     ExchangeAdmission, ExchangeQuota, FailureLimit, HistoryEvent, HistoryPolicy, HistoryRead,
-    Position, SealedSession, StateStore, StoreError, StoreEvent, StreamAt, store_location,
-    unix_now,
+    Position, PresenceChange, PresenceList, PresenceMember, SealedSession, StateStore, StoreError,
+    StoreEvent, StreamAt, store_location, unix_now,
 };
 
 /// The deadline of every command, including waiting for a reconnection.
@@ -247,6 +247,92 @@ end
 return out
 ";
 
+/// Adds or refreshes a presence member (protocol.md §6.6). `KEYS`: the
+/// channel's members (sorted set, scored by expiry ms), member → user
+/// (hash), user → live members (hash), the index of presence channels.
+/// `ARGV`: member, user, TTL (ms), the pub/sub channel, the frame's head
+/// (origin, channel length, channel), the channel. A new member whose user
+/// had none joins: announced in the same step. Returns 1 on a join.
+const PRESENCE_ADD_LUA: &str = r"
+local expires = now_ms() + tonumber(ARGV[3])
+local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], expires, ARGV[1])
+redis.call('ZADD', KEYS[4], expires, ARGV[6])
+if known then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+if redis.call('HINCRBY', KEYS[3], ARGV[2], 1) == 1 then
+  redis.call('PUBLISH', ARGV[4], ARGV[5] .. '\1' .. ARGV[2])
+  return 1
+end
+return 0
+";
+
+/// Removes a presence member. `KEYS` as for [`PRESENCE_ADD_LUA`] (without
+/// the index). `ARGV`: member, the pub/sub channel, the frame's head.
+/// The user's last member leaves: announced in the same step. Returns 1
+/// on a leave.
+const PRESENCE_REMOVE_LUA: &str = r"
+local user = redis.call('HGET', KEYS[2], ARGV[1])
+if not user then return 0 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
+  redis.call('HDEL', KEYS[3], user)
+  redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\2' .. user)
+  return 1
+end
+return 0
+";
+
+/// Removes every expired presence member of every channel in the index
+/// (`KEYS[1]`), announcing the leaves. `ARGV`: the key prefix, the pub/sub
+/// channel, this store's origin. Runs alone, so each member is removed and
+/// each leave announced once, whichever node sweeps. (It names keys from
+/// the index: one Redis, not Redis Cluster safe.)
+const PRESENCE_SWEEP_LUA: &str = r"
+local now = now_ms()
+for _, ch in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  local members = ARGV[1] .. 'presence:' .. ch
+  local who = ARGV[1] .. 'presence-who:' .. ch
+  local counts = ARGV[1] .. 'presence-count:' .. ch
+  for _, m in ipairs(redis.call('ZRANGEBYSCORE', members, '-inf', now)) do
+    local user = redis.call('HGET', who, m)
+    redis.call('ZREM', members, m)
+    redis.call('HDEL', who, m)
+    if user and redis.call('HINCRBY', counts, user, -1) <= 0 then
+      redis.call('HDEL', counts, user)
+      redis.call('PUBLISH', ARGV[2], ARGV[3] .. struct.pack('>I2', #ch) .. ch .. '\2' .. user)
+    end
+  end
+  if redis.call('ZCARD', members) == 0 then
+    redis.call('ZREM', KEYS[1], ch)
+    redis.call('DEL', who, counts)
+  end
+end
+return 0
+";
+
+/// The users with live members on a channel. `KEYS`: members, member →
+/// user. `ARGV`: the most users to return. Returns `{total, user₁, n₁, …}`.
+const PRESENCE_LIST_LUA: &str = r"
+local counts = {}
+local users = {}
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now_ms(), '+inf')) do
+  local u = redis.call('HGET', KEYS[2], m)
+  if u then
+    if not counts[u] then table.insert(users, u); counts[u] = 0 end
+    counts[u] = counts[u] + 1
+  end
+end
+table.sort(users)
+local out = {#users}
+for i = 1, math.min(#users, tonumber(ARGV[1])) do
+  table.insert(out, users[i])
+  table.insert(out, counts[users[i]])
+end
+return out
+";
+
 /// Stores an exchange within its quotas. `KEYS`: the exchange, the index,
 /// the group's set. `ARGV`: state, TTL (ms), max per group, max total, sid,
 /// group, the prefix of group-set keys. Returns `{0}` (stored), `{1, ms}`
@@ -311,6 +397,10 @@ struct Scripts {
     live_exchanges: Script,
     publish_at: Script,
     read_history: Script,
+    presence_add: Script,
+    presence_remove: Script,
+    presence_sweep: Script,
+    presence_list: Script,
 }
 
 impl Scripts {
@@ -325,6 +415,10 @@ impl Scripts {
             live_exchanges: with_now(LIVE_EXCHANGES_LUA),
             publish_at: Script::new(PUBLISH_AT_LUA),
             read_history: Script::new(READ_HISTORY_LUA),
+            presence_add: with_now(PRESENCE_ADD_LUA),
+            presence_remove: Script::new(PRESENCE_REMOVE_LUA),
+            presence_sweep: with_now(PRESENCE_SWEEP_LUA),
+            presence_list: with_now(PRESENCE_LIST_LUA),
         }
     }
 }
@@ -337,6 +431,8 @@ struct Keys {
     events: String,
     /// Events of channels with history, published by [`PUBLISH_AT_LUA`].
     stream_events: String,
+    /// Presence joins and leaves.
+    presence_events: String,
 }
 
 impl Keys {
@@ -346,7 +442,21 @@ impl Keys {
             revocations: format!("{prefix}revocations"),
             events: format!("{prefix}events"),
             stream_events: format!("{prefix}stream-events"),
+            presence_events: format!("{prefix}presence-events"),
         }
+    }
+
+    /// A channel's presence keys: members, member → user, user → count.
+    fn presence(&self, channel: &str) -> [String; 3] {
+        [
+            format!("{}presence:{channel}", self.prefix),
+            format!("{}presence-who:{channel}", self.prefix),
+            format!("{}presence-count:{channel}", self.prefix),
+        ]
+    }
+
+    fn presence_index(&self) -> String {
+        format!("{}presence-channels", self.prefix)
     }
 
     fn stream(&self, channel: &str) -> String {
@@ -404,6 +514,7 @@ impl Fanout {
                 channel: String::new(),
                 payload: Bytes::new(),
                 at: None,
+                presence: None,
             });
         }
     }
@@ -420,6 +531,11 @@ impl Fanout {
         } else if channel == self.keys.events
             && let Some(event) = self.parse_event(payload)
         {
+            let _ = self.events.send(event);
+        } else if channel == self.keys.presence_events
+            && let Some(event) = parse_presence_event(payload)
+        {
+            // This store's own too, as for stream events.
             let _ = self.events.send(event);
         } else if channel == self.keys.stream_events
             && let Some(event) = parse_stream_event(payload)
@@ -475,6 +591,7 @@ impl Fanout {
             channel: channel.to_owned(),
             payload: Bytes::copy_from_slice(payload),
             at: None,
+            presence: None,
         })
     }
 }
@@ -516,6 +633,42 @@ fn parse_stream_event(frame: &[u8]) -> Option<StoreEvent> {
             epoch: epoch.into(),
             offset: u64::from_be_bytes(*offset),
         }),
+        presence: None,
+    })
+}
+
+/// A presence change as the presence scripts frame it: origin, channel
+/// length (u16 BE), channel, 1 (join) or 2 (leave), user.
+fn parse_presence_event(frame: &[u8]) -> Option<StoreEvent> {
+    let malformed = || {
+        tracing::warn!(len = frame.len(), "ignoring a malformed presence frame");
+        None
+    };
+    let Some((_origin, rest)) = frame.split_first_chunk::<ORIGIN_LEN>() else {
+        return malformed();
+    };
+    let Some((len, rest)) = rest.split_first_chunk::<2>() else {
+        return malformed();
+    };
+    let Some((channel, rest)) = rest.split_at_checked(usize::from(u16::from_be_bytes(*len))) else {
+        return malformed();
+    };
+    let Some((kind, user)) = rest.split_first() else {
+        return malformed();
+    };
+    let (Ok(channel), Ok(user)) = (std::str::from_utf8(channel), std::str::from_utf8(user)) else {
+        return malformed();
+    };
+    let change = match kind {
+        1 => PresenceChange::Join(user.to_owned()),
+        2 => PresenceChange::Leave(user.to_owned()),
+        _ => return malformed(),
+    };
+    (!channel.is_empty()).then(|| StoreEvent {
+        channel: channel.to_owned(),
+        payload: Bytes::new(),
+        at: None,
+        presence: Some(change),
     })
 }
 
@@ -843,6 +996,7 @@ async fn subscribe(client: &Client, keys: &Keys, location: &str) -> Result<PubSu
                 keys.revocations.as_str(),
                 keys.events.as_str(),
                 keys.stream_events.as_str(),
+                keys.presence_events.as_str(),
             ])
             .await?;
         Ok::<_, RedisError>(pubsub)
@@ -1227,6 +1381,7 @@ impl StateStore for RedisStateStore {
             channel: channel.to_owned(),
             payload: Bytes::copy_from_slice(payload),
             at: None,
+            presence: None,
         });
         Ok(())
     }
@@ -1272,6 +1427,119 @@ impl StateStore for RedisStateStore {
             )
             .await?;
         Ok(Position { epoch, offset })
+    }
+
+    async fn presence_add(
+        &self,
+        member: &PresenceMember,
+        ttl: Duration,
+    ) -> Result<bool, StoreError> {
+        let keys = &self.fanout.keys;
+        let Some(head) = event_frame(&self.fanout.origin, &member.channel, b"") else {
+            return Err(StoreError::Unavailable("channel name too long".into()));
+        };
+        let [members, who, counts] = keys.presence(&member.channel);
+        let index = keys.presence_index();
+        let ttl = millis(ttl).to_string();
+        let joined: u8 = self
+            .eval(
+                "the presence add script",
+                &self.scripts.presence_add,
+                &[&members, &who, &counts, &index],
+                &[
+                    member.member.as_bytes(),
+                    member.user.as_bytes(),
+                    ttl.as_bytes(),
+                    keys.presence_events.as_bytes(),
+                    &head,
+                    member.channel.as_bytes(),
+                ],
+            )
+            .await?;
+        Ok(joined == 1)
+    }
+
+    async fn presence_remove(&self, member: &PresenceMember) -> Result<bool, StoreError> {
+        let keys = &self.fanout.keys;
+        let Some(head) = event_frame(&self.fanout.origin, &member.channel, b"") else {
+            return Err(StoreError::Unavailable("channel name too long".into()));
+        };
+        let [members, who, counts] = keys.presence(&member.channel);
+        let left: u8 = self
+            .eval(
+                "the presence remove script",
+                &self.scripts.presence_remove,
+                &[&members, &who, &counts],
+                &[
+                    member.member.as_bytes(),
+                    keys.presence_events.as_bytes(),
+                    &head,
+                ],
+            )
+            .await?;
+        Ok(left == 1)
+    }
+
+    async fn presence_refresh(
+        &self,
+        members: &[PresenceMember],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        for member in members {
+            self.presence_add(member, ttl).await?;
+        }
+        Ok(())
+    }
+
+    async fn presence_sweep(&self) -> Result<(), StoreError> {
+        let keys = &self.fanout.keys;
+        let index = keys.presence_index();
+        let _: i64 = self
+            .eval(
+                "the presence sweep script",
+                &self.scripts.presence_sweep,
+                &[&index],
+                &[
+                    keys.prefix.as_bytes(),
+                    keys.presence_events.as_bytes(),
+                    &self.fanout.origin,
+                ],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn presence_list(&self, channel: &str, limit: usize) -> Result<PresenceList, StoreError> {
+        let [members, who, _] = self.fanout.keys.presence(channel);
+        let count = limit.to_string();
+        let reply: Vec<redis::Value> = self
+            .eval(
+                "the presence list script",
+                &self.scripts.presence_list,
+                &[&members, &who],
+                &[count.as_bytes()],
+            )
+            .await?;
+        let corrupt = || StoreError::Corrupt("the presence list script answered oddly".into());
+        let mut items = reply.into_iter();
+        let total: usize = items
+            .next()
+            .map(redis::from_redis_value)
+            .transpose()
+            .map_err(|_| corrupt())?
+            .ok_or_else(corrupt)?;
+        let mut users = Vec::new();
+        while let (Some(user), Some(n)) = (items.next(), items.next()) {
+            let user: String = redis::from_redis_value(user).map_err(|_| corrupt())?;
+            let n: u32 = redis::from_redis_value(n).map_err(|_| corrupt())?;
+            users.push((user, n));
+        }
+        // Lua sorts by its locale; the protocol sorts by bytes.
+        users.sort();
+        Ok(PresenceList {
+            truncated: total > users.len(),
+            users,
+        })
     }
 
     async fn read_history(

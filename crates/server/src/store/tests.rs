@@ -440,7 +440,10 @@ pub(crate) async fn failure_limits_hold_under_concurrency<S: StateStore>(store: 
                         limit: 50,
                     },
                 ];
-                store.record_failure_within(&limits, LONG_WINDOW).await.unwrap()
+                store
+                    .record_failure_within(&limits, LONG_WINDOW)
+                    .await
+                    .unwrap()
             })
         })
         .collect();
@@ -1017,6 +1020,201 @@ pub(crate) async fn a_healthy_store_says_so<S: StateStore>(store: S) {
     assert!(store.is_healthy(), "{store:?}");
 }
 
+// ──────────────────────────── presence (§6.6) ────────────────────────────────
+
+fn member(channel: &str, user: &str, member: &str) -> PresenceMember {
+    PresenceMember {
+        channel: channel.to_owned(),
+        user: user.to_owned(),
+        member: member.to_owned(),
+    }
+}
+
+/// The next presence change on `channel` from `watcher` (other events skipped).
+async fn next_presence(
+    watcher: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
+    channel: &str,
+) -> PresenceChange {
+    loop {
+        let event = next_event(watcher).await;
+        if event.channel == channel
+            && let Some(change) = event.presence
+        {
+            return change;
+        }
+    }
+}
+
+/// Nothing more on `watcher` within a short wait.
+async fn no_more_presence(watcher: &mut tokio::sync::broadcast::Receiver<StoreEvent>) {
+    let got = tokio::time::timeout(Duration::from_millis(300), watcher.recv()).await;
+    assert!(got.is_err(), "expected nothing, got {got:?}");
+}
+
+const PRESENCE_TTL: Duration = Duration::from_secs(30);
+
+pub(crate) async fn presence_joins_and_leaves_per_user_not_per_member<S: StateStore>(store: S) {
+    let mut watcher = store.watch_events();
+    let (a1, a2, b1) = (
+        member("room", "alice", "n1:1"),
+        member("room", "alice", "n2:7"),
+        member("room", "bob", "n1:2"),
+    );
+    assert!(
+        store.presence_add(&a1, PRESENCE_TTL).await.unwrap(),
+        "first member joins"
+    );
+    assert!(
+        !store.presence_add(&a2, PRESENCE_TTL).await.unwrap(),
+        "second does not"
+    );
+    assert!(
+        !store.presence_add(&a1, PRESENCE_TTL).await.unwrap(),
+        "re-adding refreshes"
+    );
+    assert!(store.presence_add(&b1, PRESENCE_TTL).await.unwrap());
+    let list = store.presence_list("room", 100).await.unwrap();
+    assert_eq!(list.users, [("alice".to_owned(), 2), ("bob".to_owned(), 1)]);
+    assert!(!list.truncated);
+    assert!(
+        !store.presence_remove(&a1).await.unwrap(),
+        "alice still has a2"
+    );
+    assert!(
+        store.presence_remove(&a2).await.unwrap(),
+        "her last member: leave"
+    );
+    assert!(
+        !store.presence_remove(&a2).await.unwrap(),
+        "unknown member: nothing"
+    );
+    assert_eq!(
+        store.presence_list("room", 100).await.unwrap().users,
+        [("bob".to_owned(), 1)]
+    );
+    assert_eq!(
+        next_presence(&mut watcher, "room").await,
+        PresenceChange::Join("alice".into())
+    );
+    assert_eq!(
+        next_presence(&mut watcher, "room").await,
+        PresenceChange::Join("bob".into())
+    );
+    assert_eq!(
+        next_presence(&mut watcher, "room").await,
+        PresenceChange::Leave("alice".into())
+    );
+    no_more_presence(&mut watcher).await;
+    // Channels are independent.
+    assert!(
+        store
+            .presence_add(&member("other", "bob", "n1:2"), PRESENCE_TTL)
+            .await
+            .unwrap()
+    );
+    assert!(
+        store
+            .presence_list("empty", 100)
+            .await
+            .unwrap()
+            .users
+            .is_empty()
+    );
+}
+
+pub(crate) async fn expired_members_leave_once_at_the_first_sweep<S: StateStore>(store: S) {
+    let mut watcher = store.watch_events();
+    let short = Duration::from_millis(300);
+    store
+        .presence_add(&member("room", "alice", "dead:1"), short)
+        .await
+        .unwrap();
+    store
+        .presence_add(&member("room", "bob", "live:1"), PRESENCE_TTL)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_presence(&mut watcher, "room").await,
+        PresenceChange::Join("alice".into())
+    );
+    assert_eq!(
+        next_presence(&mut watcher, "room").await,
+        PresenceChange::Join("bob".into())
+    );
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Expired members are not listed even before a sweep.
+    assert_eq!(
+        store.presence_list("room", 100).await.unwrap().users,
+        [("bob".to_owned(), 1)]
+    );
+    store.presence_sweep().await.unwrap();
+    store.presence_sweep().await.unwrap();
+    assert_eq!(
+        next_presence(&mut watcher, "room").await,
+        PresenceChange::Leave("alice".into())
+    );
+    no_more_presence(&mut watcher).await;
+    assert!(
+        !store
+            .presence_remove(&member("room", "alice", "dead:1"))
+            .await
+            .unwrap()
+    );
+}
+
+pub(crate) async fn refreshed_members_stay_present<S: StateStore>(store: S) {
+    let mut watcher = store.watch_events();
+    let ttl = Duration::from_millis(600);
+    let m = member("room", "alice", "n1:1");
+    store.presence_add(&m, ttl).await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        store
+            .presence_refresh(std::slice::from_ref(&m), ttl)
+            .await
+            .unwrap();
+        store.presence_sweep().await.unwrap();
+    }
+    assert_eq!(
+        store.presence_list("room", 100).await.unwrap().users,
+        [("alice".to_owned(), 1)]
+    );
+    assert_eq!(
+        next_presence(&mut watcher, "room").await,
+        PresenceChange::Join("alice".into())
+    );
+    no_more_presence(&mut watcher).await;
+    // A member swept while its node was slow comes back with a refresh.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    store.presence_sweep().await.unwrap();
+    assert_eq!(
+        next_presence(&mut watcher, "room").await,
+        PresenceChange::Leave("alice".into())
+    );
+    store
+        .presence_refresh(std::slice::from_ref(&m), ttl)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_presence(&mut watcher, "room").await,
+        PresenceChange::Join("alice".into())
+    );
+}
+
+pub(crate) async fn presence_lists_are_sorted_and_truncated<S: StateStore>(store: S) {
+    for (i, user) in ["eve", "bob", "dan", "alice", "carol"].iter().enumerate() {
+        store
+            .presence_add(&member("room", user, &format!("n:{i}")), PRESENCE_TTL)
+            .await
+            .unwrap();
+    }
+    let list = store.presence_list("room", 3).await.unwrap();
+    let names: Vec<&str> = list.users.iter().map(|(u, _)| u.as_str()).collect();
+    assert_eq!(names, ["alice", "bob", "carol"]);
+    assert!(list.truncated);
+    assert!(!store.presence_list("room", 5).await.unwrap().truncated);
+}
+
 // ──────────────────────── channel streams (§6.5) ────────────────────────────
 
 fn history(keep: usize) -> HistoryPolicy {
@@ -1260,6 +1458,10 @@ macro_rules! state_store_suite {
             streams_keep_at_most_their_bytes,
             a_stream_read_before_any_publish_keeps_its_epoch,
             an_idle_stream_is_forgotten_into_a_new_epoch,
+            presence_joins_and_leaves_per_user_not_per_member,
+            expired_members_leave_once_at_the_first_sweep,
+            refreshed_members_stay_present,
+            presence_lists_are_sorted_and_truncated,
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
         async fn concurrent_stream_publishers_never_share_an_offset() {
@@ -2620,6 +2822,7 @@ fn event_debug_shows_the_payload_length_not_its_bytes() {
         channel: "user.alice.inbox".to_owned(),
         payload: bytes::Bytes::from_static(&SESSION_KEY),
         at: None,
+        presence: None,
     };
     let text = format!("{event:?} {event:#?}");
     assert!(

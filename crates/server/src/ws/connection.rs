@@ -344,6 +344,8 @@ struct Established {
     /// For each subscribed history channel: the last position this client
     /// was given (protocol.md §6.5), so it gets every later event once.
     streams: std::collections::HashMap<String, (Arc<str>, u64)>,
+    /// Presence channels this connection is a member of (protocol.md §6.6).
+    presence: std::collections::HashSet<String>,
     /// The last event's channel and the flags its rule gives (ENC or not).
     event_flags: Option<(String, u8)>,
 }
@@ -401,6 +403,25 @@ impl Drop for Conn {
             self.shared
                 .hub
                 .remove(mailbox.id, est.subscriptions.drain());
+            // This connection's presence ends with it: its users leave
+            // (once their last member anywhere is gone).
+            let members: Vec<_> = est
+                .presence
+                .drain()
+                .map(|channel| self.shared.presence.member(&channel, &est.user, mailbox.id))
+                .collect();
+            if !members.is_empty() {
+                let shared = self.shared.clone();
+                tokio::spawn(async move {
+                    for member in members {
+                        shared.presence.untrack(&member);
+                        if let Err(e) = shared.state.presence_remove(&member).await {
+                            // Its node stops refreshing it: it expires.
+                            tracing::debug!(error = %e, "presence member left to expire");
+                        }
+                    }
+                });
+            }
         }
     }
 }
@@ -956,6 +977,7 @@ impl Conn {
             mailbox: None,
             subscriptions: std::collections::HashSet::new(),
             streams: std::collections::HashMap::new(),
+            presence: std::collections::HashSet::new(),
             event_flags: None,
         }));
         let ack = KeyAck {
@@ -1036,7 +1058,8 @@ impl Conn {
             MessageType::Request => self.on_request(id, enc, name, body),
             MessageType::Logout => self.on_logout(id, enc).await,
             MessageType::Subscribe => self.on_subscribe(id, enc, name, body).await,
-            MessageType::Unsubscribe => self.on_unsubscribe(id, enc, name),
+            MessageType::Unsubscribe => self.on_unsubscribe(id, enc, name).await,
+            MessageType::Presence => self.on_presence(id, enc, name).await,
             MessageType::Publish => self.on_publish(id, enc, name, body).await,
             _ => Err(violation("unexpected message type")),
         }
@@ -1189,6 +1212,17 @@ impl Conn {
             }
             HubMessage::Resync(channel, position) => self.on_stream_resync(&channel, &position),
             HubMessage::Event(event) => {
+                if let Some(change) = &event.presence {
+                    let flags = self.event_flags(&event.channel);
+                    self.shared.metrics.presence_events_sent.inc();
+                    return self.send_protected(
+                        MessageType::PresenceEvent as u8,
+                        flags,
+                        0,
+                        &event.channel,
+                        &change.body(),
+                    );
+                }
                 if let Some(at) = &event.at {
                     return self.on_stream_event(&event, at);
                 }
@@ -1345,12 +1379,12 @@ impl Conn {
                 "the event feed is reconnecting; retry shortly",
             );
         }
-        let history = self
+        let (history, presence) = self
             .shared
             .config
             .channels
             .lookup(name)
-            .and_then(|m| m.rule.history);
+            .map_or((None, false), |m| (m.rule.history, m.rule.presence));
         let max = self.shared.config.limits.max_subscriptions;
         let hub = self.shared.hub.clone();
         let Some(est) = self.established_mut() else {
@@ -1373,6 +1407,32 @@ impl Conn {
             ));
         }
         est.subscriptions.insert(name.to_owned());
+        let user = est.user.clone();
+        let already_member = est.presence.contains(name);
+        if presence {
+            hub.listen_presence(mailbox_id, name, request.presence_events);
+            if !already_member {
+                let member = self.shared.presence.member(name, &user, mailbox_id);
+                let ttl = self.shared.config.limits.presence_ttl;
+                if let Err(e) = self.shared.state.presence_add(&member, ttl).await {
+                    tracing::warn!(error = %e, "state store unavailable at SUBSCRIBE (presence)");
+                    if let Some(est) = self.established_mut() {
+                        est.subscriptions.remove(name);
+                    }
+                    hub.unsubscribe(mailbox_id, name);
+                    return self.respond_error(
+                        id,
+                        enc,
+                        "unavailable",
+                        "could not record presence; retry",
+                    );
+                }
+                self.shared.presence.track(member);
+                if let Some(est) = self.established_mut() {
+                    est.presence.insert(name.to_owned());
+                }
+            }
+        }
         // The node's event feed runs from start-up, so every publish from
         // now on reaches this mailbox: the subscription is live.
         let Some(policy) = history else {
@@ -1436,16 +1496,60 @@ impl Conn {
         Ok(())
     }
 
-    fn on_unsubscribe(&mut self, id: u32, enc: bool, name: &str) -> Step {
+    async fn on_unsubscribe(&mut self, id: u32, enc: bool, name: &str) -> Step {
         let hub = self.shared.hub.clone();
+        let mut left = None;
         if let Some(est) = self.established_mut()
             && est.subscriptions.remove(name)
             && let Some(mailbox) = &est.mailbox
         {
             est.streams.remove(name);
             hub.unsubscribe(mailbox.id, name);
+            if est.presence.remove(name) {
+                left = Some((est.user.clone(), mailbox.id));
+            }
+        }
+        if let Some((user, connection)) = left {
+            let member = self.shared.presence.member(name, &user, connection);
+            self.shared.presence.untrack(&member);
+            if let Err(e) = self.shared.state.presence_remove(&member).await {
+                tracing::warn!(error = %e, "presence member left to expire");
+            }
         }
         self.respond(id, enc, b"")
+    }
+
+    /// PRESENCE (protocol.md §6.6): whoever may subscribe may ask; a
+    /// channel without presence is `not_found`.
+    async fn on_presence(&mut self, id: u32, enc: bool, name: &str) -> Step {
+        if let Err((code, message)) = self.check_channel(enc, name, true) {
+            return self.respond_error(id, enc, code, &message);
+        }
+        let has_presence = self
+            .shared
+            .config
+            .channels
+            .lookup(name)
+            .is_some_and(|m| m.rule.presence);
+        if !has_presence {
+            return self.respond_error(
+                id,
+                enc,
+                "not_found",
+                &format!("channel {name:?} has no presence (set presence = true on its pattern)"),
+            );
+        }
+        let limit = self.shared.config.limits.max_presence_list;
+        match self.shared.state.presence_list(name, limit).await {
+            Ok(list) => {
+                let body = presence_reply(&list).to_string();
+                self.respond(id, enc, body.as_bytes())
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "state store unavailable at PRESENCE");
+                self.respond_error(id, enc, "unavailable", "could not read presence; retry")
+            }
+        }
     }
 
     async fn on_publish(&mut self, id: u32, enc: bool, name: &str, body: &[u8]) -> Step {
@@ -1535,4 +1639,19 @@ async fn recv_hub(mailbox: Option<&mut Mailbox>) -> HubMessage {
 fn expiry_instant(expires_at: u64) -> Instant {
     let left = expires_at.saturating_sub(crate::store::unix_now());
     Instant::now() + Duration::from_secs(left)
+}
+
+/// The PRESENCE reply (and `/api/presence`'s): `{"users":[{"user",
+/// "connections"}…]}`, with `"truncated": true` when cut.
+pub(crate) fn presence_reply(list: &crate::store::PresenceList) -> serde_json::Value {
+    let users: Vec<serde_json::Value> = list
+        .users
+        .iter()
+        .map(|(user, n)| json!({"user": user, "connections": n}))
+        .collect();
+    if list.truncated {
+        json!({"users": users, "truncated": true})
+    } else {
+        json!({"users": users})
+    }
 }

@@ -1,6 +1,7 @@
 //! The WebSocket endpoint `GET /ws` (protocol.md §5).
 
 mod connection;
+pub(crate) use connection::presence_reply;
 mod frames;
 pub(crate) mod raw_echo;
 pub(crate) mod raw_echo_frames;

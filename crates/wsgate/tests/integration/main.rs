@@ -20,6 +20,7 @@ mod login;
 mod logs;
 mod metrics;
 mod nginx;
+mod presence;
 mod roles;
 mod state_seal;
 mod unauthenticated;
