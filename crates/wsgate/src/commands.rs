@@ -68,6 +68,10 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         config.data_dir = dir;
     }
     config.demo = args.demo;
+    if config.demo && config.channels.lookup(crate::demo::DEMO_ROOM).is_none() {
+        // The demo page's "who is online" panel (protocol.md §6.6).
+        config.channels.push(crate::demo::demo_channel()?);
+    }
 
     let data = DataDir::new(&config.data_dir);
     let (keys, secret) = data

@@ -16,6 +16,23 @@ use wsgate_server::store::{CredentialStore, StoreError, UserRecord};
 /// The demo user's name and password (public by design; see README).
 pub(crate) const DEMO_USER: &str = "demo";
 pub(crate) const DEMO_PASSWORD: &str = "wsgate-demo";
+/// The presence channel the demo page shows who is online on.
+pub(crate) const DEMO_ROOM: &str = "demo.room";
+
+/// `demo.*` with presence, for `--demo` when the configuration has no
+/// pattern for [`DEMO_ROOM`].
+pub(crate) fn demo_channel() -> Result<wsgate_server::channels::ChannelRule> {
+    use wsgate_server::channels::{ChannelRule, PublishPolicy, SubscribePolicy};
+    ChannelRule::new(
+        "demo.*",
+        false,
+        SubscribePolicy::Authenticated,
+        PublishPolicy::Authenticated,
+    )
+    .map(|rule| rule.with_presence(true))
+    .map_err(|e| anyhow::anyhow!("the demo channel: {e}"))
+}
+
 /// The demo password is public, so its iteration count only costs time.
 const DEMO_ITERATIONS: u32 = scram::MIN_ITERATIONS;
 

@@ -10,6 +10,7 @@ mod channels;
 mod cli;
 mod client;
 mod continuity;
+mod continuity_fleet;
 mod embedding;
 mod exposure;
 mod fleet;
