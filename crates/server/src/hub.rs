@@ -43,6 +43,11 @@ const READ_RETRY_FOR: Duration = Duration::from_secs(5);
 pub(crate) enum HubMessage {
     /// An event on a subscribed channel.
     Event(Arc<StoreEvent>),
+    /// Presence changes of this channel wait for the connection
+    /// ([`Hub::take_presence`]): changes are coalesced per user while they
+    /// wait, so a burst of joins costs one entry per user, not one queued
+    /// message per change.
+    PresencePending(Arc<str>),
     /// Events of a history channel up to this position may have been
     /// missed on this node, and history could not fill the gap
     /// (protocol.md §6.5): subscribers that had not seen up to it get
@@ -99,6 +104,56 @@ impl Mailbox {
     }
 }
 
+/// One subscriber's presence changes of one channel, waiting to be sent:
+/// per user only the net change (a join and a leave of one user cancel
+/// out: the subscriber already had it right), in the order users first
+/// changed.
+#[derive(Debug, Default)]
+struct PendingPresence {
+    next: u64,
+    by_seq: std::collections::BTreeMap<u64, (String, bool)>,
+    by_user: HashMap<String, u64>,
+}
+
+impl PendingPresence {
+    fn is_empty(&self) -> bool {
+        self.by_seq.is_empty()
+    }
+
+    fn push(&mut self, change: &crate::store::PresenceChange) {
+        use crate::store::PresenceChange;
+        let (user, joined) = match change {
+            PresenceChange::Join(u) => (u, true),
+            PresenceChange::Leave(u) => (u, false),
+        };
+        if let Some(seq) = self.by_user.remove(user)
+            && let Some((_, pending)) = self.by_seq.remove(&seq)
+            && pending != joined
+        {
+            // Opposite changes: nothing to tell.
+            return;
+        }
+        let seq = self.next;
+        self.next += 1;
+        self.by_seq.insert(seq, (user.clone(), joined));
+        self.by_user.insert(user.clone(), seq);
+    }
+
+    fn take(self) -> Vec<crate::store::PresenceChange> {
+        use crate::store::PresenceChange;
+        self.by_seq
+            .into_values()
+            .map(|(user, joined)| {
+                if joined {
+                    PresenceChange::Join(user)
+                } else {
+                    PresenceChange::Leave(user)
+                }
+            })
+            .collect()
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Subscriber {
     tx: mpsc::UnboundedSender<HubMessage>,
@@ -132,6 +187,8 @@ struct Inner {
     streams: Mutex<HashMap<String, (Arc<str>, u64)>>,
     /// Mailboxes that asked for PRESENCE_EVENTs, per channel.
     presence_listeners: Mutex<HashMap<String, std::collections::HashSet<u64>>>,
+    /// Presence changes not yet taken, per (mailbox, channel).
+    pending_presence: Mutex<HashMap<(u64, String), PendingPresence>>,
     mailboxes: Mutex<HashMap<u64, Subscriber>>,
     next_id: AtomicU64,
     started: OnceLock<()>,
@@ -167,35 +224,45 @@ impl Inner {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    fn pending_presence(
+        &self,
+    ) -> std::sync::MutexGuard<'_, HashMap<(u64, String), PendingPresence>> {
+        self.pending_presence
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// A presence change goes to the subscribers that asked for presence
-    /// events, through their bounded queues like any event.
-    fn dispatch_presence(&self, event: StoreEvent) {
+    /// events. It is not queued as a message: it joins the subscriber's
+    /// pending changes of that channel (coalesced per user), and one
+    /// `PresencePending` notice is queued when there were none.
+    fn dispatch_presence(&self, event: &StoreEvent) {
+        let Some(change) = &event.presence else {
+            return;
+        };
         let listeners: Vec<u64> = match self.presence_listeners().get(&event.channel) {
             Some(ids) => ids.iter().copied().collect(),
             None => return,
         };
-        let limit = self.queue_limit.load(Ordering::Relaxed).max(1);
-        let bytes_limit = self.queue_bytes_limit.load(Ordering::Relaxed).max(1);
-        let bytes = event_bytes(&event) + 64;
-        let event = Arc::new(event);
-        let mut overflowed = Vec::new();
-        if let Some(subs) = self.channels().get(&event.channel) {
-            for id in listeners {
-                let Some(sub) = subs.get(&id) else { continue };
-                if !sub.admit(bytes, limit, bytes_limit) {
-                    overflowed.push(id);
-                    continue;
-                }
-                let _ = sub.tx.send(HubMessage::Event(event.clone()));
+        let channel: Arc<str> = event.channel.as_str().into();
+        let subs: Vec<(u64, Subscriber)> = match self.channels().get(&event.channel) {
+            Some(subs) => listeners
+                .into_iter()
+                .filter_map(|id| subs.get(&id).map(|s| (id, s.clone())))
+                .collect(),
+            None => return,
+        };
+        for (id, sub) in subs {
+            let was_empty = {
+                let mut pending = self.pending_presence();
+                let entry = pending.entry((id, event.channel.clone())).or_default();
+                let was_empty = entry.is_empty();
+                entry.push(change);
+                was_empty
+            };
+            if was_empty {
+                let _ = sub.tx.send(HubMessage::PresencePending(channel.clone()));
             }
-        }
-        for id in overflowed {
-            if let Some(sub) = self.mailboxes().remove(&id) {
-                let _ = sub.tx.send(HubMessage::Overflow);
-            }
-            self.channels().values_mut().for_each(|subs| {
-                subs.remove(&id);
-            });
         }
     }
 
@@ -250,7 +317,7 @@ impl Feed {
     /// stream no longer has it, announced with RESYNC).
     async fn on_event(&self, event: StoreEvent) {
         if event.presence.is_some() {
-            self.inner.dispatch_presence(event);
+            self.inner.dispatch_presence(&event);
             return;
         }
         let Some(at) = event.at.clone() else {
@@ -527,9 +594,26 @@ impl Hub {
         }
     }
 
+    /// The presence changes of `channel` waiting for mailbox `id`, oldest
+    /// first (after a `PresencePending` notice); empty if none.
+    pub(crate) fn take_presence(
+        &self,
+        id: u64,
+        channel: &str,
+    ) -> Vec<crate::store::PresenceChange> {
+        self.inner
+            .pending_presence()
+            .remove(&(id, channel.to_owned()))
+            .map(PendingPresence::take)
+            .unwrap_or_default()
+    }
+
     /// Removes mailbox `id` from `channel`.
     pub(crate) fn unsubscribe(&self, id: u64, channel: &str) {
         self.listen_presence(id, channel, false);
+        self.inner
+            .pending_presence()
+            .remove(&(id, channel.to_owned()));
         let mut channels = self.inner.channels();
         if let Some(subs) = channels.get_mut(channel) {
             subs.remove(&id);
@@ -584,6 +668,65 @@ mod tests {
             got.push(m);
         }
         got
+    }
+
+    #[tokio::test]
+    async fn a_burst_of_presence_changes_is_one_notice_and_coalesced_per_user() {
+        use crate::store::{PresenceChange, PresenceMember};
+        let state: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
+        let hub = Hub::default();
+        // A queue of 2 events: the burst below would overflow it if each
+        // change were queued.
+        hub.start(
+            &state,
+            &limits(2, 1 << 20),
+            &ChannelTable::default(),
+            &Arc::default(),
+        );
+        let mut watcher = hub.mailbox();
+        assert!(hub.subscribe(watcher.id, "room"));
+        hub.listen_presence(watcher.id, "room", true);
+        let member = |user: &str, n: u32| PresenceMember {
+            channel: "room".into(),
+            user: user.into(),
+            member: format!("n:{n}"),
+        };
+        let ttl = std::time::Duration::from_secs(30);
+        for i in 0..100 {
+            state
+                .presence_add(&member(&format!("u{i:03}"), i), ttl)
+                .await
+                .unwrap();
+        }
+        // bob joins and leaves before the watcher reads: nothing to tell.
+        state.presence_add(&member("bob", 900), ttl).await.unwrap();
+        state.presence_remove(&member("bob", 900)).await.unwrap();
+        state.presence_remove(&member("u007", 7)).await.unwrap();
+        let got = drain(&mut watcher).await;
+        assert!(
+            matches!(got.as_slice(), [HubMessage::PresencePending(c)] if &**c == "room"),
+            "one notice, no overflow: {got:?}"
+        );
+        let changes = hub.take_presence(watcher.id, "room");
+        let expected: Vec<PresenceChange> = (0..100)
+            .filter(|i| *i != 7)
+            .map(|i| PresenceChange::Join(format!("u{i:03}")))
+            .collect();
+        assert_eq!(
+            changes, expected,
+            "in order, u007's join and leave cancelled, bob's too"
+        );
+        assert!(hub.take_presence(watcher.id, "room").is_empty());
+        // The next change queues a new notice.
+        state.presence_remove(&member("u001", 1)).await.unwrap();
+        assert!(matches!(
+            drain(&mut watcher).await.as_slice(),
+            [HubMessage::PresencePending(_)]
+        ));
+        assert_eq!(
+            hub.take_presence(watcher.id, "room"),
+            [PresenceChange::Leave("u001".into())]
+        );
     }
 
     #[tokio::test]

@@ -1211,18 +1211,8 @@ impl Conn {
                 ))
             }
             HubMessage::Resync(channel, position) => self.on_stream_resync(&channel, &position),
+            HubMessage::PresencePending(channel) => self.on_presence_pending(&channel),
             HubMessage::Event(event) => {
-                if let Some(change) = &event.presence {
-                    let flags = self.event_flags(&event.channel);
-                    self.shared.metrics.presence_events_sent.inc();
-                    return self.send_protected(
-                        MessageType::PresenceEvent as u8,
-                        flags,
-                        0,
-                        &event.channel,
-                        &change.body(),
-                    );
-                }
                 if let Some(at) = &event.at {
                     return self.on_stream_event(&event, at);
                 }
@@ -1253,6 +1243,29 @@ impl Conn {
                 )
             }
         }
+    }
+
+    /// Sends the presence changes of `channel` waiting for this connection.
+    fn on_presence_pending(&mut self, channel: &str) -> Step {
+        let Phase::Established(est) = &self.phase else {
+            return Err(Ending::new(close::PROTOCOL_VIOLATION, "not established"));
+        };
+        let Some(mailbox) = &est.mailbox else {
+            return Ok(());
+        };
+        let changes = self.shared.hub.take_presence(mailbox.id, channel);
+        let flags = self.event_flags(channel);
+        for change in changes {
+            self.shared.metrics.presence_events_sent.inc();
+            self.send_protected(
+                MessageType::PresenceEvent as u8,
+                flags,
+                0,
+                channel,
+                &change.body(),
+            )?;
+        }
+        Ok(())
     }
 
     /// The ENC flag of `channel`'s events (sensitive or not).
