@@ -23,6 +23,16 @@ use crate::report::Machine;
 const BENCH_USER: &str = "bench";
 /// The channel pattern the bench configures (fanout).
 pub(crate) const CHANNEL_PATTERN: &str = "bench.*";
+/// A channel pattern with history (protocol.md §6.5): fanout's "history
+/// on" variant.
+pub(crate) const HISTORY_PATTERN: &str = "benchhist.*";
+/// Events `HISTORY_PATTERN` keeps per channel.
+pub(crate) const HISTORY_KEEP: usize = 1_000;
+/// A channel pattern with a long history: the `recovery` scenario.
+pub(crate) const RECOVERY_PATTERN: &str = "benchrec.*";
+/// Events `RECOVERY_PATTERN` keeps per channel, and the bench gateway's
+/// `[limits] max_replay`: the most events one recovering client may replay.
+pub(crate) const RECOVERY_KEEP: usize = 10_000;
 /// PBKDF2 iterations of the bench user (the protocol's minimum: logins/s
 /// measures the server, and the server never runs PBKDF2 at login).
 pub(crate) const BENCH_ITERATIONS: u32 = 4096;
@@ -46,6 +56,9 @@ pub(crate) struct Gw {
     pub(crate) api_key: Option<String>,
     /// Why fanout cannot run here, if it cannot.
     pub(crate) channels_unavailable: Option<String>,
+    /// Why the channels with history (`HISTORY_PATTERN`,
+    /// `RECOVERY_PATTERN`) are missing here, if they are.
+    pub(crate) history_unavailable: Option<String>,
     user: String,
     password: String,
     sessions: tokio::sync::Mutex<HashMap<Option<IpAddr>, Session>>,
@@ -180,6 +193,7 @@ impl Gw {
             cpu: self.cpu.map(|m| m.plus(proxy_pid)),
             api_key: self.api_key.clone(),
             channels_unavailable: self.channels_unavailable.clone(),
+            history_unavailable: self.history_unavailable.clone(),
             user: self.user.clone(),
             password: self.password.clone(),
             sessions: tokio::sync::Mutex::new(HashMap::new()),
@@ -200,6 +214,7 @@ impl Gw {
             cpu: Some(CpuMeter::new(child.id(), ticks)),
             api_key: None,
             channels_unavailable: Some("not a wsgate gateway".to_owned()),
+            history_unavailable: Some("not a wsgate gateway".to_owned()),
             user: String::new(),
             password: String::new(),
             sessions: tokio::sync::Mutex::new(HashMap::new()),
@@ -496,6 +511,9 @@ fn external(
             .api_key
             .is_none()
             .then(|| "fanout against --addr needs --api-key".to_owned()),
+        // Whether the gateway has `benchhist.*`/`benchrec.*` with history
+        // shows at the first SUBSCRIBE (its reply).
+        history_unavailable: None,
         user: user.to_owned(),
         password: password.to_owned(),
         sessions: tokio::sync::Mutex::new(HashMap::new()),
@@ -554,6 +572,8 @@ fn random_token() -> String {
 struct Features {
     channels: bool,
     start_limit: bool,
+    /// Channels with history and `[limits] max_replay` (protocol.md §6.5).
+    history: bool,
 }
 
 fn config_text(
@@ -566,6 +586,7 @@ fn config_text(
     let Features {
         channels,
         start_limit,
+        history,
     } = features;
     let mut text = format!(
         "listen = \"127.0.0.1:0\"\ndata_dir = \"{}\"\n",
@@ -577,10 +598,17 @@ fn config_text(
     // Idle connections must survive the whole measurement, and limits must
     // not be what a benchmark measures.
     text.push_str(
-        "\n[limits]\nmax_connections = 2000000\nmax_unauthenticated_per_ip = 1000000\nidle_timeout_secs = 86400\nping_interval_secs = 43200\n\
+        "\n[limits]\nmax_connections = 2000000\nmax_unauthenticated_per_ip = 1000000\nidle_timeout_secs = 86400\nping_interval_secs = 43200\nMAX_REPLAY\
          \n[login]\niterations = ITERATIONS\nmax_failures_per_user = 1000000\nmax_failures_per_ip = 1000000\n",
     );
-    let mut text = text.replace("ITERATIONS", &iterations.to_string());
+    let max_replay = if history {
+        format!("max_replay = {RECOVERY_KEEP}\n")
+    } else {
+        String::new()
+    };
+    let mut text = text
+        .replace("ITERATIONS", &iterations.to_string())
+        .replace("MAX_REPLAY", &max_replay);
     if start_limit {
         text.push_str("max_starts_per_ip = 10000000\n");
     }
@@ -589,6 +617,16 @@ fn config_text(
         text.push_str(&format!(
             "\n[[channels]]\npattern = \"{CHANNEL_PATTERN}\"\nsubscribe = \"authenticated\"\npublish = \"api\"\n"
         ));
+        if history {
+            for (pattern, keep) in [
+                (HISTORY_PATTERN, HISTORY_KEEP),
+                (RECOVERY_PATTERN, RECOVERY_KEEP),
+            ] {
+                text.push_str(&format!(
+                    "\n[[channels]]\npattern = \"{pattern}\"\nsubscribe = \"authenticated\"\npublish = \"api\"\nhistory = {keep}\n"
+                ));
+            }
+        }
     }
     if tls {
         text.push_str(&format!(
@@ -627,9 +665,11 @@ fn start(bin: &Path, transport: Transport, pin: bool, ticks: f64, iterations: u3
     }
     let config_path = dir.path().join("wsgate.toml");
     let mut channels_unavailable = None;
+    let mut history_unavailable = None;
     let mut features = Features {
         channels: true,
         start_limit: true,
+        history: true,
     };
     loop {
         std::fs::write(
@@ -640,19 +680,30 @@ fn start(bin: &Path, transport: Transport, pin: bool, ticks: f64, iterations: u3
             break;
         };
         // An older gateway refuses what it does not know: a login start
-        // limit, or channels (`api_keys` / `[[channels]]`).
+        // limit, channel history (`history`, `max_replay`), or channels
+        // (`api_keys` / `[[channels]]`).
         let text = e.to_string();
         if !text.contains("unknown field") {
             return Err(e);
         }
+        let field = unknown_field(&text);
         if text.contains("max_starts_per_ip") && features.start_limit {
             features.start_limit = false;
+        } else if matches!(field, Some("history" | "max_replay")) && features.history {
+            features.history = false;
+            history_unavailable = Some(format!(
+                "this gateway has no channel history yet (its config refuses `history`/`max_replay`: {})",
+                text.lines().next().unwrap_or_default()
+            ));
         } else if features.channels {
             features.channels = false;
             channels_unavailable = Some(format!(
                 "this gateway has no channels yet (its config refuses [[channels]]/api_keys: {})",
                 text.lines().next().unwrap_or_default()
             ));
+            features.history = false;
+            history_unavailable
+                .get_or_insert_with(|| "this gateway has no channels yet".to_owned());
         } else {
             return Err(e);
         }
@@ -716,6 +767,7 @@ fn start(bin: &Path, transport: Transport, pin: bool, ticks: f64, iterations: u3
         cpu,
         api_key: channels_unavailable.is_none().then_some(api_key),
         channels_unavailable,
+        history_unavailable,
         user: BENCH_USER.to_owned(),
         password,
         sessions: tokio::sync::Mutex::new(HashMap::new()),
@@ -725,6 +777,12 @@ fn start(bin: &Path, transport: Transport, pin: bool, ticks: f64, iterations: u3
         process: std::sync::Mutex::new(Some(child)),
         _dir: Some(dir),
     })
+}
+
+/// The field a config error calls unknown: "unknown field `history`, …".
+fn unknown_field(error: &str) -> Option<&str> {
+    let (_, rest) = error.split_once("unknown field `")?;
+    rest.split_once('`').map(|(field, _)| field)
 }
 
 fn add_user(bin: &Path, config: &Path, password: &str, iterations: u32) -> Result<()> {
@@ -755,4 +813,49 @@ fn add_user(bin: &Path, config: &Path, password: &str, iterations: u32) -> Resul
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_the_unknown_field() {
+        let e = "config file a.toml: TOML parse error at line 4, column 1\n  |\n4 | max_replay = 5\n  | ^^^^^^^^^^\nunknown field `max_replay`, expected one of `max_message_size`, `max_history_bytes`";
+        assert_eq!(unknown_field(e), Some("max_replay"));
+        assert_eq!(
+            unknown_field("unknown field `history`, expected `pattern`"),
+            Some("history")
+        );
+        assert_eq!(unknown_field("missing field `pattern`"), None);
+    }
+
+    #[test]
+    fn history_settings_only_with_the_feature() {
+        let dir = Path::new("/tmp/x");
+        let all = Features {
+            channels: true,
+            start_limit: true,
+            history: true,
+        };
+        let text = config_text(dir, "k", false, all, 4096);
+        assert!(text.contains("max_replay = 10000\n"), "{text}");
+        assert!(text.contains("pattern = \"benchhist.*\""), "{text}");
+        assert!(text.contains("history = 10000\n"), "{text}");
+        let old = config_text(
+            dir,
+            "k",
+            false,
+            Features {
+                history: false,
+                ..all
+            },
+            4096,
+        );
+        assert!(
+            !old.contains("history") && !old.contains("max_replay"),
+            "{old}"
+        );
+        assert!(old.contains("pattern = \"bench.*\""), "{old}");
+    }
 }

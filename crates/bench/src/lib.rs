@@ -10,7 +10,8 @@
 //! | `keys` | connect + HELLO → KEY_INIT → KEY_ACK with an existing session (a reconnect) → per second, server CPU per connection | a plain WebSocket upgrade; the same upgrade behind a TLS 1.3 handshake |
 //! | `login` | SCRAM login (GET /auth/key + two PUT /auth/session) → per second, server CPU per login | — |
 //! | `idle` | C authenticated connections held → server RSS per connection | raw WebSocket connections; `wss://` connections |
-//! | `fanout` | S subscribers on one channel, publishes at a rate → deliveries/s, p99 publish-to-delivery | — |
+//! | `fanout` | S subscribers on one channel, publishes at a rate → deliveries/s, p99 publish-to-delivery, server CPU per delivery | the same load on a channel without history (EVENT) and with history (EVENT_AT, protocol.md §6.5) |
+//! | `recovery` | C clients reconnect at once and SUBSCRIBE with `since`, each replaying M events → replays/s, time to full recovery p50/p99, server CPU per replayed event; fails unless every client recovers exactly its M events in order | the same C clients receiving M events live |
 //! | `proxy` | the `echo` load through nginx → nginx + gateway CPU µs per request | `wss://` terminated at nginx and re-encrypted to the gateway |
 //! | `connect` | from nothing to the first sensitive reply: key fetch, sealed login, upgrade, keys, one ENC request → server CPU per connect | the bench's own TLS 1.3 server: (a) password POST checked against PBKDF2, (b) session cookie; then a `wss://` upgrade and one request |
 //!
@@ -52,8 +53,12 @@ pub enum Scenario {
     /// Closed-loop request/response echo; baselines: raw WebSocket, a
     /// Node.js `ws` echo server (`js/bench/ws-echo-peer.mjs`), `wss://`.
     Echo,
-    /// Channel fan-out: subscribers and HTTP publishes.
+    /// Channel fan-out: subscribers and HTTP publishes, on a channel
+    /// without history and on one with history.
     Fanout,
+    /// Channel recovery: clients reconnecting at once, each replaying the
+    /// events it missed (SUBSCRIBE with `since`).
+    Recovery,
     /// Idle authenticated connections: server memory per connection.
     Idle,
     /// SCRAM logins per second.
@@ -86,6 +91,7 @@ impl Scenario {
                 Self::Login,
                 Self::Idle,
                 Self::Fanout,
+                Self::Recovery,
                 Self::Proxy,
                 Self::Connect,
             ],
@@ -124,7 +130,8 @@ pub struct BenchArgs {
     #[arg(long, env = "WSGATE_BENCH_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// The scenario's main count: echo connections [50], idle connections
-    /// [10000], fanout subscribers [1000], login/keys concurrent clients [8].
+    /// [10000], fanout subscribers [1000], recovering clients [1000],
+    /// login/keys concurrent clients [8].
     #[arg(long, value_name = "N")]
     pub connections: Option<usize>,
     /// Measured seconds per run, after a warm-up [echo 10, login/keys 5, fanout 10].
@@ -139,6 +146,9 @@ pub struct BenchArgs {
     /// Fanout: publishes per second.
     #[arg(long, value_name = "N")]
     pub rate: Option<f64>,
+    /// Recovery: events each client misses while away and replays [100].
+    #[arg(long, value_name = "M")]
+    pub events: Option<usize>,
     /// Fanout: publisher connections sharing --rate, firing together (N
     /// upstream apps publishing at the same instants: bursts of N events).
     #[arg(long, value_name = "N", default_value_t = 1)]
@@ -241,6 +251,7 @@ async fn run_scenarios(args: BenchArgs) -> Result<ExitCode> {
             Scenario::Login => scenarios::login::run(&env, &args).await,
             Scenario::Idle => scenarios::idle::run(&env, &args).await,
             Scenario::Fanout => scenarios::fanout::run(&env, &args).await,
+            Scenario::Recovery => scenarios::recovery::run(&env, &args).await,
             Scenario::Proxy => scenarios::proxy::run(&env, &args).await,
             Scenario::Connect => scenarios::connect::run(&env, &args).await,
             Scenario::All | Scenario::Plot | Scenario::BaselineLoginServer => continue,

@@ -32,6 +32,30 @@ fn parse_cpu_ticks(stat: &str) -> Option<u64> {
     Some(utime + stime)
 }
 
+/// On-CPU nanoseconds of the live threads of a process: the first field
+/// of each `/proc/<pid>/task/<tid>/schedstat`.
+fn schedstat_ns(pid: u32) -> io::Result<u64> {
+    let mut total = 0u64;
+    let mut any = false;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Ok(text) = std::fs::read_to_string(task?.path().join("schedstat")) else {
+            continue; // the thread exited meanwhile
+        };
+        let ns = text
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| io::Error::other(format!("unexpected schedstat of {pid}")))?;
+        total += ns;
+        any = true;
+    }
+    if any {
+        Ok(total)
+    } else {
+        Err(io::Error::other(format!("no schedstat for {pid}")))
+    }
+}
+
 /// Resident set size in KiB (`VmRSS` of `/proc/<pid>/status`).
 pub(crate) fn rss_kib(pid: u32) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -72,6 +96,20 @@ impl CpuMeter {
     pub(crate) fn seconds(&self) -> f64 {
         let ticks = |pid| cpu_ticks(pid).map_or(0.0, |t| t as f64 / self.ticks_per_sec);
         ticks(self.pid) + self.also.map_or(0.0, ticks)
+    }
+
+    /// CPU seconds used so far by the threads alive now, at nanosecond
+    /// resolution (`/proc/<pid>/task/*/schedstat`), for windows too short
+    /// for clock ticks; [`seconds`](Self::seconds) where schedstat is not
+    /// readable. Threads that exit inside the window lose their time.
+    pub(crate) fn precise_seconds(&self) -> f64 {
+        let one = |pid| {
+            schedstat_ns(pid).map_or_else(
+                |_| cpu_ticks(pid).map_or(0.0, |t| t as f64 / self.ticks_per_sec),
+                |ns| ns as f64 / 1e9,
+            )
+        };
+        one(self.pid) + self.also.map_or(0.0, one)
     }
 
     /// The process id.

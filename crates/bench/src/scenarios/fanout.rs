@@ -1,10 +1,18 @@
-//! `fanout`: S subscribers on one channel (DESIGN §5.4 SUBSCRIBE, EVENT),
-//! an upstream publishing at a fixed rate with `POST /api/publish` (§6) →
-//! deliveries/s and publish-to-delivery latency.
+//! `fanout`: S subscribers on one channel (protocol.md §5.4 SUBSCRIBE,
+//! EVENT), an upstream publishing at a fixed rate with `POST /api/publish`
+//! (§6) → deliveries/s and publish-to-delivery latency.
 //!
 //! Each publish carries its send time (µs since the scenario started) as
 //! its JSON `data`; each subscriber reads it from the EVENT body. At the
 //! end the first publisher sends `-1`, on which every subscriber stops.
+//!
+//! **History on ÷ off** (protocol.md §6.5): every repetition runs the same
+//! load twice on this build's gateway, interleaved: on `bench.fanout` (no
+//! history: EVENT) and on `benchhist.fanout` (`history = 1000`: EVENT_AT,
+//! whose body is the u64 BE offset, then the payload; the subscriber checks
+//! that offsets follow one another). The ratio of their server CPU per
+//! delivery, run by run, is what channel history costs a fan-out.
+//! `--before-bin` runs the plain channel only.
 //!
 //! `--publishers N` splits the rate over N keep-alive publisher
 //! connections whose ticks coincide: N upstream apps publishing at the same
@@ -20,6 +28,7 @@ use bytes::Bytes;
 use hdrhistogram::Histogram;
 use http_body_util::{BodyExt as _, Full};
 use wsgate_client::Connection;
+use wsgate_proto::continuity;
 use wsgate_proto::envelope::MessageType;
 
 use super::{quantile_us, source_ip, timing};
@@ -29,6 +38,28 @@ use crate::load::{self, Shared};
 use crate::report::{Row, ScenarioResult, Stat, TargetCheck, fmt_num};
 
 const CHANNEL: &str = "bench.fanout";
+/// A channel of `gateway::HISTORY_PATTERN`.
+const HISTORY_CHANNEL: &str = "benchhist.fanout";
+
+/// Plain channel (EVENT) or history channel (EVENT_AT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Plain,
+    History,
+}
+
+impl Kind {
+    fn channel(self) -> &'static str {
+        match self {
+            Self::Plain => CHANNEL,
+            Self::History => HISTORY_CHANNEL,
+        }
+    }
+}
+
+/// The goal of issue 12: what history may cost a fan-out.
+const HISTORY_TARGET: f64 = 1.2;
+const HISTORY_TARGET_TEXT: &str = "history on ≤ 1.2× server CPU per delivery of history off";
 
 pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
     let s = args
@@ -54,6 +85,13 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         "channel",
         format!("{CHANNEL} (not sensitive: EVENTs tagged)"),
     );
+    result.setting(
+        "history channel",
+        format!(
+            "{HISTORY_CHANNEL} (history = {}: EVENT_ATs tagged)",
+            crate::gateway::HISTORY_KEEP
+        ),
+    );
     // This build, and with --before-bin the other one, interleaved.
     let builds: Vec<bool> = if env.has_before() {
         vec![false, true]
@@ -78,17 +116,47 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
             .ok_or_else(|| anyhow!("fanout needs an API key for POST /api/publish"))?;
         gateways.push((gw, key));
     }
+    // History on: this build's gateway, when it has the history channel.
+    let history = match &gateways[0].0.history_unavailable {
+        Some(why) => {
+            result.notes.push(format!("history on not measured: {why}"));
+            false
+        }
+        None => args.selected("history"),
+    };
+    let load = Offered {
+        subscribers: s,
+        rate,
+        publishers,
+    };
     let mut all_runs: Vec<Vec<RunResult>> = builds.iter().map(|_| Vec::new()).collect();
+    let mut history_runs: Vec<RunResult> = Vec::new();
     for rep in 0..t.repeat {
+        // Alternate which of history on/off goes first, so that neither
+        // always runs on a gateway warmed by the other.
+        let history_first = history && rep % 2 == 1;
+        if history_first {
+            let label = format!(
+                "fanout {s} subscribers, history on {}/{}",
+                rep + 1,
+                t.repeat
+            );
+            let (gw, key) = &gateways[0];
+            history_runs.push(run_once(env, gw, key, load, Kind::History, t, &label).await?);
+        }
         for (b, (gw, key)) in gateways.iter().enumerate() {
             let tag = if builds[b] { BEFORE } else { "" };
             let label = format!("fanout {s} subscribers{tag} {}/{}", rep + 1, t.repeat);
-            let load = Offered {
-                subscribers: s,
-                rate,
-                publishers,
-            };
-            all_runs[b].push(run_once(env, gw, key, load, t, &label).await?);
+            all_runs[b].push(run_once(env, gw, key, load, Kind::Plain, t, &label).await?);
+        }
+        if history && !history_first {
+            let label = format!(
+                "fanout {s} subscribers, history on {}/{}",
+                rep + 1,
+                t.repeat
+            );
+            let (gw, key) = &gateways[0];
+            history_runs.push(run_once(env, gw, key, load, Kind::History, t, &label).await?);
         }
     }
     let stats = |runs: &[RunResult], f: fn(&RunResult) -> f64| {
@@ -120,6 +188,49 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         }
         result.rows.push(row);
     }
+    if history {
+        let off = &all_runs[0];
+        let st = |f: fn(&RunResult) -> f64| stats(&history_runs, f);
+        let cpu_ratio = st(|r| r.server_us).ratio_to(&stats(off, |r| r.server_us));
+        let mut row = Row::new(format!(
+            "wsgate ws:// {s} subscribers, history on (EVENT_AT)"
+        ));
+        row.stat("deliveries/s", st(|r| r.deliveries_per_sec), true)
+            .stat("expected/s", st(|r| r.expected_per_sec), false)
+            .stat("delivered share", st(|r| r.delivered_share), false)
+            .stat("p50 ms", st(|r| r.p50_us / 1000.0), false)
+            .stat("p99 ms", st(|r| r.p99_us / 1000.0), true)
+            .stat("server CPU µs/delivery", st(|r| r.server_us), true)
+            .stat("publish p99 ms", st(|r| r.publish_p99_us / 1000.0), false)
+            .stat("CPU/delivery history on ÷ off", cpu_ratio.clone(), true)
+            .stat(
+                "p99 history on ÷ off",
+                st(|r| r.p99_us).ratio_to(&stats(off, |r| r.p99_us)),
+                false,
+            );
+        result.rows.push(row);
+        let gaps: f64 = history_runs.iter().map(|r| r.offset_gaps).sum();
+        if gaps > 0.0 {
+            result.notes.push(format!(
+                "history on: {gaps} EVENT_ATs did not follow the previous offset (a subscriber missed events)"
+            ));
+        }
+        result.targets.push(TargetCheck::new(
+            HISTORY_TARGET_TEXT,
+            format!(
+                "{:.2}× ({:.2}–{:.2}, {} runs)",
+                cpu_ratio.median,
+                cpu_ratio.min,
+                cpu_ratio.max,
+                cpu_ratio.samples.len()
+            ),
+            if args.smoke {
+                None
+            } else {
+                Some(cpu_ratio.median <= HISTORY_TARGET)
+            },
+        ));
+    }
     let runs = &all_runs[0];
     let rate_reached = runs
         .iter()
@@ -128,7 +239,8 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
     result.targets.push(TargetCheck::new(
         "fan-out ≥ 500k deliveries/s to 10k subscribers",
         format!("{} deliveries/s to {s} subscribers", fmt_num(rate_reached)),
-        if args.smoke || s < 10_000 {
+        // A run that offers less than 500k/s cannot show it.
+        if args.smoke || s < 10_000 || rate * (s as f64) < 500_000.0 {
             None
         } else {
             Some(rate_reached >= 500_000.0)
@@ -148,6 +260,8 @@ struct RunResult {
     p99_us: f64,
     server_us: f64,
     publish_p99_us: f64,
+    /// History on: EVENT_ATs whose offset did not follow the previous one.
+    offset_gaps: f64,
 }
 
 /// What one run offers the gateway.
@@ -164,6 +278,7 @@ async fn run_once(
     gw: &Arc<Gw>,
     key: &str,
     load: Offered,
+    kind: Kind,
     t: super::Timing,
     label: &str,
 ) -> Result<RunResult> {
@@ -183,9 +298,17 @@ async fn run_once(
         async move {
             let ip = source_ip(i, s);
             let mut conn = gw.session(ip).await?.connect(&gw.client_config(ip)).await?;
-            conn.call(MessageType::Subscribe, CHANNEL, b"", false)
+            let reply = conn
+                .subscribe(kind.channel(), None, false)
                 .await
                 .context("SUBSCRIBE")?;
+            match (kind, reply) {
+                (Kind::Plain, None) | (Kind::History, Some(_)) => {}
+                (Kind::Plain, Some(_)) => {
+                    bail!("{CHANNEL} answered SUBSCRIBE with a position: it keeps history")
+                }
+                (Kind::History, None) => bail!("{HISTORY_CHANNEL} has no history on this gateway"),
+            }
             Ok(conn)
         }
     })
@@ -195,14 +318,24 @@ async fn run_once(
     // One histogram for all subscribers: one per subscriber is 10k × ~220 KB,
     // and every record was a cache miss on the load generator's one core.
     let latencies = Arc::new(Mutex::new(load::histogram()));
+    let gaps = Arc::new(AtomicU64::new(0));
     let tasks: Vec<_> = subscribers
         .into_iter()
-        .map(|conn| tokio::spawn(subscriber(conn, shared.clone(), epoch, latencies.clone())))
+        .map(|conn| {
+            tokio::spawn(subscriber(
+                conn,
+                kind,
+                shared.clone(),
+                epoch,
+                latencies.clone(),
+                gaps.clone(),
+            ))
+        })
         .collect();
     let published = Arc::new(AtomicU64::new(0));
     let mut connections = Vec::with_capacity(publishers);
     for _ in 0..publishers {
-        connections.push(Publisher::connect(gw, key).await?);
+        connections.push(Publisher::connect(gw, key, kind.channel()).await?);
     }
     // One interval per publisher, all created now: their ticks coincide.
     let publisher_tasks: Vec<_> = connections
@@ -272,28 +405,52 @@ async fn run_once(
         p99_us: quantile_us(&hist, 0.99),
         server_us: window.server_us_per_op().unwrap_or(f64::NAN),
         publish_p99_us: quantile_us(&publish_hist, 0.99),
+        offset_gaps: gaps.load(Ordering::Relaxed) as f64,
     })
 }
 
-/// Reads EVENTs until the end marker (`-1`).
+/// Reads EVENTs (or, on the history channel, EVENT_ATs) until the end
+/// marker (`-1`).
 async fn subscriber(
     mut conn: Connection,
+    kind: Kind,
     shared: Shared,
     epoch: Instant,
     latencies: Arc<Mutex<Histogram<u64>>>,
+    gaps: Arc<AtomicU64>,
 ) -> Result<()> {
+    let (want, channel) = match kind {
+        Kind::Plain => (MessageType::Event as u8, CHANNEL),
+        Kind::History => (MessageType::EventAt as u8, HISTORY_CHANNEL),
+    };
+    let mut last_offset: Option<u64> = None;
     loop {
         let msg = conn.recv().await?;
-        if msg.msg_type != MessageType::Event as u8 || msg.name != CHANNEL {
+        if msg.msg_type != want || msg.name != channel {
+            if msg.msg_type == MessageType::Resync as u8 {
+                gaps.fetch_add(1, Ordering::Relaxed);
+            }
             continue;
         }
-        let sent: i64 = std::str::from_utf8(&msg.body)
+        let payload = match kind {
+            Kind::Plain => &msg.body[..],
+            Kind::History => {
+                let (offset, payload) = continuity::split_event_at_body(&msg.body)
+                    .ok_or_else(|| anyhow!("EVENT_AT body shorter than its offset"))?;
+                if last_offset.is_some_and(|last| offset != last + 1) {
+                    gaps.fetch_add(1, Ordering::Relaxed);
+                }
+                last_offset = Some(offset);
+                payload
+            }
+        };
+        let sent: i64 = std::str::from_utf8(payload)
             .ok()
             .and_then(|b| b.trim().parse().ok())
             .ok_or_else(|| {
                 anyhow!(
                     "unexpected EVENT body {:?}",
-                    String::from_utf8_lossy(&msg.body)
+                    String::from_utf8_lossy(payload)
                 )
             })?;
         if sent < 0 {
@@ -331,15 +488,16 @@ async fn publish_loop(
     Ok((hist, http))
 }
 
-/// A keep-alive HTTP/1.1 connection for `POST /api/publish`.
-struct Publisher {
+/// A keep-alive HTTP/1.1 connection for `POST /api/publish` to one channel.
+pub(crate) struct Publisher {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
     host: String,
     auth: String,
+    channel: &'static str,
 }
 
 impl Publisher {
-    async fn connect(gw: &Gw, key: &str) -> Result<Self> {
+    pub(crate) async fn connect(gw: &Gw, key: &str, channel: &'static str) -> Result<Self> {
         if gw.config.is_tls() {
             bail!("the fanout publisher speaks plain http:// only");
         }
@@ -356,11 +514,14 @@ impl Publisher {
             sender,
             host: gw.config.host.clone(),
             auth: format!("Bearer {key}"),
+            channel,
         })
     }
 
-    async fn publish(&mut self, data: i64) -> Result<()> {
-        let body = serde_json::json!({"channel": CHANNEL, "data": data}).to_string();
+    /// Publishes `data`; returns the response body (a history channel's
+    /// answers with the event's position).
+    pub(crate) async fn publish(&mut self, data: i64) -> Result<Bytes> {
+        let body = serde_json::json!({"channel": self.channel, "data": data}).to_string();
         let req = http::Request::builder()
             .method(http::Method::POST)
             .uri("/api/publish")
@@ -378,6 +539,6 @@ impl Publisher {
                 String::from_utf8_lossy(&body)
             );
         }
-        Ok(())
+        Ok(body)
     }
 }

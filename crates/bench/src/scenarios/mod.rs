@@ -8,6 +8,7 @@ pub(crate) mod idle;
 pub(crate) mod keys;
 pub(crate) mod login;
 pub(crate) mod proxy;
+pub(crate) mod recovery;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
