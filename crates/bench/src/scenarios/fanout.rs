@@ -1,6 +1,6 @@
 //! `fanout`: S subscribers on one channel (protocol.md §5.4 SUBSCRIBE,
 //! EVENT), an upstream publishing at a fixed rate with `POST /api/publish`
-//! (§6) → deliveries/s and publish-to-delivery latency.
+//! (§6.3) → deliveries/s and publish-to-delivery latency.
 //!
 //! Each publish carries its send time (µs since the scenario started) as
 //! its JSON `data`; each subscriber reads it from the EVENT body. At the
