@@ -3,12 +3,10 @@
 // join and leave — through the API (`presence()`, `subscribe(…, { presence })`)
 // and through the demo page's "Who is online" panel.
 //
-// Pending: the file name does not match `test:e2e`'s `*.test.mjs` until the
-// gateway supports presence; then rename it to presence.test.mjs. Run it
-// alone with a fresh binary:
+// Run it alone with a fresh binary:
 //
 //   cargo build -p wsgate
-//   cd js && node --test --test-timeout=180000 test/e2e/presence.e2e-pending.mjs
+//   cd js && node --test --test-timeout=180000 test/e2e/presence.test.mjs
 //
 // (WSGATE_E2E_LOCAL_BUNDLE=1 serves sm.js and the demo page from this tree
 // instead of what the binary embeds.) What it needs from the gateway:
