@@ -338,9 +338,9 @@ pub struct Limits {
     /// Users one presence reply lists; more are cut with
     /// `"truncated": true`. Default 1000.
     pub max_presence_list: usize,
-    /// How long a node's presence members live without its refresh (it
-    /// refreshes every third of this): the members of a node that died
-    /// leave within it. Default 30 s.
+    /// Within this a node that died takes its users' presence with it
+    /// (each node refreshes its members every quarter of it, each alive for
+    /// two thirds of it, and sweeps as often: `presence.rs`). Default 30 s.
     pub presence_ttl: Duration,
 }
 

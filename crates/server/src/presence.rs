@@ -2,8 +2,9 @@
 //!
 //! Every connection subscribed to a presence channel is one member, named
 //! `<node id>:<connection id>` so that members of different nodes never
-//! collide. The node refreshes its members every third of
-//! `[limits] presence_ttl_secs` and sweeps the store for members nobody
+//! collide. The node refreshes its members every quarter of
+//! `[limits] presence_ttl_secs` ([`heartbeat`]), each alive for two thirds
+//! of it ([`member_ttl`]), and sweeps the store for members nobody
 //! refreshed — those of a node that died — so their users leave within
 //! the TTL, announced once by whichever node sweeps first.
 
@@ -15,11 +16,32 @@ use wsgate_proto::b64;
 
 use crate::store::{PresenceMember, StateStore};
 
+/// How often a node refreshes its members and sweeps everyone's expired
+/// ones: every quarter of `[limits] presence_ttl_secs`.
+pub(crate) fn heartbeat(ttl: Duration) -> Duration {
+    ttl / 4
+}
+
+/// How long a member lives without a refresh: two thirds of `[limits]
+/// presence_ttl_secs`. A dead node refreshed its members at most when it
+/// died, so they expire within 2/3 of the TTL and the next sweep of a
+/// surviving node (at most a [`heartbeat`] later) removes them: its users
+/// leave within 11/12 of the TTL, as protocol.md §6.6 promises ("within
+/// `presence_ttl_secs`"). A live node's refresh may be 5/12 of the TTL
+/// late before its members are swept.
+pub(crate) fn member_ttl(ttl: Duration) -> Duration {
+    ttl * 2 / 3
+}
+
 /// This node's members.
 #[derive(Debug)]
 pub(crate) struct NodePresence {
     node: String,
     members: Mutex<HashSet<PresenceMember>>,
+    /// Held while a member is refreshed, and to stop refreshing one: a
+    /// refresh re-adds a member the store lost (swept while this node was
+    /// slow), so one that began before a removal must end before it.
+    refreshing: tokio::sync::Mutex<()>,
     started: OnceLock<()>,
 }
 
@@ -28,6 +50,7 @@ impl Default for NodePresence {
         Self {
             node: b64::encode_b64u(&crate::random_bytes::<9>()),
             members: Mutex::default(),
+            refreshing: tokio::sync::Mutex::const_new(()),
             started: OnceLock::new(),
         }
     }
@@ -53,8 +76,11 @@ impl NodePresence {
         self.members().insert(member);
     }
 
-    /// Stops refreshing `member`.
-    pub(crate) fn untrack(&self, member: &PresenceMember) {
+    /// Stops refreshing `member`, before it is removed from the store:
+    /// once this returns, no refresh of it is under way or will start, so
+    /// none can bring it back (a second join, and a leave when it expires).
+    pub(crate) async fn untrack(&self, member: &PresenceMember) {
+        let _refreshing = self.refreshing.lock().await;
         self.members().remove(member);
     }
 
@@ -69,23 +95,39 @@ impl NodePresence {
     }
 
     /// Starts the heartbeat (once): refresh this node's members, then
-    /// sweep everyone's expired ones, every third of `ttl`.
+    /// sweep everyone's expired ones, every [`heartbeat`] of `ttl` (the
+    /// configured `presence_ttl_secs`).
     pub(crate) fn start(self: &Arc<Self>, state: Arc<dyn StateStore>, ttl: Duration) {
         if self.started.set(()).is_err() {
             return;
         }
         let this = Arc::downgrade(self);
+        let (period, ttl) = (heartbeat(ttl), member_ttl(ttl));
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(ttl / 3);
+            let mut tick = tokio::time::interval(period);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
                 let Some(this) = this.upgrade() else { return };
                 let members: Vec<PresenceMember> = this.members().iter().cloned().collect();
+                let mut failed = None;
+                for member in &members {
+                    // One at a time, each only while still tracked: a
+                    // member untracked since the list was taken is being
+                    // removed, and refreshing it would add it back.
+                    let _refreshing = this.refreshing.lock().await;
+                    if !this.members().contains(member) {
+                        continue;
+                    }
+                    if let Err(e) = state
+                        .presence_refresh(std::slice::from_ref(member), ttl)
+                        .await
+                    {
+                        failed = Some(e);
+                    }
+                }
                 drop(this);
-                if !members.is_empty()
-                    && let Err(e) = state.presence_refresh(&members, ttl).await
-                {
+                if let Some(e) = failed {
                     tracing::warn!(error = %e, "cannot refresh this node's presence members");
                 }
                 if let Err(e) = state.presence_sweep().await {

@@ -414,7 +414,7 @@ impl Drop for Conn {
                 let shared = self.shared.clone();
                 tokio::spawn(async move {
                     for member in members {
-                        shared.presence.untrack(&member);
+                        shared.presence.untrack(&member).await;
                         if let Err(e) = shared.state.presence_remove(&member).await {
                             // Its node stops refreshing it: it expires.
                             tracing::debug!(error = %e, "presence member left to expire");
@@ -1426,7 +1426,7 @@ impl Conn {
             hub.listen_presence(mailbox_id, name, request.presence_events);
             if !already_member {
                 let member = self.shared.presence.member(name, &user, mailbox_id);
-                let ttl = self.shared.config.limits.presence_ttl;
+                let ttl = crate::presence::member_ttl(self.shared.config.limits.presence_ttl);
                 if let Err(e) = self.shared.state.presence_add(&member, ttl).await {
                     tracing::warn!(error = %e, "state store unavailable at SUBSCRIBE (presence)");
                     if let Some(est) = self.established_mut() {
@@ -1524,7 +1524,7 @@ impl Conn {
         }
         if let Some((user, connection)) = left {
             let member = self.shared.presence.member(name, &user, connection);
-            self.shared.presence.untrack(&member);
+            self.shared.presence.untrack(&member).await;
             if let Err(e) = self.shared.state.presence_remove(&member).await {
                 tracing::warn!(error = %e, "presence member left to expire");
             }
