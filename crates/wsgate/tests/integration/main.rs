@@ -22,6 +22,7 @@ mod logs;
 mod metrics;
 mod nginx;
 mod presence;
+mod presence_fleet;
 mod roles;
 mod state_seal;
 mod unauthenticated;
