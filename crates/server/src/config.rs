@@ -68,6 +68,11 @@ pub struct FileConfig {
     /// `[proxy]`: what the trusted proxies write.
     #[serde(default)]
     pub proxy: FileProxy,
+    /// `allowed_origins = ["https://www.example.com"]`: pages on these
+    /// origins may log in (CORS on `/auth/key`, `/auth/session`); `/ws`
+    /// then refuses any other `Origin` but the gateway's own.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
     /// `metrics_listen = "127.0.0.1:9090"`: where `GET /metrics` is served,
     /// apart from the client-facing listener. `"off"`: nowhere.
     pub metrics_listen: Option<String>,
@@ -518,6 +523,10 @@ pub struct Config {
     /// (`127.0.0.1:9090`); `None` (`metrics_listen = "off"`): nowhere.
     /// Never on the client-facing listener.
     pub metrics_listen: Option<SocketAddr>,
+    /// Origins whose pages may log in (normalized `scheme://host[:port]`).
+    /// Empty (the default): none but the gateway's own, and `/ws` checks
+    /// no `Origin`.
+    pub allowed_origins: Vec<String>,
     /// Whether KEY_INIT must come from the login's IP. Default true.
     pub session_ip_check: bool,
     /// Sizes, counts and waits.
@@ -557,6 +566,7 @@ impl Default for Config {
             data_dir: PathBuf::from("wsgate-data"),
             trusted_proxies: TrustedProxies::default(),
             metrics_listen: Some(SocketAddr::from(([127, 0, 0, 1], 9090))),
+            allowed_origins: Vec::new(),
             session_ip_check: true,
             limits: Limits::default(),
             login: LoginPolicy::default(),
@@ -958,6 +968,14 @@ impl Config {
             data_dir: file.data_dir.unwrap_or(d.data_dir),
             trusted_proxies,
             metrics_listen,
+            allowed_origins: file
+                .allowed_origins
+                .iter()
+                .enumerate()
+                .map(|(i, o)| {
+                    normalize_origin(o).map_err(|m| invalid(format!("allowed_origins[{i}]"), m))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
             session_ip_check: file.session_ip_check.unwrap_or(true),
             limits,
             login,
@@ -997,6 +1015,30 @@ fn trusted_proxies_from_file(
         }
     };
     Ok(TrustedProxies { nets, header })
+}
+
+/// An origin as browsers send it, normalized: `scheme://host[:port]` with
+/// the scheme and host lowercased, the default port dropped and no path.
+pub fn normalize_origin(text: &str) -> Result<String, String> {
+    let hint = || {
+        format!(
+            "{text:?} is not an origin; write it like \"https://www.example.com\" or \"http://127.0.0.1:3000\" (scheme, host, optional port, no path)"
+        )
+    };
+    let (scheme, rest) = text.trim().split_once("://").ok_or_else(hint)?;
+    let scheme = scheme.to_ascii_lowercase();
+    let default_port = match scheme.as_str() {
+        "http" => ":80",
+        "https" => ":443",
+        _ => return Err(hint()),
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@', ' ']) {
+        return Err(hint());
+    }
+    let host = rest.to_ascii_lowercase();
+    let host = host.strip_suffix(default_port).unwrap_or(&host);
+    Ok(format!("{scheme}://{host}"))
 }
 
 /// Parses a listen address, with a hint for the common mistakes.
@@ -1200,6 +1242,29 @@ mod tests {
             parse("trusted_proxies = [\"10.0.0.1\"]\n[proxy]\nclient_ip_header = \"Forwarded\"")
                 .unwrap();
         assert_eq!(c.trusted_proxies.header, ClientIpHeader::Forwarded);
+        // Origins: normalized, and anything that is not one is refused.
+        let c =
+            parse("allowed_origins = [\"HTTPS://App.Example:443/\", \"http://127.0.0.1:3000\"]")
+                .unwrap();
+        assert_eq!(
+            c.allowed_origins,
+            ["https://app.example", "http://127.0.0.1:3000"]
+        );
+        for bad in [
+            "ftp://x",
+            "https://a.example/path",
+            "app.example",
+            "https://",
+            "*",
+        ] {
+            let e = parse(&format!("allowed_origins = [{bad:?}]"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("allowed_origins[0]") && e.contains("origin"),
+                "{bad}: {e}"
+            );
+        }
         // /metrics: loopback by default, configurable, or off.
         assert_eq!(
             parse("").unwrap().metrics_listen,

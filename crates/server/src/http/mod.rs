@@ -4,6 +4,7 @@ pub(crate) mod api;
 pub(crate) mod assets;
 pub(crate) mod auth;
 pub(crate) mod body;
+pub(crate) mod cors;
 pub(crate) mod headers;
 pub(crate) mod serve;
 pub(crate) mod tls;

@@ -141,6 +141,12 @@ impl Gateway {
                 http::body::bounded,
             ))
             .merge(api)
+            // Before routing: preflights of the login endpoints never reach
+            // a route that has no OPTIONS.
+            .layer(axum::middleware::from_fn_with_state(
+                self.shared.clone(),
+                http::cors::cors,
+            ))
             // Outermost: every answer, the 404s and the API's 401s included.
             .layer(axum::middleware::from_fn(http::headers::security_headers))
             .with_state(self.shared.clone())

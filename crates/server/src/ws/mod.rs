@@ -102,6 +102,16 @@ pub(crate) async fn upgrade(
         )
             .into_response();
     }
+    // Cross-site WebSocket hijacking, belt and braces (the session key is
+    // what really guards a connection): with `allowed_origins` set, a page
+    // from an origin outside it may not even open one.
+    if !crate::http::cors::websocket_origin_allowed(req.headers(), &shared.config.allowed_origins) {
+        return (
+            StatusCode::FORBIDDEN,
+            "this page's origin is not in the gateway's allowed_origins\n",
+        )
+            .into_response();
+    }
     let ip = crate::http::auth::observed_ip(&shared, peer, req.headers());
     // Before the 101: a refused client costs no WebSocket task, and the
     // HTTP connection closes after the answer.

@@ -21,6 +21,7 @@ mod login;
 mod logs;
 mod metrics;
 mod nginx;
+mod origins;
 mod presence;
 mod presence_fleet;
 mod roles;
