@@ -33,6 +33,9 @@ pub(crate) fn member_ttl(ttl: Duration) -> Duration {
     ttl * 2 / 3
 }
 
+/// Members refreshed per store call (one Lua script on Redis).
+const REFRESH_BATCH: usize = 500;
+
 /// This node's members.
 #[derive(Debug)]
 pub(crate) struct NodePresence {
@@ -111,18 +114,20 @@ impl NodePresence {
                 let Some(this) = this.upgrade() else { return };
                 let members: Vec<PresenceMember> = this.members().iter().cloned().collect();
                 let mut failed = None;
-                for member in &members {
-                    // One at a time, each only while still tracked: a
-                    // member untracked since the list was taken is being
-                    // removed, and refreshing it would add it back.
+                for batch in members.chunks(REFRESH_BATCH) {
+                    // Each batch only with the members still tracked: one
+                    // untracked since the list was taken is being removed,
+                    // and refreshing it would add it back. `untrack` waits
+                    // for the batch under way (one store call).
                     let _refreshing = this.refreshing.lock().await;
-                    if !this.members().contains(member) {
+                    let tracked: Vec<PresenceMember> = {
+                        let now = this.members();
+                        batch.iter().filter(|m| now.contains(*m)).cloned().collect()
+                    };
+                    if tracked.is_empty() {
                         continue;
                     }
-                    if let Err(e) = state
-                        .presence_refresh(std::slice::from_ref(member), ttl)
-                        .await
-                    {
+                    if let Err(e) = state.presence_refresh(&tracked, ttl).await {
                         failed = Some(e);
                     }
                 }

@@ -267,6 +267,32 @@ end
 return 0
 ";
 
+/// Refreshes (or re-adds) many presence members in one step, as
+/// [`PRESENCE_ADD_LUA`] does one. `KEYS[1]`: the index of presence
+/// channels. `ARGV`: the key prefix, TTL (ms), the pub/sub channel, this
+/// store's origin, then `channel, user, member` for each member. (It names
+/// keys from its arguments: one Redis, not Redis Cluster safe.)
+const PRESENCE_REFRESH_LUA: &str = r"
+local expires = now_ms() + tonumber(ARGV[2])
+for i = 5, #ARGV, 3 do
+  local ch, user, member = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local members = ARGV[1] .. 'presence:' .. ch
+  local known = redis.call('ZSCORE', members, member)
+  redis.call('ZADD', members, expires, member)
+  redis.call('ZADD', KEYS[1], expires, ch)
+  if not known then
+    redis.call('HSET', ARGV[1] .. 'presence-who:' .. ch, member, user)
+    if redis.call('HINCRBY', ARGV[1] .. 'presence-count:' .. ch, user, 1) == 1 then
+      redis.call('PUBLISH', ARGV[3], ARGV[4] .. struct.pack('>I2', #ch) .. ch .. '\1' .. user)
+    end
+  end
+end
+return 0
+";
+
+/// Members one refresh script carries.
+const PRESENCE_REFRESH_BATCH: usize = 500;
+
 /// Removes a presence member. `KEYS` as for [`PRESENCE_ADD_LUA`] (without
 /// the index). `ARGV`: member, the pub/sub channel, the frame's head.
 /// The user's last member leaves: announced in the same step. Returns 1
@@ -399,6 +425,7 @@ struct Scripts {
     read_history: Script,
     presence_add: Script,
     presence_remove: Script,
+    presence_refresh: Script,
     presence_sweep: Script,
     presence_list: Script,
 }
@@ -417,6 +444,7 @@ impl Scripts {
             read_history: Script::new(READ_HISTORY_LUA),
             presence_add: with_now(PRESENCE_ADD_LUA),
             presence_remove: Script::new(PRESENCE_REMOVE_LUA),
+            presence_refresh: with_now(PRESENCE_REFRESH_LUA),
             presence_sweep: with_now(PRESENCE_SWEEP_LUA),
             presence_list: with_now(PRESENCE_LIST_LUA),
         }
@@ -1485,8 +1513,27 @@ impl StateStore for RedisStateStore {
         members: &[PresenceMember],
         ttl: Duration,
     ) -> Result<(), StoreError> {
-        for member in members {
-            self.presence_add(member, ttl).await?;
+        let keys = &self.fanout.keys;
+        let index = keys.presence_index();
+        let ttl = millis(ttl).to_string();
+        for batch in members.chunks(PRESENCE_REFRESH_BATCH) {
+            let mut args: Vec<&[u8]> = vec![
+                keys.prefix.as_bytes(),
+                ttl.as_bytes(),
+                keys.presence_events.as_bytes(),
+                &self.fanout.origin,
+            ];
+            for m in batch {
+                args.extend([m.channel.as_bytes(), m.user.as_bytes(), m.member.as_bytes()]);
+            }
+            let _: i64 = self
+                .eval(
+                    "the presence refresh script",
+                    &self.scripts.presence_refresh,
+                    &[&index],
+                    &args,
+                )
+                .await?;
         }
         Ok(())
     }

@@ -1201,6 +1201,48 @@ pub(crate) async fn refreshed_members_stay_present<S: StateStore>(store: S) {
     );
 }
 
+pub(crate) async fn one_refresh_of_many_members_keeps_them_and_adds_back_lost_ones<
+    S: StateStore,
+>(
+    store: S,
+) {
+    let mut watcher = store.watch_events();
+    let members: Vec<PresenceMember> = (0..1200)
+        .map(|i| {
+            member(
+                if i % 2 == 0 { "even" } else { "odd" },
+                &format!("u{i}"),
+                &format!("n:{i}"),
+            )
+        })
+        .collect();
+    store.presence_add(&members[0], PRESENCE_TTL).await.unwrap();
+    assert_eq!(
+        next_presence(&mut watcher, "even").await,
+        PresenceChange::Join("u0".into())
+    );
+    // One call for all of them (more than one script batch): the known one
+    // is refreshed silently, the others are added and join.
+    store
+        .presence_refresh(&members, PRESENCE_TTL)
+        .await
+        .unwrap();
+    let even = store.presence_list("even", 10_000).await.unwrap();
+    let odd = store.presence_list("odd", 10_000).await.unwrap();
+    assert_eq!((even.users.len(), odd.users.len()), (600, 600));
+    let mut joins = 0;
+    while joins < 1199 {
+        match next_event(&mut watcher).await.presence {
+            Some(PresenceChange::Join(user)) => {
+                assert_ne!(user, "u0", "a known member joined again");
+                joins += 1;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    no_more_presence(&mut watcher).await;
+}
+
 pub(crate) async fn presence_lists_are_sorted_and_truncated<S: StateStore>(store: S) {
     for (i, user) in ["eve", "bob", "dan", "alice", "carol"].iter().enumerate() {
         store
@@ -1462,6 +1504,7 @@ macro_rules! state_store_suite {
             expired_members_leave_once_at_the_first_sweep,
             refreshed_members_stay_present,
             presence_lists_are_sorted_and_truncated,
+            one_refresh_of_many_members_keeps_them_and_adds_back_lost_ones,
         );
         #[tokio::test(flavor = "multi_thread", worker_threads = 8)]
         async fn concurrent_stream_publishers_never_share_an_offset() {
