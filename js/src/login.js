@@ -58,6 +58,25 @@ export function forgetCredentials(credentials) {
 }
 
 /**
+ * When the page is on another origin than the gateway, a browser reports a
+ * CORS refusal exactly like an unreachable server (a TypeError, no status):
+ * say what to check on the gateway.
+ * @param {string} url
+ */
+function crossOriginHint(url) {
+  const loc = /** @type {any} */ (globalThis).location;
+  const page = loc && typeof loc.origin === "string" ? loc.origin : "";
+  let target = "";
+  try {
+    target = new URL(url).origin;
+  } catch {
+    return "";
+  }
+  if (!page || page === "null" || page === target) return "";
+  return `This page (${page}) is on another origin than the gateway (${target}): the gateway must list "${page}" in allowed_origins, or the browser blocks its answers (CORS). `;
+}
+
+/**
  * fetch with a timeout; maps failures to WsgateError.
  * @param {typeof fetch} fetchImpl @param {string} url @param {RequestInit} init @param {number} timeoutMs
  */
@@ -71,7 +90,7 @@ async function fetchJson(fetchImpl, url, init, timeoutMs) {
     text = await res.text();
   } catch (e) {
     if (ac.signal.aborted) throw new WsgateError("timeout", `The server at ${url} did not answer within ${Math.round(timeoutMs / 1000)} s.`);
-    throw new WsgateError("network_error", `Could not reach the wsgate server at ${url}: ${e instanceof Error ? e.message : String(e)}. Check the URL and your connection.`, { cause: e });
+    throw new WsgateError("network_error", `Could not reach the wsgate server at ${url}: ${e instanceof Error ? e.message : String(e)}. ${crossOriginHint(url)}Check the URL and your connection.`, { cause: e });
   } finally {
     clearTimeout(timer);
   }
