@@ -28,8 +28,19 @@ await build({
   sourcemap: false,
   charset: "utf8",
   // @hpke/common has a Node <= 18 fallback `await import("crypto")`, never
-  // reached where globalThis.crypto exists (every browser).
-  external: ["crypto"],
+  // reached where globalThis.crypto exists (every browser). It resolves to a
+  // stub rather than staying an external import: an app's bundler (webpack,
+  // Vite) re-bundling the npm package would otherwise trip over a Node
+  // built-in.
+  plugins: [
+    {
+      name: "no-node-crypto",
+      setup(b) {
+        b.onResolve({ filter: /^(node:)?crypto$/ }, () => ({ path: "crypto", namespace: "wsgate-stub" }));
+        b.onLoad({ filter: /.*/, namespace: "wsgate-stub" }, () => ({ contents: "export const webcrypto = undefined;", loader: "js" }));
+      },
+    },
+  ],
   define: { __WSGATE_TEST_HOOKS__: testHooks ? "true" : "false" },
   banner: { js: `/*! sm.js ${pkg.version} — wsgate browser module (protocol wsgate-v1). Built from js/ with esbuild; do not edit. */` },
   logLevel: "warning",

@@ -49,6 +49,12 @@ test("npm pack --dry-run: exactly the intended files", () => {
   assert.deepEqual(info.bundled, []);
   // prepack built dist/sm.js: byte for byte the bundle the gateway serves.
   assert.ok(readFileSync(join(JS_DIR, "dist/sm.js")).equals(readFileSync(ASSET)), "dist/sm.js must equal crates/server/assets/sm.js (run npm run build)");
+  // Self-contained: no import of any module (static or dynamic), so an app's
+  // bundler has nothing to resolve (not even a Node built-in).
+  const code = readFileSync(join(JS_DIR, "dist/sm.js"), "utf8");
+  assert.doesNotMatch(code, /\bimport\s*\(/, "dist/sm.js must not import() anything");
+  assert.doesNotMatch(code, /(^|[;}\n])\s*import\s*[\s{*"']/, "dist/sm.js must not import anything");
+  assert.doesNotMatch(code, /\brequire\s*\(/, "dist/sm.js must not require() anything");
 });
 
 test("the packed tarball installs; exports and types resolve for a consumer", async () => {
