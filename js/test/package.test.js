@@ -43,7 +43,7 @@ test("package.json: publishable shape", () => {
 test("npm pack --dry-run: exactly the intended files", () => {
   const [info] = packJson(["--dry-run"]);
   const files = info.files.map((f) => f.path).sort();
-  assert.deepEqual(files, ["README.md", "dist/sm.js", "package.json", "sm.d.ts"]);
+  assert.deepEqual(files, ["LICENSE-APACHE", "LICENSE-MIT", "README.md", "dist/sm.js", "package.json", "sm.d.ts"]);
   assert.equal(info.name, pkg.name);
   assert.equal(info.version, pkg.version);
   assert.deepEqual(info.bundled, []);
