@@ -60,6 +60,14 @@ pub(crate) async fn require_api_key(
     next.run(request).await
 }
 
+/// A `404` with its `status` code and a message saying what to configure.
+fn not_found(status: &str, message: String) -> Response {
+    json_response(
+        StatusCode::NOT_FOUND,
+        &json!({"status": status, "message": message}),
+    )
+}
+
 fn bad_request(message: &str) -> Response {
     json_response(
         StatusCode::BAD_REQUEST,
@@ -96,9 +104,9 @@ pub(crate) async fn publish(
         return bad_request("body needs a string `channel` and a `data` member");
     };
     if shared.config.channels.lookup(channel).is_none() {
-        return json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"status": "not_found", "message": format!("no channel pattern matches {channel:?}")}),
+        return not_found(
+            "not_found",
+            format!("no channel pattern matches {channel:?}"),
         );
     }
     // `data` arrives parsed, so re-serializing gives compact JSON.
@@ -164,15 +172,18 @@ pub(crate) async fn history(
         );
     };
     let Some(rule) = shared.config.channels.lookup(&request.channel) else {
-        return json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"status": "not_found", "message": format!("no channel pattern matches {:?}", request.channel)}),
+        return not_found(
+            "not_found",
+            format!("no channel pattern matches {:?}", request.channel),
         );
     };
     let Some(policy) = rule.rule.history else {
-        return json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"status": "no_history", "message": format!("channel {:?} keeps no history (set history = N on its pattern)", request.channel)}),
+        return not_found(
+            "no_history",
+            format!(
+                "channel {:?} keeps no history (set history = N on its pattern)",
+                request.channel
+            ),
         );
     };
     let max = shared.config.limits.max_replay;
@@ -253,15 +264,18 @@ pub(crate) async fn presence(
         return bad_request("body must be JSON like {\"channel\": \"room.1\"}");
     };
     let Some(rule) = shared.config.channels.lookup(&request.channel) else {
-        return json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"status": "not_found", "message": format!("no channel pattern matches {:?}", request.channel)}),
+        return not_found(
+            "not_found",
+            format!("no channel pattern matches {:?}", request.channel),
         );
     };
     if !rule.rule.presence {
-        return json_response(
-            StatusCode::NOT_FOUND,
-            &json!({"status": "no_presence", "message": format!("channel {:?} has no presence (set presence = true on its pattern)", request.channel)}),
+        return not_found(
+            "no_presence",
+            format!(
+                "channel {:?} has no presence (set presence = true on its pattern)",
+                request.channel
+            ),
         );
     }
     let limit = shared.config.limits.max_presence_list;

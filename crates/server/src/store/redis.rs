@@ -595,26 +595,13 @@ impl Fanout {
     }
 
     fn parse_event(&self, frame: &[u8]) -> Option<StoreEvent> {
-        let Some((origin, rest)) = frame.split_first_chunk::<ORIGIN_LEN>() else {
+        let Some((origin, channel, payload)) = split_frame(frame) else {
             tracing::warn!(len = frame.len(), "ignoring a malformed event frame");
             return None;
         };
         if *origin == self.origin {
             return None;
         }
-        let Some((len, rest)) = rest.split_first_chunk::<2>() else {
-            tracing::warn!(len = frame.len(), "ignoring a malformed event frame");
-            return None;
-        };
-        let len = usize::from(u16::from_be_bytes(*len));
-        let (Some(channel), Some(payload)) = (rest.get(..len), rest.get(len..)) else {
-            tracing::warn!(len = frame.len(), "ignoring a malformed event frame");
-            return None;
-        };
-        let Ok(channel) = std::str::from_utf8(channel) else {
-            tracing::warn!("ignoring an event whose channel name is not UTF-8");
-            return None;
-        };
         (!channel.is_empty()).then(|| StoreEvent {
             channel: channel.to_owned(),
             payload: Bytes::copy_from_slice(payload),
@@ -624,42 +611,35 @@ impl Fanout {
     }
 }
 
+/// The head every fan-out frame starts with — origin, channel length (u16
+/// BE), channel (UTF-8) — and the rest; `None` if it is malformed.
+fn split_frame(frame: &[u8]) -> Option<(&[u8; ORIGIN_LEN], &str, &[u8])> {
+    let (origin, rest) = frame.split_first_chunk::<ORIGIN_LEN>()?;
+    let (len, rest) = rest.split_first_chunk::<2>()?;
+    let (channel, rest) = rest.split_at_checked(usize::from(u16::from_be_bytes(*len)))?;
+    Some((origin, std::str::from_utf8(channel).ok()?, rest))
+}
+
 /// An event of a channel with history, as [`PUBLISH_AT_LUA`] frames it:
 /// origin, channel length (u16 BE), channel, epoch length (u8), epoch,
 /// offset (u64 BE), payload.
 fn parse_stream_event(frame: &[u8]) -> Option<StoreEvent> {
-    let malformed = || {
+    let parsed = split_frame(frame).and_then(|(_, channel, rest)| {
+        let (epoch_len, rest) = rest.split_first()?;
+        let (epoch, rest) = rest.split_at_checked(usize::from(*epoch_len))?;
+        let (offset, payload) = rest.split_first_chunk::<8>()?;
+        Some((channel, std::str::from_utf8(epoch).ok()?, *offset, payload))
+    });
+    let Some((channel, epoch, offset, payload)) = parsed else {
         tracing::warn!(len = frame.len(), "ignoring a malformed stream event frame");
-        None
-    };
-    let Some((_origin, rest)) = frame.split_first_chunk::<ORIGIN_LEN>() else {
-        return malformed();
-    };
-    let Some((len, rest)) = rest.split_first_chunk::<2>() else {
-        return malformed();
-    };
-    let Some((channel, rest)) = rest.split_at_checked(usize::from(u16::from_be_bytes(*len))) else {
-        return malformed();
-    };
-    let Some((epoch_len, rest)) = rest.split_first() else {
-        return malformed();
-    };
-    let Some((epoch, rest)) = rest.split_at_checked(usize::from(*epoch_len)) else {
-        return malformed();
-    };
-    let Some((offset, payload)) = rest.split_first_chunk::<8>() else {
-        return malformed();
-    };
-    let (Ok(channel), Ok(epoch)) = (std::str::from_utf8(channel), std::str::from_utf8(epoch))
-    else {
-        return malformed();
+        return None;
     };
     (!channel.is_empty()).then(|| StoreEvent {
         channel: channel.to_owned(),
         payload: Bytes::copy_from_slice(payload),
         at: Some(StreamAt {
             epoch: epoch.into(),
-            offset: u64::from_be_bytes(*offset),
+            offset: u64::from_be_bytes(offset),
         }),
         presence: None,
     })
@@ -668,29 +648,19 @@ fn parse_stream_event(frame: &[u8]) -> Option<StoreEvent> {
 /// A presence change as the presence scripts frame it: origin, channel
 /// length (u16 BE), channel, 1 (join) or 2 (leave), user.
 fn parse_presence_event(frame: &[u8]) -> Option<StoreEvent> {
-    let malformed = || {
+    let parsed = split_frame(frame).and_then(|(_, channel, rest)| {
+        let (kind, user) = rest.split_first()?;
+        let user = std::str::from_utf8(user).ok()?.to_owned();
+        let change = match kind {
+            1 => PresenceChange::Join(user),
+            2 => PresenceChange::Leave(user),
+            _ => return None,
+        };
+        Some((channel, change))
+    });
+    let Some((channel, change)) = parsed else {
         tracing::warn!(len = frame.len(), "ignoring a malformed presence frame");
-        None
-    };
-    let Some((_origin, rest)) = frame.split_first_chunk::<ORIGIN_LEN>() else {
-        return malformed();
-    };
-    let Some((len, rest)) = rest.split_first_chunk::<2>() else {
-        return malformed();
-    };
-    let Some((channel, rest)) = rest.split_at_checked(usize::from(u16::from_be_bytes(*len))) else {
-        return malformed();
-    };
-    let Some((kind, user)) = rest.split_first() else {
-        return malformed();
-    };
-    let (Ok(channel), Ok(user)) = (std::str::from_utf8(channel), std::str::from_utf8(user)) else {
-        return malformed();
-    };
-    let change = match kind {
-        1 => PresenceChange::Join(user.to_owned()),
-        2 => PresenceChange::Leave(user.to_owned()),
-        _ => return malformed(),
+        return None;
     };
     (!channel.is_empty()).then(|| StoreEvent {
         channel: channel.to_owned(),

@@ -1216,24 +1216,7 @@ impl Conn {
                 if let Some(at) = &event.at {
                     return self.on_stream_event(&event, at);
                 }
-                let Phase::Established(est) = &mut self.phase else {
-                    return Err(Ending::new(close::PROTOCOL_VIOLATION, "not established"));
-                };
-                // Events come in runs on the same channel: look its rule up once.
-                let flags = match &est.event_flags {
-                    Some((channel, flags)) if *channel == event.channel => *flags,
-                    _ => {
-                        let sensitive = self
-                            .shared
-                            .config
-                            .channels
-                            .lookup(&event.channel)
-                            .is_some_and(|m| m.rule.sensitive);
-                        let flags = if sensitive { FLAG_ENC } else { 0 };
-                        est.event_flags = Some((event.channel.clone(), flags));
-                        flags
-                    }
-                };
+                let flags = self.event_flags(&event.channel);
                 self.send_protected(
                     MessageType::Event as u8,
                     flags,
@@ -1269,14 +1252,26 @@ impl Conn {
     }
 
     /// The ENC flag of `channel`'s events (sensitive or not).
-    fn event_flags(&self, channel: &str) -> u8 {
+    /// Events come in runs on the same channel: its rule is looked up once
+    /// per run, not per event.
+    fn event_flags(&mut self, channel: &str) -> u8 {
+        if let Phase::Established(est) = &self.phase
+            && let Some((cached, flags)) = &est.event_flags
+            && cached == channel
+        {
+            return *flags;
+        }
         let sensitive = self
             .shared
             .config
             .channels
             .lookup(channel)
             .is_some_and(|m| m.rule.sensitive);
-        if sensitive { FLAG_ENC } else { 0 }
+        let flags = if sensitive { FLAG_ENC } else { 0 };
+        if let Phase::Established(est) = &mut self.phase {
+            est.event_flags = Some((channel.to_owned(), flags));
+        }
+        flags
     }
 
     /// An event of a history channel: sent as EVENT_AT if it is after what
