@@ -39,24 +39,7 @@ fn ip(last: u8) -> IpAddr {
 /// status of the first request and, if there was one, of the second.
 async fn guess(gw: &TestGateway, from: Option<IpAddr>, user: &str) -> (u16, Option<u16>) {
     let mut http = RawHttp::connect(gw.addr, from).await;
-    let start = ClientFirst::new(user, "not the password", &[9u8; 18]).unwrap();
-    let (first, begun) = http.put_first(&start.message()).await;
-    let Some(begun) = begun else {
-        return (first.status, None);
-    };
-    let (_, client_final) = start
-        .handle_server_first(
-            &begun.server_first,
-            &begun.ip,
-            &gw.fingerprint,
-            Some(&[0u8; 32]),
-        )
-        .unwrap();
-    let second = http.put_second(&begun, &client_final).await;
-    if second.reply.status == 401 {
-        assert_eq!(sealed_error(&second), "e=invalid-proof");
-    }
-    (first.status, Some(second.reply.status))
+    crate::limits::guess_with(&mut http, gw, user).await
 }
 
 fn assert_rate_limited(status: (u16, Option<u16>)) {

@@ -51,11 +51,24 @@ impl Drop for Served {
 }
 
 pub(crate) fn serve(args: &[&str]) -> Served {
+    serve_with(args, Stdio::null())
+}
+
+/// `wsgate serve --config <config>` on a free port, its log (stderr) in
+/// `log`; killed when dropped.
+pub(crate) fn serve_logged(config: &str, log: &std::path::Path) -> Served {
+    serve_with(
+        &["--config", config, "--listen", "127.0.0.1:0"],
+        Stdio::from(std::fs::File::create(log).unwrap()),
+    )
+}
+
+fn serve_with(args: &[&str], stderr: Stdio) -> Served {
     let mut child = wsgate()
         .arg("serve")
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();

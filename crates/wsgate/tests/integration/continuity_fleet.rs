@@ -38,7 +38,7 @@ use wsgate_proto::envelope::MessageType;
 use wsgate_test_support::RedisServer;
 
 use crate::channels::{API_KEY, api_call, api_publish};
-use crate::cli::{Served, run};
+use crate::cli::{Served, run, serve_logged};
 
 const USER: &str = "alice";
 const PASSWORD: &str = "alice password";
@@ -141,40 +141,6 @@ impl Drop for Nodes {
             for i in 0..self.nodes.len() {
                 eprintln!("node {i} logged:\n{}", self.log(i));
             }
-        }
-    }
-}
-
-/// `wsgate serve --config <config>` on a free port, its log (stderr) in
-/// `log`; killed when dropped.
-fn serve_logged(config: &str, log: &Path) -> Served {
-    use std::io::BufRead as _;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .env("RUST_LOG", "warn")
-        .args(["serve", "--config", config, "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("wsgate serve printed no listening line");
-        if let Some(url) = line.split("listening on http://").nth(1) {
-            return Served {
-                child,
-                addr: url.trim().parse().unwrap(),
-            };
         }
     }
 }

@@ -204,7 +204,11 @@ async fn a_success_gives_back_the_ip_count_and_resets_the_users() {
 /// One wrong guess for `user` on `http` (no PBKDF2: the proof is made from
 /// a made-up SaltedPassword): the status of the first request and of the
 /// second, if any.
-async fn guess_with(http: &mut RawHttp, gw: &TestGateway, user: &str) -> (u16, Option<u16>) {
+pub(crate) async fn guess_with(
+    http: &mut RawHttp,
+    gw: &TestGateway,
+    user: &str,
+) -> (u16, Option<u16>) {
     let start = ClientFirst::new(user, "not the password", &[9u8; 18]).unwrap();
     let (first, begun) = http.put_first(&start.message()).await;
     let Some(begun) = begun else {

@@ -17,8 +17,7 @@
 //! compared is the whole sequence a subscriber got — a duplicated, missing,
 //! spurious or reordered join or leave fails the test.
 
-use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -30,7 +29,7 @@ use wsgate_client::{
 use wsgate_proto::envelope::MessageType;
 use wsgate_test_support::RedisServer;
 
-use crate::cli::{Served, run};
+use crate::cli::{Served, run, serve_logged};
 
 const USERS: [&str; 6] = ["alice", "bob", "carol", "dave", "erin", "frank"];
 /// How long anything may take to show up once it should (a loaded CI
@@ -226,40 +225,6 @@ impl Drop for Nodes {
             for i in 0..self.nodes.len() {
                 eprintln!("node {i} logged:\n{}", self.log(i));
             }
-        }
-    }
-}
-
-/// `wsgate serve --config <config>` on a free port, its log (stderr) in
-/// `log`; killed when dropped.
-fn serve_logged(config: &str, log: &Path) -> Served {
-    use std::io::BufRead as _;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_wsgate"))
-        .env("RUST_LOG", "warn")
-        .args(["serve", "--config", config, "--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(log).unwrap())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            let _ = tx.send(line);
-        }
-    });
-    loop {
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("wsgate serve printed no listening line");
-        if let Some(url) = line.split("listening on http://").nth(1) {
-            return Served {
-                child,
-                addr: url.trim().parse().unwrap(),
-            };
         }
     }
 }
