@@ -8,7 +8,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload};
+use fastwebsockets::{FragmentCollector, Frame, OpCode, Payload, Role, WebSocket};
 use http_body_util::Empty;
 use hyper::upgrade::Upgraded;
 use hyper_util::rt::TokioIo;
@@ -18,19 +18,7 @@ use wsgate_proto::key_exchange::{self, Hello, KeyAck, TrafficKeys};
 use wsgate_proto::protect::{Opener, Sealer};
 use zeroize::Zeroizing;
 
-use crate::{ClientConfig, Error, Result, Session};
-
-struct SpawnExecutor;
-
-impl<F> hyper::rt::Executor<F> for SpawnExecutor
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    fn execute(&self, fut: F) {
-        tokio::spawn(fut);
-    }
-}
+use crate::{ClientConfig, Error, HandshakeFailure, Result, Session};
 
 type Ws = FragmentCollector<TokioIo<Upgraded>>;
 
@@ -50,6 +38,111 @@ impl std::fmt::Debug for RawSocket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("RawSocket(..)")
     }
+}
+
+/// The client side of the upgrade (RFC 6455 §4.1) over an open stream:
+/// the request, then either the upgraded socket or what the server
+/// answered instead (status and the start of the body) or how the
+/// connection failed. `fastwebsockets::handshake::client` reports only
+/// "connection error" or the status, which says too little when a
+/// benchmark's connection fails.
+async fn upgrade(
+    stream: crate::http::Stream,
+    req: hyper::Request<Empty<Bytes>>,
+    protocol: Option<&str>,
+) -> std::result::Result<WebSocket<TokioIo<Upgraded>>, HandshakeFailure> {
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(handshake_failure)?;
+    tokio::spawn(async move {
+        // Its errors reach the request below (or the upgraded socket).
+        let _ = conn.with_upgrades().await;
+    });
+    let mut resp = sender.send_request(req).await.map_err(handshake_failure)?;
+    let status = resp.status();
+    if status != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        return Err(HandshakeFailure::Refused {
+            status: status.as_u16(),
+            body: body_excerpt(resp.into_body()).await,
+        });
+    }
+    let header_is = |name: &str, want: &str| {
+        resp.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.eq_ignore_ascii_case(want))
+    };
+    if !header_is("Upgrade", "websocket") {
+        return Err(HandshakeFailure::BadUpgrade(
+            "without `Upgrade: websocket`".into(),
+        ));
+    }
+    if !header_is("Connection", "upgrade") {
+        return Err(HandshakeFailure::BadUpgrade(
+            "without `Connection: upgrade`".into(),
+        ));
+    }
+    let echoed = resp
+        .headers()
+        .get("Sec-WebSocket-Protocol")
+        .and_then(|v| v.to_str().ok());
+    if let Some(p) = protocol
+        && echoed != Some(p)
+    {
+        return Err(HandshakeFailure::BadUpgrade(format!(
+            "did not accept subprotocol {p}"
+        )));
+    }
+    let upgraded = hyper::upgrade::on(&mut resp)
+        .await
+        .map_err(handshake_failure)?;
+    Ok(WebSocket::after_handshake(
+        TokioIo::new(upgraded),
+        Role::Client,
+    ))
+}
+
+/// At most this much of a refused upgrade's body goes into the error.
+const BODY_EXCERPT: usize = 200;
+
+/// The start of a body, as lossy UTF-8; reading stops at
+/// [`BODY_EXCERPT`] bytes, at the end, or at an error.
+async fn body_excerpt(mut body: hyper::body::Incoming) -> String {
+    use http_body_util::BodyExt as _;
+    let mut bytes = Vec::new();
+    while bytes.len() < BODY_EXCERPT {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    bytes.extend_from_slice(data);
+                }
+            }
+            _ => break,
+        }
+    }
+    let mut text = String::from_utf8_lossy(&bytes).into_owned();
+    if text.len() > BODY_EXCERPT {
+        let mut end = BODY_EXCERPT;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+fn handshake_failure(e: hyper::Error) -> HandshakeFailure {
+    if let Some(io) = crate::http::io_cause(&e) {
+        return HandshakeFailure::Io(match io.raw_os_error() {
+            Some(code) => std::io::Error::from_raw_os_error(code),
+            None => std::io::Error::new(io.kind(), io.to_string()),
+        });
+    }
+    if e.is_incomplete_message() || e.is_closed() {
+        return HandshakeFailure::Closed;
+    }
+    HandshakeFailure::Http(e.to_string())
 }
 
 /// One message received.
@@ -101,22 +194,20 @@ impl RawSocket {
         let req = req
             .body(Empty::<Bytes>::new())
             .map_err(|e| Error::Http(e.to_string()))?;
-        let handshake = fastwebsockets::handshake::client(&SpawnExecutor, req, tcp);
-        let (ws, resp) = tokio::time::timeout(config.timeout, handshake)
+        let local = tcp.local_addr();
+        let failed = |answer| Error::Handshake {
+            url: format!(
+                "{}://{}{path}",
+                if config.tls.is_some() { "wss" } else { "ws" },
+                config.addr
+            ),
+            local,
+            answer,
+        };
+        let ws = tokio::time::timeout(config.timeout, upgrade(tcp, req, protocol))
             .await
             .map_err(|_| Error::Timeout("the WebSocket handshake"))?
-            .map_err(|e| Error::Protocol(format!("WebSocket handshake failed: {e}")))?;
-        if let Some(p) = protocol {
-            let echoed = resp
-                .headers()
-                .get("Sec-WebSocket-Protocol")
-                .and_then(|v| v.to_str().ok());
-            if echoed != Some(p) {
-                return Err(Error::Protocol(format!(
-                    "server did not accept subprotocol {p}"
-                )));
-            }
-        }
+            .map_err(failed)?;
         Ok(Self {
             ws: FragmentCollector::new(ws),
             timeout: config.timeout,
@@ -460,5 +551,155 @@ impl Connection {
     /// Events received while waiting for responses.
     pub fn take_events(&mut self) -> Vec<Message> {
         self.events.drain(..).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    use tokio::net::TcpListener;
+
+    use super::RawSocket;
+    use crate::{ClientConfig, Error, HandshakeFailure};
+
+    /// A plain TCP listener that reads one request head and then does
+    /// `answer` with the socket.
+    async fn fake_server(answer: &'static [u8]) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match sock.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if !answer.is_empty() {
+                    let _ = sock.write_all(answer).await;
+                }
+                // Dropping the socket closes it (with nothing written: before answering).
+            }
+        });
+        addr
+    }
+
+    fn config(addr: SocketAddr) -> ClientConfig {
+        ClientConfig::from_addr(addr).timeout(Duration::from_secs(5))
+    }
+
+    #[tokio::test]
+    async fn a_refused_upgrade_names_the_url_the_local_address_and_the_answer() {
+        let addr = fake_server(
+            b"HTTP/1.1 403 Forbidden\r\ncontent-length: 32\r\nconnection: close\r\n\r\norigin https://evil.test refused",
+        )
+        .await;
+        let err = RawSocket::open_raw_path(&config(addr), "/raw-echo")
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        let Error::Handshake { url, local, answer } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(url, &format!("ws://{addr}/raw-echo"));
+        let local = local.expect("the local address is known after connect");
+        assert!(
+            text.contains(&format!("ws://{addr}/raw-echo from {local}")),
+            "{text}"
+        );
+        assert_eq!(answer.status(), Some(403), "{text}");
+        assert!(text.contains("HTTP 403"), "{text}");
+        assert!(text.contains("origin https://evil.test refused"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_closes_without_answering_is_named() {
+        let addr = fake_server(b"").await;
+        let err = RawSocket::open(&config(addr)).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(
+                &err,
+                Error::Handshake {
+                    answer: HandshakeFailure::Closed | HandshakeFailure::Io(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(text.contains(&format!("ws://{addr}/ws")), "{text}");
+        assert!(
+            text.contains("closed the connection before answering") || text.contains("ECONNRESET"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_101_without_the_subprotocol_is_named() {
+        let addr = fake_server(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: upgrade\r\n\r\n",
+        )
+        .await;
+        let err = RawSocket::open(&config(addr)).await.unwrap_err();
+        let text = err.to_string();
+        assert!(
+            matches!(
+                &err,
+                Error::Handshake {
+                    answer: HandshakeFailure::BadUpgrade(_),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            text.contains("did not accept subprotocol wsgate.v1"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_tcp_connect_names_the_address_and_the_errno() {
+        // A port that was just free: nothing listens there.
+        let addr = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let err = RawSocket::open_raw_path(&config(addr), "/raw-echo")
+            .await
+            .unwrap_err();
+        let text = err.to_string();
+        assert!(matches!(&err, Error::Connect { .. }), "{err:?}");
+        assert_eq!(
+            err.io_kind(),
+            Some(std::io::ErrorKind::ConnectionRefused),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("TCP connect to {addr} failed")),
+            "{text}"
+        );
+        if cfg!(target_os = "linux") {
+            assert!(text.contains("ECONNREFUSED"), "{text}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_bound_source_address_is_named() {
+        let addr = fake_server(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n").await;
+        let via = config(addr).local_addr("127.0.0.2".parse().unwrap());
+        let err = RawSocket::open(&via).await.unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains(" from 127.0.0.2:"), "{text}");
+        assert!(text.contains("HTTP 404 instead of 101"), "{text}");
+        assert!(
+            !text.contains("instead of 101:"),
+            "no body, no excerpt: {text}"
+        );
     }
 }

@@ -24,14 +24,47 @@ pub(crate) async fn tcp_connect(
     } else {
         TcpSocket::new_v6()?
     };
+    let mut bound = None;
     if let Some(ip) = local {
-        socket.bind(SocketAddr::new(ip, 0))?;
+        let failed = |cause| Error::Connect {
+            addr,
+            local: Some(SocketAddr::new(ip, 0)),
+            cause,
+        };
+        socket.bind(SocketAddr::new(ip, 0)).map_err(failed)?;
+        bound = Some(socket.local_addr().map_err(failed)?);
     }
     let stream = tokio::time::timeout(timeout, socket.connect(addr))
         .await
-        .map_err(|_| Error::Timeout("TCP connect"))??;
+        .map_err(|_| Error::Timeout("TCP connect"))?
+        .map_err(|cause| Error::Connect {
+            addr,
+            local: bound,
+            cause,
+        })?;
     stream.set_nodelay(true)?;
     Ok(stream)
+}
+
+/// A hyper error as text, with the IO error underneath it when there is
+/// one (hyper alone says only "connection error").
+pub(crate) fn hyper_error_text(e: &hyper::Error) -> String {
+    match io_cause(e) {
+        Some(io) => format!("{e}: {}", crate::error::describe_io(io)),
+        None => e.to_string(),
+    }
+}
+
+/// The IO error in `e`'s source chain.
+pub(crate) fn io_cause<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a std::io::Error> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return Some(io);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// A connected byte stream: plain TCP, or TLS over TCP for `https://`
@@ -41,6 +74,16 @@ pub(crate) enum Stream {
     Plain(TcpStream),
     /// `https://` / `wss://`.
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Stream {
+    /// The local end of the TCP connection.
+    pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Self::Plain(s) => s.local_addr().ok(),
+            Self::Tls(s) => s.get_ref().0.local_addr().ok(),
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for Stream {
@@ -120,12 +163,21 @@ pub(crate) async fn connect(config: &crate::ClientConfig) -> Result<Stream> {
         return Ok(Stream::Plain(tcp));
     };
     let connector = tokio_rustls::TlsConnector::from(tls.config.clone());
+    let local = tcp.local_addr().ok();
     let stream = tokio::time::timeout(
         config.timeout,
         connector.connect(tls.server_name.clone(), tcp),
     )
     .await
-    .map_err(|_| Error::Timeout("the TLS handshake"))??;
+    .map_err(|_| Error::Timeout("the TLS handshake"))?
+    .map_err(|e| {
+        Error::Tls(format!(
+            "handshake with {}{} failed: {}",
+            config.addr,
+            local.map_or_else(String::new, |l| format!(" from {l}")),
+            crate::error::describe_io(&e)
+        ))
+    })?;
     Ok(Stream::Tls(Box::new(stream)))
 }
 
@@ -133,6 +185,7 @@ pub(crate) async fn connect(config: &crate::ClientConfig) -> Result<Stream> {
 pub(crate) struct HttpConn {
     sender: SendRequest<Full<Bytes>>,
     host: String,
+    addr: SocketAddr,
     timeout: Duration,
 }
 
@@ -164,13 +217,14 @@ impl HttpConn {
         let stream = connect(config).await?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| Error::Http(e.to_string()))?;
+            .map_err(|e| Error::Http(hyper_error_text(&e)))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
         Ok(Self {
             sender,
             host: host.to_owned(),
+            addr: config.addr,
             timeout,
         })
     }
@@ -181,6 +235,7 @@ impl HttpConn {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<Reply> {
+        let req_method = method.clone();
         let mut req = http::Request::builder()
             .method(method)
             .uri(path)
@@ -192,15 +247,16 @@ impl HttpConn {
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|e| Error::Http(e.to_string()))?;
         let exchange = async {
-            self.sender
-                .ready()
-                .await
-                .map_err(|e| Error::Http(e.to_string()))?;
-            let resp = self
-                .sender
-                .send_request(req)
-                .await
-                .map_err(|e| Error::Http(e.to_string()))?;
+            let failed = |e: hyper::Error| {
+                Error::Http(format!(
+                    "{} {path} to {}: {}",
+                    req_method,
+                    self.addr,
+                    hyper_error_text(&e)
+                ))
+            };
+            self.sender.ready().await.map_err(failed)?;
+            let resp = self.sender.send_request(req).await.map_err(failed)?;
             let (parts, body) = resp.into_parts();
             let body = Limited::new(body, 1 << 20)
                 .collect()

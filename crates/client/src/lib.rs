@@ -33,7 +33,7 @@ use zeroize::Zeroizing;
 
 pub use crate::channels::{ChannelEvent, Delivery, PresenceReply, PresentUser, StreamTracker};
 pub use crate::connection::{Connection, Incoming, Message, RawSocket};
-pub use crate::error::{Error, Result};
+pub use crate::error::{Error, HandshakeFailure, Result};
 pub use rustls;
 pub use wsgate_proto::continuity::{Position, SubscribeReply, SubscribeRequest};
 
