@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context as _;
 use hdrhistogram::Histogram;
 
 use crate::procfs::CpuMeter;
@@ -38,18 +39,21 @@ impl Shared {
 
 /// A latency histogram in microseconds (1 µs .. 100 s, 3 significant digits).
 /// Waits for the closed-loop tasks of a run, each of which returns its
-/// latency histogram and how it ended: the first failure is the run's, and
-/// the histograms are merged.
+/// latency histogram and how it ended: the first failure is the run's
+/// (named `{what}: {each} 3 of 50`), and the histograms are merged.
 pub(crate) async fn join_loops(
     what: &str,
+    each: &str,
     tasks: Vec<tokio::task::JoinHandle<(Histogram<u64>, anyhow::Result<()>)>>,
 ) -> anyhow::Result<Histogram<u64>> {
     let mut merged = histogram();
-    for task in tasks {
+    let total = tasks.len();
+    for (i, task) in tasks.into_iter().enumerate() {
+        let which = || format!("{what}: {each} {} of {total}", i + 1);
         let (h, outcome) = task
             .await
-            .map_err(|e| anyhow::anyhow!("{what} task failed: {e}"))?;
-        outcome?;
+            .map_err(|e| anyhow::anyhow!("{}: its task failed: {e}", which()))?;
+        outcome.with_context(which)?;
         merged
             .add(&h)
             .map_err(|e| anyhow::anyhow!("merging histograms: {e:?}"))?;
@@ -226,7 +230,10 @@ pub(crate) fn thousands(v: f64) -> String {
 }
 
 /// Opens `count` things with at most `parallel` attempts in flight, with a
-/// progress line. `open(i)` makes the i-th.
+/// progress line. `open(i)` makes the i-th. A failure names the run
+/// (`label`) and the connection (`connection 17 of 50`) above the
+/// client's error (the address dialled, the local address, what the
+/// server answered).
 pub(crate) async fn open_many<T, F, Fut>(
     label: &str,
     count: usize,
@@ -244,15 +251,17 @@ where
     let mut next = 0usize;
     while out.len() < count {
         while next < count && pending.len() < parallel.max(1) {
-            pending.push_back(tokio::spawn(open(next)));
+            pending.push_back((next, tokio::spawn(open(next))));
             next += 1;
         }
-        let Some(handle) = pending.pop_front() else {
+        let Some((i, handle)) = pending.pop_front() else {
             break;
         };
+        let which = || format!("{label}: connection {} of {count}", i + 1);
         let item = handle
             .await
-            .map_err(|e| anyhow::anyhow!("connection task failed: {e}"))??;
+            .map_err(|e| anyhow::anyhow!("{}: its task failed: {e}", which()))?
+            .with_context(which)?;
         out.push(item);
         if out.len().is_multiple_of(1000) {
             progress.draw(&format!("opened {}/{count}", out.len()));

@@ -202,7 +202,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
                 env.self_cpu(),
             )
             .await;
-            let hist = load::join_loops("connect", tasks)
+            let hist = load::join_loops(&label, "client", tasks)
                 .await
                 .with_context(|| format!("connect, {name}"))?;
             runs[i].push(RunResult {

@@ -410,7 +410,7 @@ pub(crate) async fn run_variant(
         env.self_cpu(),
     )
     .await;
-    let hist = load::join_loops("echo", tasks).await?;
+    let hist = load::join_loops(label, "connection", tasks).await?;
     Ok(RunResult {
         rate: window.rate(),
         p50: quantile_us(&hist, 0.5),

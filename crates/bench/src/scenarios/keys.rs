@@ -234,7 +234,7 @@ async fn run_variant(
         env.self_cpu(),
     )
     .await;
-    let hist = load::join_loops("connect", tasks).await?;
+    let hist = load::join_loops(label, "client", tasks).await?;
     Ok(RunResult {
         rate: window.rate(),
         p50: quantile_us(&hist, 0.5),

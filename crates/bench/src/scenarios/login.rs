@@ -92,7 +92,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
                 env.self_cpu(),
             )
             .await;
-            let hist = load::join_loops("login", tasks).await?;
+            let hist = load::join_loops(&label, "client", tasks).await?;
             runs[i].push((
                 window.rate(),
                 quantile_us(&hist, 0.5),
