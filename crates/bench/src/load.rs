@@ -274,6 +274,39 @@ where
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn a_failed_open_names_the_run_and_the_connection() {
+        let err = open_many("echo raw ws:// 2/5", 5, 2, |i| async move {
+            if i == 2 {
+                anyhow::bail!("TCP connect to 127.0.0.1:9 failed: refused")
+            }
+            Ok(i)
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "echo raw ws:// 2/5: connection 3 of 5: TCP connect to 127.0.0.1:9 failed: refused"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_failed_loop_names_its_connection() {
+        let ok = |_| tokio::spawn(async { (histogram(), Ok(())) });
+        let tasks = vec![
+            ok(()),
+            tokio::spawn(async { (histogram(), Err(anyhow::anyhow!("read failed: reset"))) }),
+            ok(()),
+        ];
+        let err = join_loops("echo tagged 1/1", "connection", tasks)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            format!("{err:#}"),
+            "echo tagged 1/1: connection 2 of 3: read failed: reset"
+        );
+    }
+
     #[test]
     fn formats_thousands() {
         assert_eq!(thousands(0.0), "0");
