@@ -150,13 +150,88 @@ impl Stat {
 pub struct TargetCheck {
     /// The target as the issue states it.
     pub target: String,
-    /// What this run measured.
+    /// What this run measured (with the run-to-run range when it was
+    /// judged from repeated runs).
     pub measured: String,
-    /// `met`, `missed`, `not measured` (smoke runs, missing baselines).
+    /// `met`, `missed`, `within noise` (the threshold lies inside the
+    /// run-to-run range: some runs meet it, some miss it), `not measured`
+    /// (smoke runs, missing baselines).
     pub status: String,
 }
 
+/// Which side of its threshold a target wants a measured ratio on.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Goal {
+    /// `≤ x`.
+    AtMost(f64),
+    /// `≥ x`.
+    AtLeast(f64),
+    /// `< x`.
+    Below(f64),
+}
+
+impl Goal {
+    fn holds(self, v: f64) -> bool {
+        match self {
+            Self::AtMost(x) => v <= x,
+            Self::AtLeast(x) => v >= x,
+            Self::Below(x) => v < x,
+        }
+    }
+}
+
+/// The verdict on `stat` for `goal`, from every run rather than the median
+/// alone: `met` when all runs meet it, `missed` when none does, `within
+/// noise` when the threshold lies inside the run-to-run range (so the
+/// verdict of a single run could go either way).
+pub fn verdict(stat: &Stat, goal: Goal) -> &'static str {
+    let finite: Vec<f64> = stat
+        .samples
+        .iter()
+        .copied()
+        .filter(|v| v.is_finite())
+        .collect();
+    let (lo, hi) = if finite.is_empty() {
+        (stat.median, stat.median)
+    } else {
+        (stat.min, stat.max)
+    };
+    match (goal.holds(lo), goal.holds(hi)) {
+        (true, true) => "met",
+        (false, false) => "missed",
+        _ => "within noise",
+    }
+}
+
 impl TargetCheck {
+    /// A target judged on a ratio measured over repeated runs
+    /// ([`verdict`]); `measured` shows the median, the range and the number
+    /// of runs, then `note` if not empty. Not judged (`not measured`)
+    /// without a value or when `judge` is false (smoke runs).
+    pub fn judged(target: &str, stat: Option<&Stat>, goal: Goal, judge: bool, note: &str) -> Self {
+        let Some(stat) = stat.filter(|s| s.median.is_finite() && s.median != 0.0) else {
+            return Self::new(target, format!("–{note}"), None);
+        };
+        let runs = stat.samples.len();
+        let measured = if runs > 1 {
+            format!(
+                "{:.3}× (runs {:.3}–{:.3}×, {runs} runs){note}",
+                stat.median, stat.min, stat.max
+            )
+        } else {
+            format!("{:.3}× (1 run: no spread){note}", stat.median)
+        };
+        Self {
+            target: target.to_owned(),
+            measured,
+            status: if judge {
+                verdict(stat, goal).to_owned()
+            } else {
+                "not measured".to_owned()
+            },
+        }
+    }
+
     /// A target compared with a measured value.
     pub fn new(target: &str, measured: String, met: Option<bool>) -> Self {
         Self {
@@ -406,6 +481,82 @@ mod tests {
         let r = b.ratio_to(&a);
         assert_eq!((r.median, r.min, r.max), (2.0, 2.0, 2.0));
         assert_eq!(Stat::from_samples(vec![1.0, 3.0]).median, 2.0);
+    }
+
+    #[test]
+    fn a_verdict_needs_every_run_to_agree() {
+        let runs = |v: &[f64]| Stat::from_samples(v.to_vec());
+        assert_eq!(
+            verdict(&runs(&[1.02, 1.05, 1.08]), Goal::AtMost(1.10)),
+            "met"
+        );
+        assert_eq!(
+            verdict(&runs(&[1.12, 1.15, 1.30]), Goal::AtMost(1.10)),
+            "missed"
+        );
+        // The median meets it, one run does not: the threshold is inside the range.
+        assert_eq!(
+            verdict(&runs(&[1.01, 1.05, 1.50]), Goal::AtMost(1.10)),
+            "within noise"
+        );
+        assert_eq!(
+            verdict(&runs(&[0.80, 0.86, 0.90]), Goal::AtLeast(0.85)),
+            "within noise"
+        );
+        assert_eq!(
+            verdict(&runs(&[0.99, 1.0]), Goal::Below(1.0)),
+            "within noise"
+        );
+        assert_eq!(verdict(&runs(&[0.9]), Goal::Below(1.0)), "met");
+        // A run without a value (NaN) does not count.
+        assert_eq!(
+            verdict(&runs(&[1.0, f64::NAN, 1.05]), Goal::AtMost(1.10)),
+            "met"
+        );
+    }
+
+    #[test]
+    fn a_judged_target_shows_the_range_and_the_runs() {
+        let stat = Stat::from_samples(vec![1.01, 1.11, 1.50]);
+        let t = TargetCheck::judged("≤ 1.10× raw", Some(&stat), Goal::AtMost(1.10), true, "");
+        assert_eq!(t.measured, "1.110× (runs 1.010–1.500×, 3 runs)");
+        assert_eq!(t.status, "within noise");
+        let one = Stat::from_samples(vec![1.2]);
+        let t = TargetCheck::judged(
+            "≤ 1.10× raw",
+            Some(&one),
+            Goal::AtMost(1.10),
+            true,
+            " (at 25 %)",
+        );
+        assert_eq!(t.measured, "1.200× (1 run: no spread) (at 25 %)");
+        assert_eq!(t.status, "missed");
+        let t = TargetCheck::judged("≤ 1.10× raw", Some(&stat), Goal::AtMost(1.10), false, "");
+        assert_eq!(t.status, "not measured");
+        let t = TargetCheck::judged("≤ 1.10× raw", None, Goal::AtMost(1.10), true, "");
+        assert_eq!(
+            (t.measured.as_str(), t.status.as_str()),
+            ("–", "not measured")
+        );
+    }
+
+    #[test]
+    fn markdown_cells_show_the_range_of_repeated_runs() {
+        let mut s = ScenarioResult::new("echo", "test");
+        let mut r = Row::new("raw");
+        r.metric("req/s", vec![1000.0, 900.0, 1100.0], true);
+        s.rows.push(r);
+        let report = Report {
+            wsgate_version: "0".into(),
+            started_unix: 0,
+            command: "wsgate bench echo".into(),
+            machine: crate::procfs::machine(),
+            pinned: false,
+            smoke: false,
+            scenarios: vec![s],
+            failures: vec![],
+        };
+        assert!(report.markdown().contains("| raw | 1000 (900–1100) |"));
     }
 
     #[test]

@@ -81,7 +81,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         .connections
         .unwrap_or(if args.smoke { 2 } else { 8 })
         .max(1);
-    let t = timing(args, 4.0);
+    let t = timing(args, 4.0, 1);
     let iterations = args
         .iterations
         .unwrap_or(if args.smoke { 4096 } else { DEFAULT_ITERATIONS });

@@ -70,7 +70,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         .rate
         .unwrap_or(if args.smoke { 20.0 } else { 100.0 })
         .max(0.1);
-    let t = timing(args, 10.0);
+    let t = timing(args, 10.0, 1);
     let mut result = ScenarioResult::new(
         "fanout",
         "subscribers on one channel, HTTP publishes at a fixed rate",

@@ -43,7 +43,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         .connections
         .unwrap_or(if args.smoke { 50 } else { 10_000 })
         .max(1);
-    let repeat = if args.smoke { 1 } else { args.repeat.max(1) };
+    let repeat = args.repeat_or(1);
     // Each connection costs a descriptor here and one in the gateway.
     let needed = c as u64 + 1_000;
     if env.nofile < needed {

@@ -51,7 +51,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         .connections
         .unwrap_or(if args.smoke { 2 } else { 8 })
         .max(1);
-    let t = timing(args, 5.0);
+    let t = timing(args, 5.0, 1);
     // (name, transport, kind, on the --before-bin build); the first four
     // are indexed below.
     let mut variants = vec![

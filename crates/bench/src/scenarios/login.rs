@@ -30,7 +30,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         .connections
         .unwrap_or(if args.smoke { 2 } else { 8 })
         .max(1);
-    let t = timing(args, 5.0);
+    let t = timing(args, 5.0, 1);
     let mut result =
         ScenarioResult::new("login", "SCRAM logins, concurrent clients in closed loops");
     result.setting("concurrent clients", c);

@@ -27,18 +27,25 @@ pub(crate) struct Timing {
     pub(crate) repeat: usize,
 }
 
-pub(crate) fn timing(args: &BenchArgs, default_secs: f64) -> Timing {
+/// Echo's runs per variant without `--repeat`: enough that the range
+/// shows how far one run can stray, and that a target's verdict can be
+/// `met` or `missed` across all of them, not one lucky run.
+pub(crate) const ECHO_REPEAT: usize = 5;
+
+/// The timing of a scenario measured for `default_secs` per run, repeated
+/// `default_repeat` times unless `--repeat` says otherwise.
+pub(crate) fn timing(args: &BenchArgs, default_secs: f64, default_repeat: usize) -> Timing {
     if args.smoke {
         return Timing {
             warmup: Duration::from_millis(200),
             duration: Duration::from_secs_f64(args.duration.unwrap_or(0.5).min(2.0)),
-            repeat: 1,
+            repeat: args.repeat_or(1),
         };
     }
     Timing {
         warmup: Duration::from_secs(1),
         duration: Duration::from_secs_f64(args.duration.unwrap_or(default_secs).max(0.1)),
-        repeat: args.repeat.max(1),
+        repeat: args.repeat_or(default_repeat),
     }
 }
 

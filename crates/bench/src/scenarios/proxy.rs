@@ -174,7 +174,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         .connections
         .unwrap_or(if args.smoke { 4 } else { 50 })
         .max(1);
-    let t = timing(args, 10.0);
+    let t = timing(args, 10.0, 1);
     let plain = env.gateway(Transport::Plain).await?;
     let tls = env.gateway(Transport::Tls).await?;
     let cert_dir = tls

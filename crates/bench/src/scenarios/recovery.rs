@@ -71,7 +71,7 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
     if m > RECOVERY_KEEP {
         bail!("--events {m}: the bench gateway keeps and replays at most {RECOVERY_KEEP} events");
     }
-    let repeat = if args.smoke { 1 } else { args.repeat.max(1) };
+    let repeat = args.repeat_or(1);
     let mut result = ScenarioResult::new(
         "recovery",
         "C clients reconnect at once and each replays the M events it missed (SUBSCRIBE with since)",
