@@ -1,6 +1,7 @@
 // Bundles src/sm.js into one ES module. Deterministic: same sources and
 // esbuild version give the same bytes.
-//   node build.mjs [outfile] [--test-hooks]   (default ../crates/server/assets/sm.js)
+//   node build.mjs [outfile] [--test-hooks]   (default ../crates/server/assets/sm.js;
+//   sm-worker.js is written next to it)
 // --test-hooks keeps `testHooks.onSecrets` (tests that need the session's
 // secrets, e.g. the wire capture); the published bundle never has it.
 import { build } from "esbuild";
@@ -15,12 +16,19 @@ const outArg = args.find((a) => !a.startsWith("--"));
 const out = resolve(outArg ?? resolve(here, "../crates/server/assets/sm.js"));
 const pkg = JSON.parse(readFileSync(resolve(here, "package.json"), "utf8"));
 
-await build({
+// The shared worker's script goes next to the module, where sm.js looks for
+// it by default (`new URL("./sm-worker.js", import.meta.url)`).
+const workerOut = resolve(dirname(out), "sm-worker.js");
+
+for (const [entry, outfile, format, what] of [
+  ["src/sm.js", out, "esm", "wsgate browser module"],
+  ["src/shared/worker.js", workerOut, "iife", "wsgate browser module, shared worker"],
+]) await build({
   absWorkingDir: here,
-  entryPoints: [resolve(here, "src/sm.js")],
-  outfile: out,
+  entryPoints: [resolve(here, entry)],
+  outfile,
   bundle: true,
-  format: "esm",
+  format,
   platform: "browser",
   target: ["es2020"],
   minify: true,
@@ -42,7 +50,7 @@ await build({
     },
   ],
   define: { __WSGATE_TEST_HOOKS__: testHooks ? "true" : "false" },
-  banner: { js: `/*! sm.js ${pkg.version} — wsgate browser module (protocol wsgate-v1). Built from js/ with esbuild; do not edit. */` },
+  banner: { js: `/*! ${entry === "src/sm.js" ? "sm.js" : "sm-worker.js"} ${pkg.version} — ${what} (protocol wsgate-v1). Built from js/ with esbuild; do not edit. */` },
   logLevel: "warning",
 });
-console.log(`built ${out}`);
+console.log(`built ${out} and ${workerOut}`);

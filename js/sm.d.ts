@@ -62,7 +62,19 @@ export interface FrameInfo {
 
 export interface ConnectOptions {
   username: string;
-  password: string;
+  /** Required, except with `shared: true` when a session of this user at this gateway is live in the shared worker (it is joined). */
+  password?: string;
+  /**
+   * Run the session in a SharedWorker shared by every page of this origin (README "Shared mode"): one
+   * WebSocket, one login, one subscription per channel; secrets stay in the worker. Where the page has no
+   * SharedWorker, the session runs in the page and `session.shared` is false. Cannot be combined with
+   * `onFrame`, `fetch`, `WebSocket` or `testHooks`.
+   */
+  shared?: boolean;
+  /** Shared mode: URL of sm-worker.js, same origin as the page. Default: next to this module (`./sm-worker.js`). */
+  workerUrl?: string | URL;
+  /** Shared mode: ms between the page's heartbeats to the worker, default 15000; a page silent for 8 intervals is let go. */
+  heartbeatInterval?: number;
   /** http(s) base URL of the gateway; default: the page's origin. The ws(s) URL is derived (`<base>/ws`). */
   url?: string;
   /** Expected fingerprint(s) of the server key: b64u(SHA-256(pk)), 43 characters. */
@@ -238,7 +250,7 @@ export interface ErrorDetail {
 export type RequestData = Uint8Array | ArrayBuffer | ArrayBufferView | string | number | boolean | null | object | undefined;
 
 export declare class Session extends EventTarget {
-  private constructor();
+  protected constructor();
   /** User name as the server stores it (SASLprep'd). */
   readonly user: string | null;
   /** IP address the server sees; the session is bound to it. */
@@ -250,6 +262,8 @@ export declare class Session extends EventTarget {
   readonly keyFingerprint: string | null;
   readonly backend: "webcrypto" | "noble";
   readonly state: ConnectionState;
+  /** true: the session runs in the shared worker (`connect({ shared: true })`); false: in this page. */
+  readonly shared: boolean;
 
   request(route: string, data?: RequestData, opts?: RequestOptions): Promise<Uint8Array>;
   /** Like request(), parsing the response as JSON (empty response: null). */
@@ -276,6 +290,14 @@ export declare class Session extends EventTarget {
   on(type: "state", fn: (d: StateDetail) => void): () => void;
   on(type: "session", fn: (d: SessionDetail) => void): () => void;
   on(type: "error", fn: (d: ErrorDetail) => void): () => void;
+}
+
+/**
+ * A Session that runs in the shared worker (`connect({ shared: true })`): the same members; `close()`
+ * detaches this page only, `logout()` ends the session for every page.
+ */
+export declare class SharedSession extends Session {
+  readonly shared: true;
 }
 
 /** Logs in (SCRAM-SHA-256-PLUS, mutual authentication) and opens a key-established connection. */

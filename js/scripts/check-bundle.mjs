@@ -6,12 +6,18 @@ import { dirname, join, resolve } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const here = dirname(fileURLToPath(import.meta.url));
-const committed = resolve(here, "../../crates/server/assets/sm.js");
 const dir = mkdtempSync(join(tmpdir(), "sm-bundle-"));
 try {
-  const fresh = join(dir, "sm.js");
-  execFileSync(process.execPath, [resolve(here, "../build.mjs"), fresh], { stdio: ["ignore", "ignore", "inherit"] });
-  const a = readFileSync(fresh);
+  execFileSync(process.execPath, [resolve(here, "../build.mjs"), join(dir, "sm.js")], { stdio: ["ignore", "ignore", "inherit"] });
+  for (const name of ["sm.js", "sm-worker.js"]) check(name);
+} finally {
+  rmSync(dir, { recursive: true, force: true });
+}
+
+/** @param {string} name */
+function check(name) {
+  const committed = resolve(here, "../../crates/server/assets", name);
+  const a = readFileSync(join(dir, name));
   let b;
   try {
     b = readFileSync(committed);
@@ -26,6 +32,4 @@ try {
     process.exit(1);
   }
   console.log(`check-bundle: ${committed} matches a fresh build (${a.length} bytes).`);
-} finally {
-  rmSync(dir, { recursive: true, force: true });
 }

@@ -68,7 +68,7 @@ const MAX_ID = 0xffffffff;
  */
 
 /** @param {unknown} data @returns {Uint8Array} */
-function encodeData(data) {
+export function encodeData(data) {
   if (data === undefined) return EMPTY;
   if (data instanceof Uint8Array) return data;
   if (data instanceof ArrayBuffer) return new Uint8Array(data);
@@ -80,13 +80,13 @@ function encodeData(data) {
 }
 
 /** @param {string} name @param {string} what */
-function checkName(name, what) {
+export function checkName(name, what) {
   if (typeof name !== "string" || name.length === 0) throw new WsgateError("invalid_argument", `The ${what} must be a non-empty string.`);
   if (utf8(name).length > MAX_NAME_LEN) throw new WsgateError("invalid_argument", `The ${what} is longer than ${MAX_NAME_LEN} bytes.`);
 }
 
 /** @param {string | undefined} url */
-function normalizeBase(url) {
+export function normalizeBase(url) {
   let u = url;
   if (u === undefined || u === "") {
     const loc = /** @type {any} */ (globalThis).location;
@@ -440,12 +440,14 @@ class Connection {
  * @property {string | null} epoch the stream's epoch; null: unknown (not confirmed yet, or no history)
  * @property {number | null} offset the last offset delivered (or the stream's offset when the subscription took effect)
  * @property {Position | null} since the app's stored position, used until the server confirmed one
+ * @property {boolean} confirmed the server answered the last SUBSCRIBE sent for it
+ * @property {boolean} askedPresence that SUBSCRIBE asked for presence events
  */
 
 const B64U = /^[A-Za-z0-9_-]+$/;
 
 /** @param {unknown} j @returns {Position | null} */
-function asPosition(j) {
+export function asPosition(j) {
   if (!j || typeof j !== "object") return null;
   const { epoch, offset } = /** @type {any} */ (j);
   if (typeof epoch !== "string" || !B64U.test(epoch) || !Number.isSafeInteger(offset) || offset < 0) return null;
@@ -453,7 +455,7 @@ function asPosition(j) {
 }
 
 /** @param {Uint8Array} bytes @returns {any} JSON, or undefined */
-function parseJson(bytes) {
+export function parseJson(bytes) {
   try {
     return JSON.parse(fromUtf8(bytes));
   } catch {
@@ -513,7 +515,7 @@ function asPresenceEvent(j) {
 }
 
 /** @param {unknown} j @returns {PresenceList | null} */
-function asPresenceList(j) {
+export function asPresenceList(j) {
   if (!j || typeof j !== "object" || Array.isArray(j)) return null;
   const { users, truncated } = /** @type {any} */ (j);
   if (!Array.isArray(users) || (truncated !== undefined && typeof truncated !== "boolean")) return null;
@@ -526,11 +528,28 @@ function asPresenceList(j) {
   return { users: out, truncated: truncated === true };
 }
 
+/** What SharedSession passes to Session's constructor. */
+export const SHARED = Symbol("wsgate shared session");
+/** @type {ConnectOptions} */
+const SHARED_SHELL = {
+  username: "shared",
+  password: "shared",
+  url: "http://shared.invalid",
+  crypto: "noble",
+  keepCredentials: false,
+  fetch: () => Promise.reject(new WsgateError("internal_error", "A shared session's shell made a request.")),
+  WebSocket: /** @type {any} */ (function NoWebSocket() {}),
+};
+
 /** A logged-in wsgate session. Create it with `connect()`. */
 export class Session extends EventTarget {
   /** @param {ConnectOptions} opts */
   constructor(opts) {
     super();
+    // A SharedSession (shared/tab.js) is a Session whose state lives in the
+    // shared worker: it overrides every public member, and what is set up
+    // here for it is an inert shell that is never used.
+    if (/** @type {unknown} */ (opts) === SHARED) opts = SHARED_SHELL;
     if (!opts || typeof opts !== "object") throw new WsgateError("invalid_argument", "connect() needs an options object { username, password }.");
     if (typeof opts.username !== "string" || opts.username === "") throw new WsgateError("invalid_argument", "connect() needs a non-empty username.");
     if (typeof opts.password !== "string" || opts.password === "") throw new WsgateError("invalid_argument", "connect() needs a non-empty password.");
@@ -609,6 +628,10 @@ export class Session extends EventTarget {
   /** "connecting" | "open" | "reconnecting" | "closed" */
   get state() {
     return this._state;
+  }
+  /** false: this session runs in this page (see `connect({ shared: true })`). */
+  get shared() {
+    return false;
   }
 
   /**
@@ -730,6 +753,8 @@ export class Session extends EventTarget {
       // History channels resume from the last position delivered; presence
       // events stay on while a handler wants them.
       const since = positionOf(sub) ?? sub.since;
+      sub.confirmed = false;
+      sub.askedPresence = wantsPresence(sub);
       restore.push(
         this._enqueue(T.SUBSCRIBE, sub.sensitive ? FLAG_ENC : 0, channel, subscribeBody(since, wantsPresence(sub)), this._requestTimeout, true, (body) => this._onSubscribed(channel, sub, since, body)).catch((error) => {
           if (this._subs.get(channel) === sub && error instanceof WsgateError && ["not_found", "forbidden", "encryption_required"].includes(error.code)) {
@@ -1046,6 +1071,7 @@ export class Session extends EventTarget {
    */
   _onSubscribed(channel, sub, since, body, join = false) {
     if (this._subs.get(channel) !== sub) return;
+    sub.confirmed = true;
     // The subscription goes on from where it is (the answer's offset may
     // count events still on their way to us).
     if (!since && sub.epoch !== null) return;
@@ -1154,21 +1180,29 @@ export class Session extends EventTarget {
     let asked = null;
     let join = false;
     if (sub) {
-      // One position per channel: another handler joins it as it is. The
-      // server takes a SUBSCRIBE as a new start, so it resumes from there
-      // too (else events on their way could be lost), and asks for presence
-      // events if any handler (this one or an earlier) wants them.
+      // One position per channel: another handler joins it as it is.
       sub.handlers.add(handler);
       sub.listeners.add(listener);
+      if (sub.confirmed && (!opts.sensitive || sub.sensitive) && wantsPresence(sub) === sub.askedPresence) {
+        // The server already sends this channel as the new handler wants it
+        // (many pages of a shared worker subscribing to one channel): no
+        // SUBSCRIBE.
+        return this._subscription(channel, sub, handler, listener);
+      }
+      // Else a SUBSCRIBE that changes what the server sends (presence events,
+      // ENC). The server takes it as a new start, so it resumes from the
+      // channel's position (else events on their way could be lost).
       if (opts.sensitive) sub.sensitive = true;
       asked = positionOf(sub);
       join = true;
     } else {
-      sub = { handlers: new Set([handler]), listeners: new Set([listener]), sensitive: !!opts.sensitive, epoch: null, offset: null, since };
+      sub = { handlers: new Set([handler]), listeners: new Set([listener]), sensitive: !!opts.sensitive, epoch: null, offset: null, since, confirmed: false, askedPresence: false };
       this._subs.set(channel, sub);
       asked = since;
     }
     const mine = sub;
+    mine.confirmed = false;
+    mine.askedPresence = wantsPresence(mine);
     try {
       await this._enqueue(T.SUBSCRIBE, mine.sensitive ? FLAG_ENC : 0, channel, subscribeBody(asked, wantsPresence(mine)), opts.timeout ?? this._requestTimeout, false, (body) =>
         this._onSubscribed(channel, mine, asked, body, join),
@@ -1179,6 +1213,15 @@ export class Session extends EventTarget {
       if (mine.handlers.size === 0 && this._subs.get(channel) === mine) this._subs.delete(channel);
       throw e;
     }
+    return this._subscription(channel, mine, handler, listener);
+  }
+
+  /**
+   * What subscribe() resolves with: unsubscribes one handler, and the channel when it was the last.
+   * @param {string} channel @param {Subscription} mine @param {EventHandler} handler @param {SubListener} listener
+   * @returns {(() => Promise<void>) & { readonly channel: string, readonly position: Position | null }}
+   */
+  _subscription(channel, mine, handler, listener) {
     let done = false;
     const off = async () => {
       if (done) return;
@@ -1250,7 +1293,7 @@ export class Session extends EventTarget {
 }
 
 /** @param {unknown} e */
-function reportLater(e) {
+export function reportLater(e) {
   const g = /** @type {any} */ (globalThis);
   if (typeof g.reportError === "function") g.reportError(e);
   else setTimeout(() => {
@@ -1259,11 +1302,12 @@ function reportLater(e) {
 }
 
 /**
- * Logs in and opens a key-established, mutually authenticated session.
+ * Logs in and opens a key-established, mutually authenticated session in
+ * this page (`connect()` without `shared`, or its fallback).
  * @param {ConnectOptions} opts
  * @returns {Promise<Session>}
  */
-export async function connect(opts) {
+export async function connectHere(opts) {
   const s = new Session(opts);
   await s._start();
   const g = /** @type {any} */ (globalThis);

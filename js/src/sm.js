@@ -9,7 +9,9 @@
  * See README.md for the full API.
  */
 
-export { connect, Session } from "./session.js";
+export { Session } from "./session.js";
+export { connect } from "./connect.js";
+export { SharedSession } from "./shared/tab.js";
 export { WsgateError } from "./errors.js";
 export { hasSubtle } from "./crypto/index.js";
 

@@ -43,12 +43,14 @@ test("package.json: publishable shape", () => {
 test("npm pack --dry-run: exactly the intended files", () => {
   const [info] = packJson(["--dry-run"]);
   const files = info.files.map((f) => f.path).sort();
-  assert.deepEqual(files, ["LICENSE-APACHE", "LICENSE-MIT", "README.md", "dist/sm.js", "package.json", "sm.d.ts"]);
+  assert.deepEqual(files, ["LICENSE-APACHE", "LICENSE-MIT", "README.md", "dist/sm-worker.js", "dist/sm.js", "package.json", "sm.d.ts"]);
   assert.equal(info.name, pkg.name);
   assert.equal(info.version, pkg.version);
   assert.deepEqual(info.bundled, []);
   // prepack built dist/sm.js: byte for byte the bundle the gateway serves.
   assert.ok(readFileSync(join(JS_DIR, "dist/sm.js")).equals(readFileSync(ASSET)), "dist/sm.js must equal crates/server/assets/sm.js (run npm run build)");
+  // And its shared worker, next to it, where connect({ shared: true }) looks by default.
+  assert.ok(readFileSync(join(JS_DIR, "dist/sm-worker.js")).equals(readFileSync(join(dirname(ASSET), "sm-worker.js"))), "dist/sm-worker.js must equal crates/server/assets/sm-worker.js (run npm run build)");
   // Self-contained: no import of any module (static or dynamic), so an app's
   // bundler has nothing to resolve (not even a Node built-in).
   const code = readFileSync(join(JS_DIR, "dist/sm.js"), "utf8");

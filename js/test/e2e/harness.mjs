@@ -19,6 +19,7 @@ const here = dirname(fileURLToPath(import.meta.url));
 export const JS_DIR = resolve(here, "../..");
 export const BUNDLE = resolve(JS_DIR, "../crates/server/assets/sm.js");
 export const DEMO_HTML = resolve(JS_DIR, "../crates/server/assets/demo.html");
+export const WORKER_BUNDLE = resolve(JS_DIR, "../crates/server/assets/sm-worker.js");
 export const WSGATE_BIN = resolve(JS_DIR, process.env.WSGATE_BIN ?? "../target/debug/wsgate");
 export const CHROMIUM_BIN = process.env.CHROMIUM_BIN ?? "/usr/bin/chromium";
 export const INSECURE_HOST = "wsgate.test";
@@ -204,7 +205,7 @@ function getOnce(url) {
  */
 export async function checkServedBundle(origin) {
   if (process.env.WSGATE_E2E_LOCAL_BUNDLE === "1") return "routed";
-  for (const [path, file] of [["/sm.js", BUNDLE], ["/", DEMO_HTML]]) {
+  for (const [path, file] of [["/sm.js", BUNDLE], ["/sm-worker.js", WORKER_BUNDLE], ["/", DEMO_HTML]]) {
     const served = await getOnce(`${origin}${path}`);
     const local = readFileSync(file);
     if (!served.equals(local)) {

@@ -6,11 +6,32 @@ use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
 const SM_JS: &[u8] = include_bytes!("../../assets/sm.js");
+const SM_WORKER_JS: &[u8] = include_bytes!("../../assets/sm-worker.js");
 const DEMO_HTML: &[u8] = include_bytes!("../../assets/demo.html");
 
 /// `GET /sm.js`.
 pub(crate) async fn sm_js() -> Response {
-    let mut resp = SM_JS.into_response();
+    script(SM_JS)
+}
+
+/// `GET /sm-worker.js`: sm.js's shared worker (`connect({ shared: true })`).
+/// Its policy is its own (a worker's CSP comes from its script's response):
+/// it may reach only this origin (the login and `/ws`) and compile the
+/// WebAssembly of its PBKDF2, nothing else.
+pub(crate) async fn sm_worker_js() -> Response {
+    let mut resp = script(SM_WORKER_JS);
+    resp.headers_mut().insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; connect-src 'self'; script-src 'wasm-unsafe-eval'; \
+             frame-ancestors 'none'",
+        ),
+    );
+    resp
+}
+
+fn script(body: &'static [u8]) -> Response {
+    let mut resp = body.into_response();
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_TYPE,

@@ -102,6 +102,7 @@ impl Gateway {
             .route("/auth/session", put(http::auth::put_session))
             .route("/ws", get(ws::upgrade))
             .route("/sm.js", get(http::assets::sm_js))
+            .route("/sm-worker.js", get(http::assets::sm_worker_js))
             .route("/healthz", get(|| async { "ok" }));
         if self.shared.config.raw_echo {
             tracing::warn!(

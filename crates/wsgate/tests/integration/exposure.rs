@@ -42,6 +42,7 @@ async fn every_answer_forbids_sniffing_framing_and_referrers() {
         "/auth/key",
         "/auth/session",
         "/sm.js",
+        "/sm-worker.js",
         "/healthz",
         "/nowhere",
         "/api/publish",
@@ -72,6 +73,33 @@ async fn every_answer_forbids_sniffing_framing_and_referrers() {
                 "{path}: {head}"
             );
         }
+    }
+}
+
+/// The shared worker's script (sm.js shared mode) is served with a policy of
+/// its own: a worker's CSP comes from its script's response, and this one may
+/// reach only the gateway's origin.
+#[tokio::test]
+async fn the_shared_worker_script_is_served_with_its_own_policy() {
+    let gw = TestGateway::start("").await;
+    let (head, body) = get(gw.addr, "/sm-worker.js").await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(
+        header(&head, "content-type"),
+        Some("text/javascript; charset=utf-8")
+    );
+    assert!(
+        body.starts_with("/*! sm-worker.js "),
+        "{}",
+        &body[..80.min(body.len())]
+    );
+    let csp = header(&head, "content-security-policy").unwrap_or_default();
+    for directive in [
+        "default-src 'none'",
+        "connect-src 'self'",
+        "script-src 'wasm-unsafe-eval'",
+    ] {
+        assert!(csp.contains(directive), "{directive} missing: {csp}");
     }
 }
 
