@@ -74,6 +74,10 @@ test("the packed tarball installs; exports and types resolve for a consumer", as
     writeFileSync(join(dir, "app/resolve.mjs"), 'console.log(import.meta.resolve("wsgate-sm"));');
     const resolved = execFileSync(process.execPath, [join(dir, "app/resolve.mjs")], { cwd: join(dir, "app"), encoding: "utf8" }).trim();
     assert.equal(resolved, pathToFileURL(join(mod, "dist/sm.js")).href);
+    // And the shared worker's script, for an app to copy onto its origin.
+    writeFileSync(join(dir, "app/resolve-worker.mjs"), 'console.log(import.meta.resolve("wsgate-sm/sm-worker.js"));');
+    const worker = execFileSync(process.execPath, [join(dir, "app/resolve-worker.mjs")], { cwd: join(dir, "app"), encoding: "utf8" }).trim();
+    assert.equal(worker, pathToFileURL(join(mod, "dist/sm-worker.js")).href);
     const m = await import(resolved);
     assert.equal(typeof m.connect, "function");
     assert.equal(typeof m.WsgateError, "function");

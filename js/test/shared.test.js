@@ -24,8 +24,8 @@ async function until(pred, ms = 5000, what = "condition") {
 const USERS = { demo: "wsgate-demo", erin: "erin-password" };
 
 /** A SharedWorker global backed by one hub: every `new SharedWorker()` is a page's port to it. */
-function installWorker(gw) {
-  const hub = createHub({ fetch: gw.fetch, WebSocket: gw.WebSocket, locks: null });
+function installWorker(gw, sessionOptions) {
+  const hub = createHub({ fetch: gw.fetch, WebSocket: gw.WebSocket, locks: null, sessionOptions });
   const ports = [];
   globalThis.SharedWorker = class FakeSharedWorker {
     constructor(url, opts) {
@@ -267,4 +267,72 @@ test("a worker of another shared-mode version makes the page fall back", async (
   } finally {
     [globalThis.fetch, globalThis.WebSocket] = saved;
   }
+});
+
+/** Every value reachable from `root` through properties, arrays, Maps and Sets (not through the MessagePort). */
+function reachable(root) {
+  const seen = new Set();
+  const out = [];
+  const walk = (v) => {
+    if (v === null || (typeof v !== "object" && typeof v !== "function")) {
+      out.push(v);
+      return;
+    }
+    if (seen.has(v) || v instanceof MessagePort) return;
+    seen.add(v);
+    out.push(v);
+    if (ArrayBuffer.isView(v) || v instanceof ArrayBuffer) return;
+    if (v instanceof Map) for (const [k, x] of v) (walk(k), walk(x));
+    if (v instanceof Set) for (const x of v) walk(x);
+    for (const k of Reflect.ownKeys(v)) {
+      const d = Object.getOwnPropertyDescriptor(v, k);
+      if (d && "value" in d) walk(d.value);
+    }
+  };
+  walk(root);
+  return out;
+}
+
+test("the page holds no secret: no password, session key, dynamic password or traffic key is reachable from its session", async () => {
+  const gw = new MockGateway({ users: USERS });
+  const secrets = [];
+  const { hub } = installWorker(gw, { testHooks: { onSecrets: (x) => secrets.push(x) } });
+  const password = "wsgate-demo";
+  const page = await connect(base(gw, { password }));
+  await page.subscribe("secret.feed", () => {}, { sensitive: true });
+  assert.equal(td.decode(await page.request("sys.echo", "x", { sensitive: true })), "x");
+  assert.equal(secrets.length, 1, "the worker's session has its secrets");
+  const bytes = [];
+  for (const k of ["sessionKey", "dynamicPassword", "c2sKey", "s2cKey"]) {
+    const v = secrets[0][k];
+    if (v instanceof Uint8Array) bytes.push([k, Buffer.from(v).toString("hex")]);
+  }
+  assert.ok(bytes.length >= 2, "raw secrets to look for");
+  const hexOf = (v) => Buffer.from(v instanceof ArrayBuffer ? new Uint8Array(v) : new Uint8Array(v.buffer, v.byteOffset, v.byteLength)).toString("hex");
+  const inWorker = reachable([...hub.sessions.values()][0].session).filter((v) => ArrayBuffer.isView(v)).map(hexOf);
+  assert.ok(inWorker.some((h) => h.includes(bytes[0][1])), "the same walk finds the session key in the worker's session (the check can fail)");
+  for (const v of reachable(page)) {
+    if (typeof v === "string") assert.ok(!v.includes(password), `the password is reachable from the page: ${v}`);
+    if (ArrayBuffer.isView(v) || v instanceof ArrayBuffer) {
+      const hex = hexOf(v);
+      for (const [k, h] of bytes) assert.ok(!hex.includes(h), `${k} is reachable from the page`);
+    }
+    if (typeof CryptoKey !== "undefined") assert.ok(!(v instanceof CryptoKey), "no CryptoKey in the page");
+  }
+  page.close();
+});
+
+test("a page's pending calls fail with closed when it closes; the others' do not", async () => {
+  const gw = new MockGateway({ users: USERS });
+  installWorker(gw);
+  const a = await connect(base(gw));
+  const b = await connect(base(gw));
+  const pa = a.request("slow", "200");
+  const pb = b.request("slow", "200");
+  await sleep(20);
+  a.close();
+  await assert.rejects(pa, (e) => e instanceof WsgateError && e.code === "closed");
+  assert.equal(td.decode(await pb), "late");
+  await assert.rejects(a.request("sys.echo", "again"), (e) => e.code === "closed" && /connect\(\)/.test(e.message));
+  b.close();
 });

@@ -34,8 +34,9 @@ const SESSION_OPTIONS = ["crypto", "pin", "reconnect", "requestTimeout", "handsh
  */
 
 /**
- * @param {{ fetch?: typeof fetch, WebSocket?: typeof WebSocket, now?: () => number, locks?: any }} [env]
- *   what the sessions use (defaults: the worker's globals); tests pass a mock gateway
+ * @param {{ fetch?: typeof fetch, WebSocket?: typeof WebSocket, now?: () => number, locks?: any, sessionOptions?: Record<string, unknown> }} [env]
+ *   what the sessions use (defaults: the worker's globals); tests pass a mock gateway, and
+ *   `sessionOptions` (e.g. `testHooks`) for every session
  */
 export function createHub(env = {}) {
   /** @type {Map<string, Entry>} */
@@ -136,6 +137,7 @@ export function createHub(env = {}) {
       for (const k of SESSION_OPTIONS) if (o[k] !== undefined) sopts[k] = o[k];
       if (env.fetch) sopts.fetch = env.fetch;
       if (env.WebSocket) sopts.WebSocket = env.WebSocket;
+      if (env.sessionOptions) Object.assign(sopts, env.sessionOptions);
       /** @type {Entry} */
       const e = { key, base: o.url, user, session: null, ready: Promise.resolve(null), pages: new Set(), closed: false };
       e.ready = connectHere(/** @type {any} */ (sopts)).then((s) => {

@@ -54,6 +54,15 @@ window.runApp = async (gatewayOrigin) => {
   return out;
 };
 
+// Shared mode from this origin: the worker script is the package's
+// dist/sm-worker.js, copied onto this origin (default workerUrl: next to
+// app.js, or given explicitly).
+window.runShared = async (gatewayOrigin, workerUrl) => {
+  const s = await connect({ url: gatewayOrigin, username: "demo", password: "wsgate-demo", shared: true, ...(workerUrl ? { workerUrl } : {}) });
+  window.shared = s;
+  return { shared: s.shared, sessionId: s.sessionId, echo: td.decode(await s.request("sys.echo", "shared from another origin", { sensitive: true })) };
+};
+
 // The same login, reporting how it failed.
 window.tryLogin = async (gatewayOrigin) => {
   try {
@@ -83,7 +92,7 @@ const INDEX_HTML = `<!doctype html>
 
 /** Serves index.html and app.js from dir on 127.0.0.1, on a port of its own. */
 function serveApp(dir) {
-  const files = { "/": ["index.html", "text/html; charset=utf-8"], "/index.html": ["index.html", "text/html; charset=utf-8"], "/app.js": ["app.js", "text/javascript; charset=utf-8"] };
+  const files = { "/": ["index.html", "text/html; charset=utf-8"], "/index.html": ["index.html", "text/html; charset=utf-8"], "/app.js": ["app.js", "text/javascript; charset=utf-8"], "/sm-worker.js": ["sm-worker.js", "text/javascript; charset=utf-8"] };
   const server = createServer((req, res) => {
     const f = files[new URL(req.url ?? "/", "http://x").pathname];
     if (!f) {
@@ -144,6 +153,8 @@ before(async () => {
   const installed = readdirSync(join(app, "node_modules")).filter((n) => !n.startsWith("."));
   assert.deepEqual(installed, ["wsgate-sm"], "installing the package pulls in nothing else");
   writeFileSync(join(app, "main.js"), MAIN_JS);
+  // What README "Shared mode" tells an app to do: serve the package's worker on its own origin.
+  writeFileSync(join(app, "sm-worker.js"), readFileSync(join(app, "node_modules/wsgate-sm/dist/sm-worker.js")));
   writeFileSync(join(app, "index.html"), INDEX_HTML);
   await build({ absWorkingDir: app, entryPoints: [join(app, "main.js")], outfile: join(app, "app.js"), bundle: true, format: "esm", platform: "browser", target: ["es2020"], logLevel: "error" });
   // The bundle resolved the name through the package's exports: it embeds the package's module.
@@ -213,6 +224,31 @@ test("an app on a listed origin: npm package by name, login, plain and sensitive
   assert.equal(ws.opened, true);
   assert.deepEqual(errors, []);
   await page.close();
+});
+
+test("an app on a listed origin hosts the package's sm-worker.js: two pages share one session in shared mode", async () => {
+  const a = await openApp(allowed.origin);
+  const b = await openApp(allowed.origin);
+  const ra = await a.page.evaluate((gwOrigin) => /** @type {any} */ (window).runShared(gwOrigin), gw.origin);
+  const rb = await b.page.evaluate((gwOrigin) => /** @type {any} */ (window).runShared(gwOrigin, "/sm-worker.js"), gw.origin);
+  assert.deepEqual(ra, { shared: true, sessionId: ra.sessionId, echo: "shared from another origin" });
+  assert.deepEqual(rb, { shared: true, sessionId: ra.sessionId, echo: "shared from another origin" }, "the second page joined the first page's session");
+  // A worker URL on another origin (the gateway's own /sm-worker.js) cannot be a SharedWorker of this page.
+  const cross = await a.page.evaluate(async (u) => {
+    try {
+      await (/** @type {any} */ (window).runShared)(u, u + "/sm-worker.js");
+      return null;
+    } catch (e) {
+      return { code: e.code, message: e.message };
+    }
+  }, gw.origin);
+  assert.equal(cross && cross.code, "invalid_argument");
+  assert.match(cross.message, /not on this page's origin/);
+  await a.page.evaluate(() => /** @type {any} */ (window).shared.logout());
+  await b.page.waitForFunction(() => /** @type {any} */ (window).shared.state === "closed", null, { timeout: 10_000 });
+  assert.deepEqual([...a.errors, ...b.errors], []);
+  await a.page.close();
+  await b.page.close();
 });
 
 test("the same app on an origin not listed: login refused (network_error naming allowed_origins), WebSocket refused with 403", async () => {
