@@ -176,6 +176,8 @@ export async function launchBrowser({ testHooks = false } = {}) {
   }
   return {
     context,
+    /** The profile directory: every Chromium process's command line names it. */
+    userDataDir,
     async close() {
       await context.close().catch(() => {});
       rmSync(userDataDir, { recursive: true, force: true });
