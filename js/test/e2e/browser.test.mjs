@@ -53,7 +53,7 @@ for (const ctx of CONTEXTS) {
     assert.equal(env.secure, ctx.secure);
     assert.equal(env.subtle, ctx.secure ? "object" : "undefined");
     assert.equal(env.hasSubtle, ctx.secure);
-    assert.deepEqual(env.exports, ["PROTOCOL", "Session", "WsgateError", "connect", "hasSubtle"]);
+    assert.deepEqual(env.exports, ["PROTOCOL", "Session", "SharedSession", "WsgateError", "connect", "hasSubtle"]);
     assert.equal(env.protocol, "wsgate-v1");
     const res = await page.request.get(`${gw.origin}/sm.js`);
     assert.match(res.headers()["content-type"], /^text\/javascript/);
