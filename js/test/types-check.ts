@@ -1,6 +1,6 @@
 // Compiled (not run) by `npm run typecheck`: the README example must
 // type-check against the hand-written sm.d.ts.
-import { connect, WsgateError, type GapDetail, type Position, type PresenceEvent, type PresenceList, type PresenceMeta, type Session, type Subscription } from "../sm.js";
+import { connect, SharedSession, Session as SessionClass, WsgateError, type GapDetail, type Position, type PresenceEvent, type PresenceList, type PresenceMeta, type Session, type Subscription } from "../sm.js";
 
 export async function example(): Promise<void> {
   const s: Session = await connect({ username: "demo", password: "wsgate-demo", url: "http://127.0.0.1:8080", crypto: "auto" });
@@ -36,6 +36,10 @@ export async function example(): Promise<void> {
   if (list.truncated) console.log("more users than listed");
   await room();
   off();
+  // Shared mode: the same Session API; a later tab joins without the password.
+  const tab: Session = await connect({ username: "demo", shared: true, workerUrl: new URL("/sm-worker.js", "http://127.0.0.1:8080"), heartbeatInterval: 15000 });
+  const isShared: boolean = tab.shared;
+  if (tab instanceof SharedSession && tab instanceof SessionClass) console.log(isShared, tab.shared === true);
   try {
     await s.request("sys.echo", { any: "json" });
   } catch (e) {
