@@ -445,14 +445,17 @@ impl Drop for OpenConnection {
 
 /// Runs a connection to its end. `unauthenticated` is its place among its
 /// IP's connections without KEY_INIT, given back at KEY_ACK.
-pub(crate) async fn run(
+pub(crate) fn run(
     shared: Arc<Shared>,
     ws: WebSocket<Io>,
     ip: IpAddr,
     unauthenticated: Unauthenticated,
-) {
-    let _guard = ConnGuard::new(shared.open_connections.clone());
-    let _counted = OpenConnection::new(shared.clone());
+) -> impl Future<Output = ()> + Send + 'static {
+    // Set up here, not in the task: what only the set-up needs (the
+    // WebSocket before its split, HELLO's text) then never becomes part of
+    // the task's state, which every idle connection holds for its life.
+    let guard = ConnGuard::new(shared.open_connections.clone());
+    let counted = OpenConnection::new(shared.clone());
     let (read, write) = split(ws);
     let limits = &shared.config.limits;
     // Until KEY_INIT the only valid message is a KEY_INIT: anything larger
@@ -489,17 +492,28 @@ pub(crate) async fn run(
         keys: conn.shared.keys.kids(),
     };
     let hello_body = serde_json::to_vec(&hello).unwrap_or_default();
-    match envelope::encode(MessageType::Hello as u8, 0, 0, "", &hello_body) {
-        // Written by the loop's first turn, bounded like every write.
-        Ok(bytes) => conn.out.frame(opcode::BINARY, &bytes),
-        Err(_) => return,
-    }
-    match conn.drive(&mut reader).await {
-        End::Close(ending) => conn.close(ending, &mut reader).await,
-        End::Answered => {
-            conn.flush_within().await;
+    // Written by the loop's first turn, bounded like every write.
+    let ok = match envelope::encode(MessageType::Hello as u8, 0, 0, "", &hello_body) {
+        Ok(bytes) => {
+            conn.out.frame(opcode::BINARY, &bytes);
+            true
         }
-        End::Drop => {}
+        Err(_) => false,
+    };
+    // Everything it needs is moved in once (rebinding a captured value
+    // inside would store it twice).
+    async move {
+        let _held = (&guard, &counted);
+        if !ok {
+            return;
+        }
+        match conn.drive(&mut reader).await {
+            End::Close(ending) => conn.close(ending, &mut reader).await,
+            End::Answered => {
+                conn.flush_within().await;
+            }
+            End::Drop => {}
+        }
     }
 }
 
@@ -611,7 +625,10 @@ impl Conn {
     /// Handles one wake; `Err` ends the loop.
     async fn on_wake(&mut self, wake: Wake, reader: &mut FrameReader<ReadSide>) -> Result<(), End> {
         match wake {
-            Wake::Revoked => Err(self.on_revoked().await),
+            // Boxed, as every rare path below: an async fn's state is as large
+            // as the largest state it awaits, and every idle connection holds
+            // its task's whole state (docs/benchmarks.md, round 7).
+            Wake::Revoked => Err(Box::pin(self.on_revoked()).await),
             Wake::Timer => {
                 let quiet = self.on_timer().map_err(End::Close)?;
                 if quiet {
@@ -822,7 +839,7 @@ impl Conn {
                     return Ok(());
                 }
                 Stalled::Flushed(false) => return Err(End::Drop),
-                Stalled::Revoked => return Err(self.on_revoked().await),
+                Stalled::Revoked => return Err(Box::pin(self.on_revoked()).await),
                 Stalled::Timer => {
                     let now = Instant::now();
                     if now >= self.clock.deadline {
@@ -896,7 +913,7 @@ impl Conn {
         match &self.phase {
             Phase::AwaitKeyInit { nonce } => {
                 let nonce = *nonce;
-                self.on_key_init(message, &nonce).await
+                Box::pin(self.on_key_init(message, &nonce)).await
             }
             Phase::Established(_) => self.on_protected(message).await,
         }
@@ -1056,11 +1073,13 @@ impl Conn {
         let (name, body) = (opened.name, opened.body);
         match msg_type {
             MessageType::Request => self.on_request(id, enc, name, body),
-            MessageType::Logout => self.on_logout(id, enc).await,
-            MessageType::Subscribe => self.on_subscribe(id, enc, name, body).await,
-            MessageType::Unsubscribe => self.on_unsubscribe(id, enc, name).await,
-            MessageType::Presence => self.on_presence(id, enc, name).await,
-            MessageType::Publish => self.on_publish(id, enc, name, body).await,
+            // The control plane, boxed: a REQUEST (the hot path) keeps the
+            // connection's state small.
+            MessageType::Logout => Box::pin(self.on_logout(id, enc)).await,
+            MessageType::Subscribe => Box::pin(self.on_subscribe(id, enc, name, body)).await,
+            MessageType::Unsubscribe => Box::pin(self.on_unsubscribe(id, enc, name)).await,
+            MessageType::Presence => Box::pin(self.on_presence(id, enc, name)).await,
+            MessageType::Publish => Box::pin(self.on_publish(id, enc, name, body)).await,
             _ => Err(violation("unexpected message type")),
         }
     }

@@ -7,6 +7,8 @@ pub(crate) mod raw_echo;
 pub(crate) mod raw_echo_frames;
 pub(crate) mod registry;
 
+use futures_util::FutureExt as _;
+use futures_util::future::Either;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -138,12 +140,16 @@ pub(crate) async fn upgrade(
         Ok(parts) => parts,
         Err(refused) => return refused,
     };
-    tokio::spawn(async move {
-        match upgraded.await {
-            Ok(ws) => connection::run(shared, ws, ip, unauthenticated).await,
-            Err(e) => tracing::debug!(error = %e, "WebSocket upgrade did not complete"),
+    // `then`: the task holds the upgrade's future or the connection's, never
+    // both, nor the WebSocket it was built from (an idle connection holds
+    // its task's state for its whole life).
+    tokio::spawn(upgraded.then(move |result| match result {
+        Ok(ws) => Either::Left(connection::run(shared, ws, ip, unauthenticated)),
+        Err(e) => {
+            tracing::debug!(error = %e, "WebSocket upgrade did not complete");
+            Either::Right(std::future::ready(()))
         }
-    });
+    }));
     let (mut parts, body) = response.into_parts();
     parts.headers.insert(
         header::SEC_WEBSOCKET_PROTOCOL,
