@@ -672,6 +672,9 @@ impl Conn {
                     // KEY_INIT done: frames after it may be full size.
                     self.unauthenticated = None;
                     reader.set_limit(self.shared.config.limits.max_message_size);
+                    // Many connections sit idle after KEY_ACK: they hold no
+                    // read buffer until their next message arrives.
+                    reader.shrink();
                 }
                 step
             }

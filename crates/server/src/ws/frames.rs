@@ -485,27 +485,23 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// Reads more into the buffer. `Err`: end of stream or IO error.
     #[inline(always)]
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ()>> {
-        if self.buf.is_empty() {
-            // Nothing pending: hold no buffer while waiting. A connection
-            // spends most of its life here, and an idle one then costs no
-            // read buffer at all. The read goes to the stack first; only
-            // bytes that came are copied into a buffer of their own.
+        if self.buf.capacity() == 0 {
+            // No buffer (given back by `shrink`: after KEY_ACK, or quiet for
+            // a ping interval): wait without one, so an idle connection
+            // holds no read buffer. The read goes to the stack; only bytes
+            // that came are copied into a buffer, which then stays while
+            // the connection is busy (no allocation per message).
             let mut chunk = [0u8; READ_CHUNK];
             let mut rb = tokio::io::ReadBuf::new(&mut chunk);
             return match Pin::new(&mut self.io).poll_read(cx, &mut rb) {
                 Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
                     let got = rb.filled();
-                    if self.buf.capacity() < got.len() || self.buf.capacity() > KEEP_READ_CAPACITY {
-                        self.buf = BytesMut::with_capacity(got.len().max(READ_CHUNK));
-                    }
+                    self.buf = BytesMut::with_capacity(got.len().max(READ_CHUNK));
                     self.buf.extend_from_slice(got);
                     Poll::Ready(Ok(()))
                 }
                 Poll::Ready(_) => Poll::Ready(Err(())),
-                Poll::Pending => {
-                    self.buf = BytesMut::new();
-                    Poll::Pending
-                }
+                Poll::Pending => Poll::Pending,
             };
         }
         if self.buf.capacity() == self.buf.len() {
@@ -680,20 +676,21 @@ mod tests {
         assert_eq!(r.buf.capacity(), 0, "an idle reader gives its buffer back");
     }
 
-    /// An idle connection holds no read buffer: a wait with nothing pending
-    /// gives it back at once (not at the next quiet tick), and what arrives
-    /// next, small or larger than one read, still comes whole.
+    /// A reader whose buffer was given back waits without one (the stack
+    /// takes the read), and what arrives next, small or larger than one
+    /// read, still comes whole.
     #[tokio::test]
-    async fn a_reader_waiting_with_nothing_pending_holds_no_buffer() {
+    async fn a_reader_without_a_buffer_waits_without_one() {
         let (mut r, mut peer) = reader(1 << 20);
         feed(&mut peer, &frame(true, 2, b"first")).await;
         assert_eq!(binary(r.next().await), b"first");
+        r.shrink();
         assert!(
             tokio::time::timeout(Duration::from_millis(5), r.next())
                 .await
                 .is_err()
         );
-        assert_eq!(r.buf.capacity(), 0, "nothing pending: no buffer held");
+        assert_eq!(r.buf.capacity(), 0, "waiting: no buffer allocated");
         let big = vec![7u8; READ_CHUNK * 3 + 17];
         let bytes = [frame(true, 2, b"second"), frame(true, 2, &big)].concat();
         feed(&mut peer, &bytes).await;
