@@ -13,6 +13,7 @@
 //! sealed record of this version — one an earlier, unsealed version wrote —
 //! is deleted on open (its user logs in again).
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -59,76 +60,91 @@ impl<S: StateStore> PersistentSessions<S> {
     /// `inner`, and starts the writer task. Must run inside a tokio runtime.
     pub async fn open(path: &Path, inner: S) -> Result<Self, StoreError> {
         let owned = path.to_owned();
-        let (conn, records) = tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
-            super::create_private_file(&owned).map_err(|e| {
-                StoreError::Unavailable(format!("cannot create {}: {e}", owned.display()))
-            })?;
-            let conn = Connection::open(&owned).map_err(|e| sql(&owned, &e))?;
-            conn.execute_batch(
-                "PRAGMA journal_mode = WAL;
+        let (conn, records, rows) =
+            tokio::task::spawn_blocking(move || -> Result<_, StoreError> {
+                super::create_private_file(&owned).map_err(|e| {
+                    StoreError::Unavailable(format!("cannot create {}: {e}", owned.display()))
+                })?;
+                let conn = Connection::open(&owned).map_err(|e| sql(&owned, &e))?;
+                conn.execute_batch(
+                    "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = NORMAL;
                  -- A deleted row's bytes (its session key) are overwritten,
                  -- not left in free pages (issue: keys surviving LOGOUT).
-                 PRAGMA secure_delete = ON;
-                 CREATE TABLE IF NOT EXISTS sessions (
-                     id TEXT PRIMARY KEY NOT NULL,
-                     record TEXT NOT NULL,
-                     expires_at INTEGER NOT NULL
-                 );
-                 -- Every batch deletes the expired rows: without this index
-                 -- that is a scan of all sessions per login batch.
-                 CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at);",
-            )
-            .map_err(|e| sql(&owned, &e))?;
-            let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-            conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now])
+                 PRAGMA secure_delete = ON;",
+                )
                 .map_err(|e| sql(&owned, &e))?;
-            let mut stmt = conn
-                .prepare("SELECT id, record FROM sessions")
-                .map_err(|e| sql(&owned, &e))?;
-            let rows = stmt
-                .query_map([], |row| {
-                    Ok((
-                        row.get::<_, String>(0)?,
-                        zeroize::Zeroizing::new(row.get::<_, String>(1)?),
-                    ))
-                })
-                .map_err(|e| sql(&owned, &e))?
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| sql(&owned, &e))?;
-            drop(stmt);
-            let mut records = Vec::with_capacity(rows.len());
-            let mut stale = Vec::new();
-            for (id, text) in rows {
-                let sealed = wsgate_proto::b64::decode_b64u(&text)
-                    .ok()
-                    .map(SealedSession::from_stored)
-                    .filter(|s| s.expires_at().is_some());
-                match sealed {
-                    Some(sealed) => records.push((id, sealed)),
-                    None => stale.push(id),
+                create_schema(&conn).map_err(|e| sql(&owned, &e))?;
+                let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
+                conn.execute("DELETE FROM sessions WHERE expires_at <= ?1", params![now])
+                    .map_err(|e| sql(&owned, &e))?;
+                let mut stmt = conn
+                    .prepare("SELECT rowid, id, record FROM sessions ORDER BY rowid")
+                    .map_err(|e| sql(&owned, &e))?;
+                let rows = stmt
+                    .query_map([], |row| {
+                        Ok((
+                            row.get::<_, i64>(0)?,
+                            row.get::<_, String>(1)?,
+                            zeroize::Zeroizing::new(row.get::<_, String>(2)?),
+                        ))
+                    })
+                    .map_err(|e| sql(&owned, &e))?
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| sql(&owned, &e))?;
+                drop(stmt);
+                // The latest row of each id is its session; an earlier one (a
+                // crash between a batch's delete and insert cannot leave one,
+                // but a copied row can) is deleted as stale.
+                let mut latest: HashMap<String, i64> = HashMap::with_capacity(rows.len());
+                let mut stale_rows = Vec::new();
+                for (rowid, id, _) in &rows {
+                    if let Some(old) = latest.insert(id.clone(), *rowid) {
+                        stale_rows.push(old);
+                    }
                 }
-            }
-            if !stale.is_empty() {
-                // Rows of an earlier version hold session keys in clear:
-                // delete them (secure_delete zeroes them), and fold the WAL
-                // in so no copy is left there either.
-                for id in &stale {
-                    conn.execute("DELETE FROM sessions WHERE id = ?1", params![id])
+                let mut records = Vec::with_capacity(rows.len());
+                let mut stale = Vec::new();
+                for (rowid, id, text) in rows {
+                    if latest.get(&id) != Some(&rowid) {
+                        continue;
+                    }
+                    let sealed = wsgate_proto::b64::decode_b64u(&text)
+                        .ok()
+                        .map(SealedSession::from_stored)
+                        .filter(|s| s.expires_at().is_some());
+                    match sealed {
+                        Some(sealed) => records.push((id, sealed)),
+                        None => {
+                            latest.remove(&id);
+                            stale.push(rowid);
+                        }
+                    }
+                }
+                for rowid in &stale_rows {
+                    conn.execute("DELETE FROM sessions WHERE rowid = ?1", params![rowid])
                         .map_err(|e| sql(&owned, &e))?;
                 }
-                conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                    .map_err(|e| sql(&owned, &e))?;
-                tracing::warn!(
-                    sessions = stale.len(),
-                    "deleted unsealed sessions of an earlier version from the journal; \
+                if !stale.is_empty() {
+                    // Rows of an earlier version hold session keys in clear:
+                    // delete them (secure_delete zeroes them), and fold the WAL
+                    // in so no copy is left there either.
+                    for rowid in &stale {
+                        conn.execute("DELETE FROM sessions WHERE rowid = ?1", params![rowid])
+                            .map_err(|e| sql(&owned, &e))?;
+                    }
+                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                        .map_err(|e| sql(&owned, &e))?;
+                    tracing::warn!(
+                        sessions = stale.len(),
+                        "deleted unsealed sessions of an earlier version from the journal; \
                      their users log in again"
-                );
-            }
-            Ok((conn, records))
-        })
-        .await
-        .map_err(|e| StoreError::Unavailable(format!("session journal task failed: {e}")))??;
+                    );
+                }
+                Ok((conn, records, latest))
+            })
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("session journal task failed: {e}")))??;
         let mut loaded = 0usize;
         for (id, record) in records {
             inner.put_session(&id, &record).await?;
@@ -139,7 +155,7 @@ impl<S: StateStore> PersistentSessions<S> {
         }
         let (journal, rx) = mpsc::unbounded_channel();
         let conn = Arc::new(Mutex::new(conn));
-        tokio::spawn(write_behind(conn, rx, path.to_owned()));
+        tokio::spawn(write_behind(conn, rows, rx, path.to_owned()));
         Ok(Self { inner, journal })
     }
 }
@@ -151,13 +167,62 @@ const MIN_COMMIT_INTERVAL: Duration = Duration::from_millis(10);
 /// Operations per transaction, at most.
 const MAX_BATCH: usize = 4096;
 
+/// The journal's table. Rows are appended in rowid order and found by the
+/// rowid the writer keeps for each session, not by an index on the session
+/// id: ids are random, so an index on them made every session of a batch
+/// dirty a page of its own (2.8 page writes per login measured; appending
+/// writes about one page per batch). The writer's map of rowids costs
+/// about 80 bytes per live session. A journal of an earlier version (id as
+/// the primary key) is moved into this table once.
+fn create_schema(conn: &Connection) -> rusqlite::Result<()> {
+    let old: Option<String> = conn
+        .query_row(
+            "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'sessions'",
+            [],
+            |row| row.get(0),
+        )
+        .ok();
+    let keyed_by_id = old.is_some_and(|sql| sql.contains("PRIMARY KEY"));
+    if keyed_by_id {
+        conn.execute_batch(
+            "BEGIN;
+             ALTER TABLE sessions RENAME TO sessions_keyed_by_id;
+             DROP INDEX IF EXISTS sessions_by_expiry;
+             CREATE TABLE sessions (id TEXT NOT NULL, record TEXT NOT NULL, expires_at INTEGER NOT NULL);
+             INSERT INTO sessions (id, record, expires_at)
+                 SELECT id, record, expires_at FROM sessions_keyed_by_id;
+             DROP TABLE sessions_keyed_by_id;
+             COMMIT;",
+        )?;
+    }
+    conn.execute_batch(
+        "CREATE TABLE IF NOT EXISTS sessions (
+             id TEXT NOT NULL,
+             record TEXT NOT NULL,
+             expires_at INTEGER NOT NULL
+         );
+         -- Every batch deletes the expired rows: without this index
+         -- that is a scan of all sessions per login batch.
+         CREATE INDEX IF NOT EXISTS sessions_by_expiry ON sessions (expires_at);",
+    )?;
+    if keyed_by_id {
+        // The old table's pages are zeroed (secure_delete); fold the WAL in
+        // so no copy of them is left there.
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    }
+    Ok(())
+}
+
 /// Applies journal operations in batches (one transaction per wake-up, at
-/// most one per [`MIN_COMMIT_INTERVAL`]).
+/// most one per [`MIN_COMMIT_INTERVAL`]). `rows`: each journaled session's
+/// rowid.
 async fn write_behind(
     conn: Arc<Mutex<Connection>>,
+    rows: HashMap<String, i64>,
     mut rx: mpsc::UnboundedReceiver<Op>,
     path: std::path::PathBuf,
 ) {
+    let rows = Arc::new(Mutex::new(rows));
     let mut batch = Vec::new();
     let mut next_commit = tokio::time::Instant::now();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -172,32 +237,70 @@ async fn write_behind(
         next_commit = tokio::time::Instant::now() + MIN_COMMIT_INTERVAL;
         let ops = std::mem::take(&mut batch);
         let conn = conn.clone();
+        let rows = rows.clone();
         let path = path.clone();
         let result = tokio::task::spawn_blocking(move || -> Result<(), rusqlite::Error> {
             let mut conn = conn.lock().unwrap_or_else(|p| p.into_inner());
+            let mut rows = rows.lock().unwrap_or_else(|p| p.into_inner());
+            // What this batch changes, applied to `rows` only once it is
+            // committed (a failed batch leaves the map as the file is).
+            let mut changed: HashMap<&str, Option<i64>> = HashMap::with_capacity(ops.len());
             let tx = conn.transaction()?;
             let mut deleted = 0;
             for op in &ops {
+                let id = match op {
+                    Op::Put { id, .. } | Op::Delete(id) => id.as_str(),
+                };
+                let current = changed
+                    .get(id)
+                    .copied()
+                    .unwrap_or_else(|| rows.get(id).copied());
+                if let Some(old) = current {
+                    deleted += tx
+                        .prepare_cached("DELETE FROM sessions WHERE rowid = ?1")?
+                        .execute(params![old])?;
+                }
                 match op {
-                    Op::Put { id, text, expires_at } => {
+                    Op::Put {
+                        id,
+                        text,
+                        expires_at,
+                    } => {
                         let exp = i64::try_from(*expires_at).unwrap_or(i64::MAX);
                         tx.prepare_cached(
-                            "INSERT OR REPLACE INTO sessions (id, record, expires_at) VALUES (?1, ?2, ?3)",
+                            "INSERT INTO sessions (id, record, expires_at) VALUES (?1, ?2, ?3)",
                         )?
                         .execute(params![id, text.as_str(), exp])?;
+                        changed.insert(id, Some(tx.last_insert_rowid()));
                     }
                     Op::Delete(id) => {
-                        deleted += tx
-                            .prepare_cached("DELETE FROM sessions WHERE id = ?1")?
-                            .execute(params![id])?;
+                        changed.insert(id, None);
                     }
                 }
             }
             let now = i64::try_from(unix_now()).unwrap_or(i64::MAX);
-            deleted += tx
-                .prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1")?
-                .execute(params![now])?;
+            let expired: Vec<(i64, String)> = tx
+                .prepare_cached("DELETE FROM sessions WHERE expires_at <= ?1 RETURNING rowid, id")?
+                .query_map(params![now], |row| Ok((row.get(0)?, row.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            deleted += expired.len();
             tx.commit()?;
+            for (id, rowid) in changed {
+                match rowid {
+                    Some(r) => {
+                        rows.insert(id.to_owned(), r);
+                    }
+                    None => {
+                        rows.remove(id);
+                    }
+                }
+            }
+            for (rowid, id) in expired {
+                if rows.get(&id) == Some(&rowid) {
+                    rows.remove(&id);
+                }
+            }
+            drop(rows);
             if deleted > 0 {
                 // The WAL still holds the pages as they were before the
                 // delete: fold it into the file (where secure_delete has
@@ -471,6 +574,92 @@ mod tests {
                 0o600
             );
         }
+    }
+
+    /// Rows are appended and found by rowid: no index on the (random)
+    /// session id. A session written again replaces its row (one row per
+    /// session), and a journal of the earlier layout (id as the primary
+    /// key) is moved over with its sessions on open.
+    #[tokio::test]
+    async fn the_journal_appends_rows_and_moves_an_old_layout_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("sessions.sqlite3");
+        let later = unix_now() + 3600;
+        {
+            let store = open_sealed(&path).await;
+            for i in 0..50 {
+                store
+                    .put_session(&format!("s{i}"), &record("alice", later))
+                    .await
+                    .unwrap();
+            }
+            store
+                .put_session("s7", &record("bob", later))
+                .await
+                .unwrap();
+            store.revoke_session("s8").await.unwrap();
+            settle().await;
+        }
+        let schema = |conn: &Connection| -> Vec<String> {
+            conn.prepare("SELECT sql FROM sqlite_master WHERE tbl_name = 'sessions' AND sql IS NOT NULL ORDER BY name")
+                .unwrap()
+                .query_map([], |row| row.get::<_, String>(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap()
+        };
+        {
+            let conn = Connection::open(&path).unwrap();
+            let sql = schema(&conn);
+            assert_eq!(sql.len(), 2, "the table and the expiry index only: {sql:?}");
+            assert!(!sql.iter().any(|s| s.contains("PRIMARY KEY")), "{sql:?}");
+            let rows: Vec<(String, i64)> = conn
+                .prepare("SELECT id, COUNT(*) FROM sessions GROUP BY id HAVING COUNT(*) > 1")
+                .unwrap()
+                .query_map([], |row| Ok((row.get(0)?, row.get(1)?)))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert!(rows.is_empty(), "one row per session: {rows:?}");
+            let n: i64 = conn
+                .query_row("SELECT COUNT(*) FROM sessions", [], |row| row.get(0))
+                .unwrap();
+            assert_eq!(n, 49, "50 written, one revoked");
+            // Back to the earlier layout, as an older build left it.
+            conn.execute_batch(
+                "ALTER TABLE sessions RENAME TO new_layout;
+                 DROP INDEX sessions_by_expiry;
+                 CREATE TABLE sessions (id TEXT PRIMARY KEY NOT NULL, record TEXT NOT NULL, expires_at INTEGER NOT NULL);
+                 INSERT INTO sessions SELECT id, record, expires_at FROM new_layout;
+                 DROP TABLE new_layout;",
+            )
+            .unwrap();
+        }
+        let store = open_sealed(&path).await;
+        assert_eq!(store.get_session("s7").await.unwrap().unwrap().user, "bob");
+        assert_eq!(
+            store.get_session("s49").await.unwrap().unwrap().user,
+            "alice"
+        );
+        assert!(store.get_session("s8").await.unwrap().is_none());
+        store.revoke_session("s7").await.unwrap();
+        settle().await;
+        drop(store);
+        let conn = Connection::open(&path).unwrap();
+        let sql = schema(&conn);
+        assert!(
+            !sql.iter().any(|s| s.contains("PRIMARY KEY")),
+            "moved to the new layout: {sql:?}"
+        );
+        let n: i64 = conn
+            .query_row("SELECT COUNT(*) FROM sessions WHERE id = 's7'", [], |row| {
+                row.get(0)
+            })
+            .unwrap();
+        assert_eq!(
+            n, 0,
+            "a session moved over is found by its rowid when revoked"
+        );
     }
 
     /// A row written into the journal by hand (no login) — in clear, as
