@@ -232,6 +232,41 @@ impl TargetCheck {
         }
     }
 
+    /// A target on an absolute value (a rate, a size) measured over
+    /// repeated runs, judged like [`TargetCheck::judged`]; `show` formats
+    /// the median (e.g. `12,345/s per core`), the range is plain numbers.
+    pub fn judged_value(
+        target: &str,
+        stat: Option<&Stat>,
+        goal: Goal,
+        judge: bool,
+        show: impl Fn(f64) -> String,
+    ) -> Self {
+        let Some(stat) = stat.filter(|s| s.median.is_finite()) else {
+            return Self::new(target, "–".into(), None);
+        };
+        let runs = stat.samples.len();
+        let measured = if runs > 1 {
+            format!(
+                "{} (runs {}–{}, {runs} runs)",
+                show(stat.median),
+                fmt_num(stat.min),
+                fmt_num(stat.max)
+            )
+        } else {
+            format!("{} (1 run: no spread)", show(stat.median))
+        };
+        Self {
+            target: target.to_owned(),
+            measured,
+            status: if judge {
+                verdict(stat, goal).to_owned()
+            } else {
+                "not measured".to_owned()
+            },
+        }
+    }
+
     /// A target compared with a measured value.
     pub fn new(target: &str, measured: String, met: Option<bool>) -> Self {
         Self {
@@ -512,6 +547,25 @@ mod tests {
         assert_eq!(
             verdict(&runs(&[1.0, f64::NAN, 1.05]), Goal::AtMost(1.10)),
             "met"
+        );
+    }
+
+    #[test]
+    fn an_absolute_target_is_judged_run_by_run_too() {
+        let stat = Stat::from_samples(vec![3900.0, 4000.0, 4200.0]);
+        let show = |b: f64| format!("{b:.0} B");
+        let t = TargetCheck::judged_value("≤ 4 KiB", Some(&stat), Goal::AtMost(4096.0), true, show);
+        assert_eq!(t.measured, "4000 B (runs 3900–4200, 3 runs)");
+        assert_eq!(t.status, "within noise");
+        let t = TargetCheck::judged_value("≤ 8 KiB", Some(&stat), Goal::AtMost(8192.0), true, show);
+        assert_eq!(t.status, "met");
+        let t =
+            TargetCheck::judged_value("≤ 8 KiB", Some(&stat), Goal::AtMost(8192.0), false, show);
+        assert_eq!(t.status, "not measured");
+        let t = TargetCheck::judged_value("≤ 8 KiB", None, Goal::AtMost(8192.0), true, show);
+        assert_eq!(
+            (t.measured.as_str(), t.status.as_str()),
+            ("–", "not measured")
         );
     }
 
