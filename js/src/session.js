@@ -79,6 +79,27 @@ export function encodeData(data) {
   return utf8(json);
 }
 
+/**
+ * The arguments of subscribe() (a Session's or a SharedSession's), checked;
+ * returns the `since` position asked for, or null.
+ * @param {string} channel @param {unknown} handler
+ * @param {{ since?: unknown, onGap?: unknown, onRecovered?: unknown, presence?: unknown }} opts
+ * @returns {Position | null}
+ */
+export function checkSubscribe(channel, handler, opts) {
+  checkName(channel, "channel");
+  if (typeof handler !== "function") throw new WsgateError("invalid_argument", "subscribe() needs a handler function.");
+  let since = null;
+  if (opts.since != null) {
+    since = asPosition(opts.since);
+    if (!since) throw new WsgateError("invalid_argument", "subscribe()'s since must be a position { epoch: <b64u string>, offset: <non-negative integer> }.");
+  }
+  for (const k of /** @type {const} */ (["onGap", "onRecovered", "presence"])) {
+    if (opts[k] != null && typeof opts[k] !== "function") throw new WsgateError("invalid_argument", `subscribe()'s ${k} must be a function.`);
+  }
+  return since;
+}
+
 /** @param {string} name @param {string} what */
 export function checkName(name, what) {
   if (typeof name !== "string" || name.length === 0) throw new WsgateError("invalid_argument", `The ${what} must be a non-empty string.`);
@@ -1163,16 +1184,7 @@ export class Session extends EventTarget {
    */
   async subscribe(channel, handler, opts = {}) {
     if (this._terminal) throw this._endedError();
-    checkName(channel, "channel");
-    if (typeof handler !== "function") throw new WsgateError("invalid_argument", "subscribe() needs a handler function.");
-    let since = null;
-    if (opts.since != null) {
-      since = asPosition(opts.since);
-      if (!since) throw new WsgateError("invalid_argument", "subscribe()'s since must be a position { epoch: <b64u string>, offset: <non-negative integer> }.");
-    }
-    for (const k of /** @type {const} */ (["onGap", "onRecovered", "presence"])) {
-      if (opts[k] != null && typeof opts[k] !== "function") throw new WsgateError("invalid_argument", `subscribe()'s ${k} must be a function.`);
-    }
+    const since = checkSubscribe(channel, handler, opts);
     /** @type {SubListener} */
     const listener = { onGap: opts.onGap ?? undefined, onRecovered: opts.onRecovered ?? undefined, onPresence: opts.presence ?? undefined };
     let sub = this._subs.get(channel);

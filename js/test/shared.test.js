@@ -192,6 +192,9 @@ test("reconnects happen once, in the worker, and every page sees the states", as
   gw.revive();
   await until(() => pages.every((s) => s.state === "open"), 5000, "open again");
   assert.deepEqual(states, [["reconnecting", "open"], ["reconnecting", "open"]]);
+  // "open" is announced once the restoring SUBSCRIBE is queued, not yet sent.
+  await until(() => frames(gw, SUBSCRIBE).length > subscribes, 2000, "the restoring SUBSCRIBE");
+  await sleep(30);
   assert.equal(frames(gw, SUBSCRIBE).length, subscribes + 1, "the channel restored once");
   assert.equal(gw.keyInits, 2, "one KEY_INIT per connection, not per page");
   gw.publish("news", "after");

@@ -5,7 +5,7 @@
 // secret: the password goes to the worker once, for the login, and only
 // results come back.
 import { WsgateError } from "../errors.js";
-import { SHARED, Session, asPosition, asPresenceList, checkName, encodeData, normalizeBase, reportLater } from "../session.js";
+import { SHARED, Session, asPresenceList, checkName, checkSubscribe, encodeData, normalizeBase, reportLater } from "../session.js";
 import { WIRE_VERSION, WORKER_NAME, detailFromWire, fromWire } from "./wire.js";
 
 /** Default heartbeat interval (ms): what lets the worker notice a page that vanished without a word. */
@@ -240,16 +240,7 @@ export class SharedSession extends Session {
    */
   async subscribe(channel, handler, opts = {}) {
     if (this._terminal) throw this._endedError();
-    checkName(channel, "channel");
-    if (typeof handler !== "function") throw new WsgateError("invalid_argument", "subscribe() needs a handler function.");
-    let since = null;
-    if (opts.since != null) {
-      since = asPosition(opts.since);
-      if (!since) throw new WsgateError("invalid_argument", "subscribe()'s since must be a position { epoch: <b64u string>, offset: <non-negative integer> }.");
-    }
-    for (const k of /** @type {const} */ (["onGap", "onRecovered", "presence"])) {
-      if (opts[k] != null && typeof opts[k] !== "function") throw new WsgateError("invalid_argument", `subscribe()'s ${k} must be a function.`);
-    }
+    const since = checkSubscribe(channel, handler, opts);
     const id = this._pageSubSeq++;
     const entry = { handler, channel, onGap: opts.onGap ?? undefined, onRecovered: opts.onRecovered ?? undefined, presence: opts.presence ?? undefined, position: since };
     this._pageSubs.set(id, entry);
