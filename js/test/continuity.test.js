@@ -8,17 +8,9 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { MockGateway } from "./mock-gateway.js";
 import { connect } from "../src/sm.js";
+import { sleep, until } from "./helpers.js";
 
 const td = new TextDecoder();
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(pred, ms = 5000, what = "condition") {
-  const end = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 function opts(gw, backend, extra = {}) {
   return { username: "demo", password: "wsgate-demo", url: "http://gw.test:8080", crypto: backend, fetch: gw.fetch, WebSocket: gw.WebSocket, maxReconnectDelay: 50, ...extra };

@@ -24,3 +24,14 @@ export function loadVectors(name) {
 
 export const hex = (s) => Uint8Array.from(Buffer.from(s, "hex"));
 export const toHex = (b) => Buffer.from(b).toString("hex");
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** Waits (polling every 5 ms) until `pred()` holds; fails after `ms` naming `what`. */
+export async function until(pred, ms = 5000, what = "condition") {
+  const end = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await sleep(5);
+  }
+}

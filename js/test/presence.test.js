@@ -10,16 +10,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 import { MockGateway } from "./mock-gateway.js";
 import { WsgateError, connect } from "../src/sm.js";
-
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-async function until(pred, ms = 5000, what = "condition") {
-  const end = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
+import { sleep, until } from "./helpers.js";
 
 const USERS = { demo: "wsgate-demo", erin: "erin-password" };
 

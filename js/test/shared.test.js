@@ -9,17 +9,9 @@ import assert from "node:assert/strict";
 import { MockGateway } from "./mock-gateway.js";
 import { Session, SharedSession, WsgateError, connect } from "../src/sm.js";
 import { createHub } from "../src/shared/hub.js";
+import { sleep, until } from "./helpers.js";
 
-const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const td = new TextDecoder();
-
-async function until(pred, ms = 5000, what = "condition") {
-  const end = Date.now() + ms;
-  while (!pred()) {
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await sleep(5);
-  }
-}
 
 const USERS = { demo: "wsgate-demo", erin: "erin-password" };
 
