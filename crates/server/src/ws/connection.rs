@@ -1056,6 +1056,23 @@ impl Conn {
         self.send_protected(MessageType::Response as u8, flags, id, "", body)
     }
 
+    /// A SUBSCRIBE the state store could not serve: the subscription made
+    /// for it is taken back and the client told to retry (`unavailable`).
+    fn undo_subscribe(
+        &mut self,
+        mailbox_id: u64,
+        name: &str,
+        id: u32,
+        enc: bool,
+        why: &str,
+    ) -> Step {
+        if let Some(est) = self.established_mut() {
+            est.subscriptions.remove(name);
+        }
+        self.shared.hub.unsubscribe(mailbox_id, name);
+        self.respond_error(id, enc, "unavailable", why)
+    }
+
     fn respond_error(&mut self, id: u32, enc: bool, code: &str, message: &str) -> Step {
         let body = json!({"code": code, "message": message}).to_string();
         let flags = FLAG_ERR | if enc { FLAG_ENC } else { 0 };
@@ -1469,14 +1486,11 @@ impl Conn {
                 let ttl = crate::presence::member_ttl(self.shared.config.limits.presence_ttl);
                 if let Err(e) = self.shared.state.presence_add(&member, ttl).await {
                     tracing::warn!(error = %e, "state store unavailable at SUBSCRIBE (presence)");
-                    if let Some(est) = self.established_mut() {
-                        est.subscriptions.remove(name);
-                    }
-                    hub.unsubscribe(mailbox_id, name);
-                    return self.respond_error(
+                    return self.undo_subscribe(
+                        mailbox_id,
+                        name,
                         id,
                         enc,
-                        "unavailable",
                         "could not record presence; retry",
                     );
                 }
@@ -1505,14 +1519,11 @@ impl Conn {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!(error = %e, "state store unavailable at SUBSCRIBE");
-                if let Some(est) = self.established_mut() {
-                    est.subscriptions.remove(name);
-                }
-                hub.unsubscribe(mailbox_id, name);
-                return self.respond_error(
+                return self.undo_subscribe(
+                    mailbox_id,
+                    name,
                     id,
                     enc,
-                    "unavailable",
                     "could not read the channel's history; retry",
                 );
             }
