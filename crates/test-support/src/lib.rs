@@ -6,16 +6,24 @@
 //! directory; a test gets a private key prefix (Redis) or a private database
 //! (PostgreSQL). Tests that stop and restart a server start their own.
 //!
+//! [`RedisCluster`] is a Redis Cluster of three masters and three replicas
+//! (six `redis-server --cluster-enabled yes` on free loopback ports, joined
+//! by `redis-cli --cluster create`, 1 s `cluster-node-timeout`) for the
+//! cluster store and failover tests; [`shared_cluster`] is the process's
+//! shared one (see [`RedisCluster`] for what it starts and how it stops).
+//!
 //! Every server runs under a small `sh` watchdog that holds the read end of
 //! a pipe whose write end only this process holds: when the process ends —
 //! normally, by a panic or killed — the pipe closes, the watchdog stops the
 //! server and removes its directory. No server outlives `cargo test`.
 //!
-//! Needs the Debian packages `redis-server` (`/usr/bin/redis-server`) and
+//! Needs the Debian packages `redis-server` (`/usr/bin/redis-server`; the
+//! cluster also needs `redis-cli`, from `redis-tools`) and
 //! `postgresql` (`/usr/lib/postgresql/<version>/bin/{initdb,postgres,pg_isready}`).
 //! When one is missing the tests that need it fail, saying which package to
 //! install; `WSGATE_SKIP_SERVICE_TESTS=1` skips them instead. Other locations:
-//! `WSGATE_REDIS_SERVER=/path/to/redis-server`, `WSGATE_PG_BINDIR=/path/to/bin`.
+//! `WSGATE_REDIS_SERVER=/path/to/redis-server`, `WSGATE_REDIS_CLI=/path/to/redis-cli`,
+//! `WSGATE_PG_BINDIR=/path/to/bin`.
 //!
 //! PostgreSQL refuses to run as root: as root, the cluster runs as the
 //! `postgres` user (`setpriv`), and its directory is handed to that user.
@@ -30,6 +38,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+mod cluster;
+pub use cluster::{DEFAULT_NODE_TIMEOUT_MS, RedisCluster, shared_cluster};
 
 /// Set to `1` to skip the tests that need a real server.
 pub const SKIP_ENV: &str = "WSGATE_SKIP_SERVICE_TESTS";
