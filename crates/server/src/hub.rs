@@ -191,7 +191,9 @@ struct Inner {
     pending_presence: Mutex<HashMap<(u64, String), PendingPresence>>,
     mailboxes: Mutex<HashMap<u64, Subscriber>>,
     next_id: AtomicU64,
-    started: OnceLock<()>,
+    /// The state store, once started: told when a channel loses its last
+    /// subscriber here (a store with per-channel fan-out stops receiving it).
+    state: OnceLock<Arc<dyn StateStore>>,
     queue_limit: AtomicUsize,
     queue_bytes_limit: AtomicUsize,
 }
@@ -519,7 +521,7 @@ impl Hub {
         channels: &ChannelTable,
         gaps_filled: &Arc<Counter>,
     ) {
-        if self.inner.started.set(()).is_err() {
+        if self.inner.state.set(state.clone()).is_err() {
             return;
         }
         self.inner
@@ -620,6 +622,11 @@ impl Hub {
             if subs.is_empty() {
                 channels.remove(channel);
                 self.inner.streams().remove(channel);
+                // Under the lock: a SUBSCRIBE after this (which watches the
+                // channel again) is ordered after the unwatch.
+                if let Some(state) = self.inner.state.get() {
+                    state.unwatch_channel(channel);
+                }
             }
         }
     }

@@ -502,6 +502,21 @@ pub trait StateStore: Send + Sync + fmt::Debug + 'static {
             "this state store keeps no presence".into(),
         ))
     }
+    /// Makes sure this node receives `channel`'s events from now on: called
+    /// before a SUBSCRIBE is confirmed. A store whose fan-out is per channel
+    /// (Redis Cluster: one sharded pub/sub channel each) subscribes to it
+    /// and returns once it is subscribed; the others deliver every channel
+    /// already. Cheap when the channel is watched.
+    async fn watch_channel(&self, channel: &str) -> Result<(), StoreError> {
+        let _ = channel;
+        Ok(())
+    }
+    /// This node has no subscriber of `channel` any more: a store with
+    /// per-channel fan-out may stop receiving it. Must not block (called
+    /// with the hub's lock held, so a later watch is ordered after it).
+    fn unwatch_channel(&self, channel: &str) {
+        let _ = channel;
+    }
     /// Whether the backend is reachable right now, as far as this node
     /// knows (Redis: false while the connection is down). A node reports it
     /// and may refuse work early while it is false; calls made meanwhile fail
@@ -543,7 +558,8 @@ impl fmt::Debug for StoreEvent {
 /// Opens the state store named by the configuration's `state` value:
 /// `"memory"` (or empty) for the in-process store of a single node,
 /// `redis://[:password@]host[:port][/db]` (or `rediss://` for TLS) for a
-/// fleet's shared Redis.
+/// fleet's shared Redis, `redis+cluster://host:port,host:port,…` (or
+/// `rediss+cluster://`) for a Redis Cluster named by some of its nodes.
 pub async fn open_state(url: &str) -> Result<Arc<dyn StateStore>, StoreError> {
     let trimmed = url.trim();
     if trimmed.is_empty() || trimmed == "memory" {
@@ -553,9 +569,13 @@ pub async fn open_state(url: &str) -> Result<Arc<dyn StateStore>, StoreError> {
         Some("redis" | "rediss" | "redis+unix" | "unix") => {
             Ok(Arc::new(RedisStateStore::connect(trimmed).await?))
         }
+        Some("redis+cluster" | "rediss+cluster") => {
+            Ok(Arc::new(RedisStateStore::connect_cluster(trimmed).await?))
+        }
         _ => Err(StoreError::Unavailable(format!(
-            "unknown state store {:?}; use \"memory\" (one node) or \
-             \"redis://[:password@]host[:port][/db]\" (a fleet; \"rediss://\" for TLS)",
+            "unknown state store {:?}; use \"memory\" (one node), \
+             \"redis://[:password@]host[:port][/db]\" (a fleet; \"rediss://\" for TLS) or \
+             \"redis+cluster://host:port,host:port,…\" (a fleet on Redis Cluster)",
             redact_url(trimmed)
         ))),
     }

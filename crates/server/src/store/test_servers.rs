@@ -20,6 +20,19 @@ pub(crate) async fn redis_store() -> Option<((), RedisStateStore)> {
     Some(((), store))
 }
 
+/// A store on the shared Redis Cluster (3 masters, 3 replicas) with a
+/// private prefix; None when the service tests are skipped.
+pub(crate) async fn redis_cluster_store() -> Option<((), RedisStateStore)> {
+    if skipped() {
+        return None;
+    }
+    let url = shared_cluster().url();
+    let store = RedisStateStore::connect_cluster_with_prefix(&url, &unique_prefix())
+        .await
+        .unwrap();
+    Some(((), store))
+}
+
 /// A PostgreSQL store in a new database of the shared cluster; None when
 /// the service tests are skipped.
 pub(crate) async fn postgres_store() -> Option<((), PostgresCredentialStore)> {

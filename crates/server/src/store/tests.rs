@@ -939,6 +939,39 @@ pub(crate) async fn state_store_debug_shows_no_key_bytes<S: StateStore>(store: S
     assert_no_key_bytes(&text);
 }
 
+/// Every channel the suite's event tests use, watched as a node's hub
+/// would before its first subscriber's SUBSCRIBE is confirmed (a store with
+/// per-channel fan-out only delivers watched channels).
+pub(crate) const SUITE_CHANNELS: [&str; 20] = [
+    "news",
+    "c0",
+    "c1",
+    "c2",
+    "user.émile.inbox",
+    "bytes",
+    "empty",
+    "json",
+    "large",
+    "real",
+    "room",
+    "other",
+    "feed",
+    "new",
+    "even",
+    "odd",
+    "plain",
+    "p",
+    "x",
+    "four",
+];
+
+/// Watches [`SUITE_CHANNELS`] on `store`.
+pub(crate) async fn watch_suite_channels<S: StateStore>(store: &S) {
+    for channel in SUITE_CHANNELS {
+        store.watch_channel(channel).await.unwrap();
+    }
+}
+
 /// The next event of `watcher`, within 5 s; fails on a lag notice.
 pub(crate) async fn next_event(
     watcher: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
@@ -950,6 +983,7 @@ pub(crate) async fn next_event(
 }
 
 pub(crate) async fn events_reach_every_watcher<S: StateStore>(store: S) {
+    watch_suite_channels(&store).await;
     let mut first = store.watch_events();
     let mut second = store.watch_events();
     store.publish_event("news", b"hello").await.unwrap();
@@ -962,6 +996,7 @@ pub(crate) async fn events_reach_every_watcher<S: StateStore>(store: S) {
 }
 
 pub(crate) async fn events_of_one_publisher_keep_their_order<S: StateStore>(store: S) {
+    watch_suite_channels(&store).await;
     let mut watcher = store.watch_events();
     for i in 0..200u32 {
         let channel = format!("c{}", i % 3);
@@ -978,6 +1013,7 @@ pub(crate) async fn events_of_one_publisher_keep_their_order<S: StateStore>(stor
 }
 
 pub(crate) async fn event_watchers_see_only_later_events<S: StateStore>(store: S) {
+    watch_suite_channels(&store).await;
     store.publish_event("news", b"old").await.unwrap();
     let mut late = store.watch_events();
     assert!(matches!(late.try_recv(), Err(TryRecvError::Empty)));
@@ -989,6 +1025,7 @@ pub(crate) async fn event_watchers_see_only_later_events<S: StateStore>(store: S
 }
 
 pub(crate) async fn event_payloads_are_kept_byte_for_byte<S: StateStore>(store: S) {
+    watch_suite_channels(&store).await;
     let mut watcher = store.watch_events();
     let all_bytes: Vec<u8> = (0..=255).collect();
     let large: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
@@ -1010,6 +1047,7 @@ pub(crate) async fn event_payloads_are_kept_byte_for_byte<S: StateStore>(store: 
 }
 
 pub(crate) async fn events_without_a_channel_are_dropped<S: StateStore>(store: S) {
+    watch_suite_channels(&store).await;
     let mut watcher = store.watch_events();
     store.publish_event("", b"filler").await.unwrap();
     store.publish_event("real", b"x").await.unwrap();
@@ -1054,6 +1092,7 @@ async fn no_more_presence(watcher: &mut tokio::sync::broadcast::Receiver<StoreEv
 const PRESENCE_TTL: Duration = Duration::from_secs(30);
 
 pub(crate) async fn presence_joins_and_leaves_per_user_not_per_member<S: StateStore>(store: S) {
+    watch_suite_channels(&store).await;
     let mut watcher = store.watch_events();
     let (a1, a2, b1) = (
         member("room", "alice", "n1:1"),
@@ -1123,6 +1162,7 @@ pub(crate) async fn presence_joins_and_leaves_per_user_not_per_member<S: StateSt
 }
 
 pub(crate) async fn expired_members_leave_once_at_the_first_sweep<S: StateStore>(store: S) {
+    watch_suite_channels(&store).await;
     let mut watcher = store.watch_events();
     let short = Duration::from_millis(300);
     store
@@ -1163,6 +1203,7 @@ pub(crate) async fn expired_members_leave_once_at_the_first_sweep<S: StateStore>
 }
 
 pub(crate) async fn refreshed_members_stay_present<S: StateStore>(store: S) {
+    watch_suite_channels(&store).await;
     let mut watcher = store.watch_events();
     let ttl = Duration::from_millis(600);
     let m = member("room", "alice", "n1:1");
@@ -1206,6 +1247,7 @@ pub(crate) async fn one_refresh_of_many_members_keeps_them_and_adds_back_lost_on
 >(
     store: S,
 ) {
+    watch_suite_channels(&store).await;
     let mut watcher = store.watch_events();
     let members: Vec<PresenceMember> = (0..1200)
         .map(|i| {
@@ -1338,6 +1380,7 @@ pub(crate) async fn streams_count_from_one_and_keep_exactly_the_last_events<S: S
 }
 
 pub(crate) async fn stream_events_reach_watchers_with_their_position<S: StateStore>(store: S) {
+    watch_suite_channels(&store).await;
     let mut watcher = store.watch_events();
     let at = store
         .publish_at("feed", b"\x00\xffpayload", &history(10))
@@ -1417,6 +1460,7 @@ pub(crate) async fn an_idle_stream_is_forgotten_into_a_new_epoch<S: StateStore>(
 }
 
 pub(crate) async fn concurrent_stream_publishers_never_share_an_offset<S: StateStore>(store: S) {
+    watch_suite_channels(&store).await;
     let store = std::sync::Arc::new(store);
     let mut watcher = store.watch_events();
     let policy = history(1000);
@@ -1596,6 +1640,12 @@ mod memory_state {
 
 mod redis_state {
     crate::store::tests::state_store_suite!(services: crate::store::test_servers::redis_store());
+}
+
+mod redis_cluster_state {
+    crate::store::tests::state_store_suite!(
+        services: crate::store::test_servers::redis_cluster_store()
+    );
 }
 
 mod postgres_credentials {

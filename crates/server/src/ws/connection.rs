@@ -1479,6 +1479,18 @@ impl Conn {
         est.subscriptions.insert(name.to_owned());
         let user = est.user.clone();
         let already_member = est.presence.contains(name);
+        // A store with per-channel fan-out (Redis Cluster) subscribes this
+        // node to the channel before the subscription is confirmed.
+        if let Err(e) = self.shared.state.watch_channel(name).await {
+            tracing::warn!(error = %e, "state store unavailable at SUBSCRIBE (fan-out)");
+            return self.undo_subscribe(
+                mailbox_id,
+                name,
+                id,
+                enc,
+                "could not subscribe this node to the channel; retry",
+            );
+        }
         if presence {
             hub.listen_presence(mailbox_id, name, request.presence_events);
             if !already_member {

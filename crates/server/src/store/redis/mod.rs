@@ -70,6 +70,8 @@
 //! `rediss://` speaks TLS (rustls), trusting the system's CAs, or only the
 //! CA in `?ca_file=/path/to/ca.pem`.
 
+mod cluster;
+
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,6 +81,8 @@ use bytes::Bytes;
 use futures_util::StreamExt as _;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSub, PubSubSink};
 use redis::{Client, FromRedisValue, RedisError, Script};
+
+use self::cluster::Conn;
 use tokio::sync::{Notify, broadcast};
 use tokio::task::JoinHandle;
 use zeroize::Zeroizing;
@@ -97,7 +101,7 @@ pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 pub(crate) const DEFAULT_PREFIX: &str = "wsgate:";
 
 /// How long establishing a connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How often the pub/sub connection is checked with a `PING` (a connection
 /// that died silently, without a reset, is noticed within about this long).
@@ -178,8 +182,9 @@ end
 /// payload bytes kept), the stream of events (ids `0-<offset>`). `ARGV`:
 /// a new epoch (used if the stream does not exist), events to keep, TTL
 /// (ms), payload bytes to keep, the payload, the pub/sub channel, the
-/// frame's head (origin, channel length, channel). Trims exactly, oldest
-/// first, until both bounds hold. Returns `{epoch, offset}`.
+/// frame's head (origin, channel length, channel), the publishing command
+/// (`PUBLISH`, or `SPUBLISH` on a cluster). Trims exactly, oldest first,
+/// until both bounds hold. Returns `{epoch, offset}`.
 const PUBLISH_AT_LUA: &str = r"
 local epoch = redis.call('HGET', KEYS[1], 'e')
 if not epoch then
@@ -204,7 +209,7 @@ redis.call('PEXPIRE', KEYS[2], ARGV[3])
 local hi = math.floor(offset / 4294967296)
 local frame = ARGV[7] .. string.char(#epoch) .. epoch
   .. struct.pack('>I4I4', hi, offset - hi * 4294967296) .. ARGV[5]
-redis.call('PUBLISH', ARGV[6], frame)
+redis.call(ARGV[8], ARGV[6], frame)
 return {epoch, offset}
 ";
 
@@ -251,8 +256,9 @@ return out
 /// channel's members (sorted set, scored by expiry ms), member → user
 /// (hash), user → live members (hash), the index of presence channels.
 /// `ARGV`: member, user, TTL (ms), the pub/sub channel, the frame's head
-/// (origin, channel length, channel), the channel. A new member whose user
-/// had none joins: announced in the same step. Returns 1 on a join.
+/// (origin, channel length, channel), the channel, the publishing command.
+/// A new member whose user had none joins: announced in the same step.
+/// Returns 1 on a join.
 const PRESENCE_ADD_LUA: &str = r"
 local expires = now_ms() + tonumber(ARGV[3])
 local known = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -261,7 +267,7 @@ redis.call('ZADD', KEYS[4], expires, ARGV[6])
 if known then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
 if redis.call('HINCRBY', KEYS[3], ARGV[2], 1) == 1 then
-  redis.call('PUBLISH', ARGV[4], ARGV[5] .. '\1' .. ARGV[2])
+  redis.call(ARGV[7], ARGV[4], ARGV[5] .. '\1' .. ARGV[2])
   return 1
 end
 return 0
@@ -294,7 +300,8 @@ return 0
 const PRESENCE_REFRESH_BATCH: usize = 500;
 
 /// Removes a presence member. `KEYS` as for [`PRESENCE_ADD_LUA`] (without
-/// the index). `ARGV`: member, the pub/sub channel, the frame's head.
+/// the index). `ARGV`: member, the pub/sub channel, the frame's head, the
+/// publishing command.
 /// The user's last member leaves: announced in the same step. Returns 1
 /// on a leave.
 const PRESENCE_REMOVE_LUA: &str = r"
@@ -304,7 +311,7 @@ redis.call('ZREM', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 if redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
   redis.call('HDEL', KEYS[3], user)
-  redis.call('PUBLISH', ARGV[2], ARGV[3] .. '\2' .. user)
+  redis.call(ARGV[4], ARGV[2], ARGV[3] .. '\2' .. user)
   return 1
 end
 return 0
@@ -336,6 +343,48 @@ for _, ch in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
   end
 end
 return 0
+";
+
+/// Adds or refreshes members of one channel, on a cluster (every key of a
+/// channel in its slot; the index of presence channels, in another slot,
+/// is kept by separate commands). `KEYS`: as for [`PRESENCE_REMOVE_LUA`].
+/// `ARGV`: TTL (ms), the shard channel, the frame's head, the publishing
+/// command, then `user, member` for each member. Returns the joins.
+const PRESENCE_REFRESH_CHANNEL_LUA: &str = r"
+local expires = now_ms() + tonumber(ARGV[1])
+local joins = 0
+for i = 5, #ARGV, 2 do
+  local user, member = ARGV[i], ARGV[i + 1]
+  local known = redis.call('ZSCORE', KEYS[1], member)
+  redis.call('ZADD', KEYS[1], expires, member)
+  if not known then
+    redis.call('HSET', KEYS[2], member, user)
+    if redis.call('HINCRBY', KEYS[3], user, 1) == 1 then
+      redis.call(ARGV[4], ARGV[2], ARGV[3] .. '\1' .. user)
+      joins = joins + 1
+    end
+  end
+end
+return joins
+";
+
+/// Removes the expired members of one channel, on a cluster, announcing
+/// the leaves. `KEYS`: as for [`PRESENCE_REMOVE_LUA`]. `ARGV`: the shard
+/// channel, the frame's head, the publishing command. Returns the members
+/// left.
+const PRESENCE_SWEEP_CHANNEL_LUA: &str = r"
+for _, m in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms())) do
+  local user = redis.call('HGET', KEYS[2], m)
+  redis.call('ZREM', KEYS[1], m)
+  redis.call('HDEL', KEYS[2], m)
+  if user and redis.call('HINCRBY', KEYS[3], user, -1) <= 0 then
+    redis.call('HDEL', KEYS[3], user)
+    redis.call(ARGV[3], ARGV[1], ARGV[2] .. '\2' .. user)
+  end
+end
+local left = redis.call('ZCARD', KEYS[1])
+if left == 0 then redis.call('DEL', KEYS[2], KEYS[3]) end
+return left
 ";
 
 /// The users with live members on a channel. `KEYS`: members, member →
@@ -428,6 +477,8 @@ struct Scripts {
     presence_refresh: Script,
     presence_sweep: Script,
     presence_list: Script,
+    presence_refresh_channel: Script,
+    presence_sweep_channel: Script,
 }
 
 impl Scripts {
@@ -447,14 +498,25 @@ impl Scripts {
             presence_refresh: with_now(PRESENCE_REFRESH_LUA),
             presence_sweep: with_now(PRESENCE_SWEEP_LUA),
             presence_list: with_now(PRESENCE_LIST_LUA),
+            presence_refresh_channel: with_now(PRESENCE_REFRESH_CHANNEL_LUA),
+            presence_sweep_channel: with_now(PRESENCE_SWEEP_CHANNEL_LUA),
         }
     }
 }
 
-/// The key and channel names under one prefix.
+/// The kinds of fan-out frame on a cluster's per-channel shard channel,
+/// its first byte (one Redis has a pub/sub channel per kind instead).
+const KIND_EVENT: u8 = b'e';
+const KIND_STREAM: u8 = b's';
+const KIND_PRESENCE: u8 = b'p';
+
+/// The key and channel names under one prefix, for one Redis or, with hash
+/// tags that keep each multi-key step in one slot, for a cluster.
 #[derive(Clone, Debug)]
 struct Keys {
     prefix: String,
+    /// The cluster layout (hash tags, per-channel shard channels).
+    cluster: bool,
     revocations: String,
     events: String,
     /// Events of channels with history, published by [`PUBLISH_AT_LUA`].
@@ -467,6 +529,7 @@ impl Keys {
     fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
+            cluster: false,
             revocations: format!("{prefix}revocations"),
             events: format!("{prefix}events"),
             stream_events: format!("{prefix}stream-events"),
@@ -474,46 +537,128 @@ impl Keys {
         }
     }
 
+    /// The cluster layout: `{prefix}{<channel>}:…` for a channel's keys and
+    /// its shard channel, `{prefix}session:{<id>}`, and one slot each for
+    /// the exchanges (`{exchanges}`: their quotas are exact), the failure
+    /// counters (`{failures}`: one check spans several) and the index of
+    /// presence channels.
+    fn cluster(prefix: &str) -> Self {
+        Self {
+            cluster: true,
+            revocations: format!("{prefix}{{revocations}}"),
+            ..Self::new(prefix)
+        }
+    }
+
+    /// The pub/sub channel of `kind` frames of `channel`, and the command
+    /// that publishes to it.
+    fn fanout(&self, kind: u8, channel: &str) -> (String, &'static str) {
+        if self.cluster {
+            return (format!("{}{{{channel}}}:fanout", self.prefix), "SPUBLISH");
+        }
+        let global = match kind {
+            KIND_STREAM => &self.stream_events,
+            KIND_PRESENCE => &self.presence_events,
+            _ => &self.events,
+        };
+        (global.clone(), "PUBLISH")
+    }
+
+    /// The head of a `kind` frame of `channel` from `origin`: origin,
+    /// channel length (u16 BE), channel — after the kind byte on a cluster.
+    fn head(
+        &self,
+        kind: u8,
+        origin: &[u8; ORIGIN_LEN],
+        channel: &str,
+    ) -> Result<Vec<u8>, StoreError> {
+        let frame = event_frame(origin, channel, b"").ok_or_else(|| {
+            StoreError::Unavailable(format!(
+                "channel name of {} bytes is too long to publish (at most 65535)",
+                channel.len()
+            ))
+        })?;
+        Ok(if self.cluster {
+            let mut tagged = Vec::with_capacity(frame.len() + 1);
+            tagged.push(kind);
+            tagged.extend_from_slice(&frame);
+            tagged
+        } else {
+            frame
+        })
+    }
+
+    /// A key of `channel`: `{prefix}{name}:{channel}`, or on a cluster
+    /// `{prefix}{{channel}}:{name}`.
+    fn of_channel(&self, name: &str, channel: &str) -> String {
+        if self.cluster {
+            format!("{}{{{channel}}}:{name}", self.prefix)
+        } else {
+            format!("{}{name}:{channel}", self.prefix)
+        }
+    }
+
     /// A channel's presence keys: members, member → user, user → count.
     fn presence(&self, channel: &str) -> [String; 3] {
         [
-            format!("{}presence:{channel}", self.prefix),
-            format!("{}presence-who:{channel}", self.prefix),
-            format!("{}presence-count:{channel}", self.prefix),
+            self.of_channel("presence", channel),
+            self.of_channel("presence-who", channel),
+            self.of_channel("presence-count", channel),
         ]
     }
 
     fn presence_index(&self) -> String {
-        format!("{}presence-channels", self.prefix)
+        if self.cluster {
+            format!("{}{{presence}}:channels", self.prefix)
+        } else {
+            format!("{}presence-channels", self.prefix)
+        }
     }
 
     fn stream(&self, channel: &str) -> String {
-        format!("{}stream:{channel}", self.prefix)
+        self.of_channel("stream", channel)
     }
 
     fn stream_log(&self, channel: &str) -> String {
-        format!("{}stream-log:{channel}", self.prefix)
+        self.of_channel("stream-log", channel)
+    }
+
+    /// Where the exchanges live: `{prefix}`, or one slot on a cluster.
+    fn exchanges(&self) -> String {
+        if self.cluster {
+            format!("{}{{exchanges}}:", self.prefix)
+        } else {
+            self.prefix.clone()
+        }
     }
 
     fn exchange(&self, sid: &str) -> String {
-        format!("{}exchange:{sid}", self.prefix)
+        format!("{}exchange:{sid}", self.exchanges())
     }
 
     fn exchange_index(&self) -> String {
-        format!("{}exchange-index", self.prefix)
+        format!("{}exchange-index", self.exchanges())
     }
 
     /// The prefix of the group sets; a group's set is this and its name.
     fn exchange_group_prefix(&self) -> String {
-        format!("{}exchange-group:", self.prefix)
+        format!("{}exchange-group:", self.exchanges())
     }
 
     fn session(&self, id: &str) -> String {
-        format!("{}session:{id}", self.prefix)
+        if self.cluster {
+            format!("{}session:{{{id}}}", self.prefix)
+        } else {
+            format!("{}session:{id}", self.prefix)
+        }
     }
 
     fn failures(&self, key: &str) -> String {
-        format!("{}failures:{key}", self.prefix)
+        if self.cluster {
+            format!("{}{{failures}}:{key}", self.prefix)
+        } else {
+            format!("{}failures:{key}", self.prefix)
+        }
     }
 }
 
@@ -570,6 +715,33 @@ impl Fanout {
         {
             // This store's own too: Redis's order is the offsets' order,
             // and its echo is how a publisher's node gets the event.
+            let _ = self.events.send(event);
+        }
+    }
+
+    /// Hands a sharded message (on a cluster) to the watchers: a
+    /// revocation, or a channel's fan-out frame after its kind byte.
+    fn dispatch_shard(&self, channel: &[u8], payload: &[u8]) {
+        if channel == self.keys.revocations.as_bytes() {
+            if let Some(id) = self.parse_revocation(payload) {
+                let _ = self.revocations.send(id);
+            }
+            return;
+        }
+        let Some((kind, frame)) = payload.split_first() else {
+            return;
+        };
+        // Stream and presence frames of this store too, as on one Redis.
+        let event = match *kind {
+            KIND_EVENT => self.parse_event(frame),
+            KIND_STREAM => parse_stream_event(frame),
+            KIND_PRESENCE => parse_presence_event(frame),
+            _ => {
+                tracing::warn!(kind, "ignoring a fan-out frame of an unknown kind");
+                None
+            }
+        };
+        if let Some(event) = event {
             let _ = self.events.send(event);
         }
     }
@@ -726,17 +898,20 @@ fn event_frame(origin: &[u8; ORIGIN_LEN], channel: &str, payload: &[u8]) -> Opti
 /// Must be created and used within a tokio runtime (it spawns its pub/sub
 /// task); dropping it stops that task.
 pub struct RedisStateStore {
-    conn: ConnectionManager,
+    conn: Conn,
     fanout: Arc<Fanout>,
     location: Arc<str>,
     scripts: Scripts,
     feed: JoinHandle<()>,
+    /// On a cluster: the per-channel shard subscriptions.
+    shards: Option<cluster::Shards>,
 }
 
 impl fmt::Debug for RedisStateStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStateStore")
             .field("location", &self.location)
+            .field("cluster", &self.fanout.keys.cluster)
             .field("prefix", &self.fanout.keys.prefix)
             .field("healthy", &self.is_healthy())
             .field("watchers", &self.fanout.revocations.receiver_count())
@@ -806,12 +981,92 @@ impl RedisStateStore {
             pubsub,
         ));
         Ok(Self {
-            conn,
+            conn: Conn::Single(conn),
             fanout,
             location,
             scripts: Scripts::new(),
             feed,
+            shards: None,
         })
+    }
+
+    /// Connects to the Redis Cluster named by some of its nodes,
+    /// `redis+cluster://[user:password@]host:port,host:port,…`
+    /// (`rediss+cluster://…` for TLS, `?ca_file=/path/to/ca.pem` for a
+    /// private CA), with keys under `wsgate:`. Needs Redis 7.0 or newer
+    /// (sharded pub/sub). The topology is discovered from the nodes named
+    /// and followed through resharding and failover.
+    pub async fn connect_cluster(url: &str) -> Result<Self, StoreError> {
+        Self::connect_cluster_with_prefix(url, DEFAULT_PREFIX).await
+    }
+
+    /// Like [`connect_cluster`](Self::connect_cluster), with every key and
+    /// channel under `prefix`, which may not hold `{` or `}` (they would
+    /// change the keys' hash slots).
+    pub async fn connect_cluster_with_prefix(url: &str, prefix: &str) -> Result<Self, StoreError> {
+        if prefix.contains(['{', '}']) {
+            return Err(StoreError::Unavailable(format!(
+                "the key prefix {prefix:?} holds a brace, which Redis Cluster reads as a \
+                 hash tag; choose a prefix without {{ or }}"
+            )));
+        }
+        let location: Arc<str> = store_location(url).into();
+        let seeds = cluster::seed_urls(url, &location)?;
+        let commands = cluster::connect(
+            &cluster::cluster_client(&seeds, &location, None)?,
+            &location,
+        )
+        .await?;
+        let (push_tx, push_rx) = tokio::sync::mpsc::unbounded_channel();
+        let feed_client = cluster::cluster_client(&seeds, &location, Some(push_tx))?;
+        let mut feed_conn = cluster::connect(&feed_client, &location).await?;
+        let keys = Keys::cluster(prefix);
+        match tokio::time::timeout(CONNECT_TIMEOUT, feed_conn.ssubscribe(&keys.revocations)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e))
+                if e.to_string()
+                    .to_ascii_lowercase()
+                    .contains("unknown command") =>
+            {
+                return Err(StoreError::Unavailable(format!(
+                    "the Redis Cluster at {location} has no sharded pub/sub (SSUBSCRIBE): \
+                     wsgate needs Redis 7.0 or newer on a cluster; upgrade Redis"
+                )));
+            }
+            Ok(Err(e)) => return Err(connect_error(&location, &e)),
+            Err(_) => return Err(timeout_error(&location, "SSUBSCRIBE")),
+        }
+        let (revocations, _) = broadcast::channel(REVOCATION_CHANNEL_CAPACITY);
+        let (events, _) = broadcast::channel(EVENT_CHANNEL_CAPACITY);
+        let fanout = Arc::new(Fanout {
+            revocations,
+            events,
+            up: AtomicBool::new(true),
+            check_now: Notify::new(),
+            origin: rand::random(),
+            keys,
+        });
+        let (ops_tx, ops_rx) = tokio::sync::mpsc::unbounded_channel();
+        let feed = tokio::spawn(cluster::feed_loop(
+            feed_conn,
+            Arc::clone(&location),
+            Arc::clone(&fanout),
+            ops_rx,
+            push_rx,
+        ));
+        Ok(Self {
+            conn: Conn::Cluster(commands),
+            fanout,
+            location,
+            scripts: Scripts::new(),
+            feed,
+            shards: Some(cluster::Shards::new(ops_tx)),
+        })
+    }
+
+    /// Whether this store speaks to a Redis Cluster.
+    pub fn is_cluster(&self) -> bool {
+        self.fanout.keys.cluster
     }
 
     /// Where the store lives: the URL without credentials.
@@ -827,7 +1082,7 @@ impl RedisStateStore {
     /// Runs one command (or pipeline, or script) with the deadline.
     async fn run<T, F>(&self, what: &str, f: F) -> Result<T, StoreError>
     where
-        F: AsyncFnOnce(&mut ConnectionManager) -> redis::RedisResult<T>,
+        F: AsyncFnOnce(&mut Conn) -> redis::RedisResult<T>,
     {
         let mut conn = self.conn.clone();
         let result = tokio::time::timeout(COMMAND_TIMEOUT, f(&mut conn)).await;
@@ -1252,16 +1507,28 @@ impl StateStore for RedisStateStore {
     async fn revoke_session(&self, id: &str) -> Result<(), StoreError> {
         let keys = &self.fanout.keys;
         let message = format!("{} {id}", hex(&self.fanout.origin));
-        self.query_pipe::<()>(
-            "DEL + PUBLISH",
-            redis::pipe()
-                .atomic()
-                .del(keys.session(id))
-                .ignore()
-                .publish(&keys.revocations, message)
-                .ignore(),
-        )
-        .await?;
+        if keys.cluster {
+            // The session's slot and the revocations' differ: deleted
+            // first, so a node that hears of it finds it gone.
+            self.query::<()>("DEL", redis::cmd("DEL").arg(keys.session(id)))
+                .await?;
+            self.query::<()>(
+                "SPUBLISH",
+                redis::cmd("SPUBLISH").arg(&keys.revocations).arg(message),
+            )
+            .await?;
+        } else {
+            self.query_pipe::<()>(
+                "DEL + PUBLISH",
+                redis::pipe()
+                    .atomic()
+                    .del(keys.session(id))
+                    .ignore()
+                    .publish(&keys.revocations, message)
+                    .ignore(),
+            )
+            .await?;
+        }
         if !id.is_empty() {
             // No watcher is not an error.
             let _ = self.fanout.revocations.send(id.to_owned());
@@ -1362,19 +1629,12 @@ impl StateStore for RedisStateStore {
         if channel.is_empty() {
             return Ok(());
         }
-        let Some(frame) = event_frame(&self.fanout.origin, channel, payload) else {
-            return Err(StoreError::Unavailable(format!(
-                "channel name of {} bytes is too long to publish (at most 65535)",
-                channel.len()
-            )));
-        };
-        self.query::<()>(
-            "PUBLISH",
-            redis::cmd("PUBLISH")
-                .arg(&self.fanout.keys.events)
-                .arg(frame),
-        )
-        .await?;
+        let keys = &self.fanout.keys;
+        let mut frame = keys.head(KIND_EVENT, &self.fanout.origin, channel)?;
+        frame.extend_from_slice(payload);
+        let (fanout, command) = keys.fanout(KIND_EVENT, channel);
+        self.query::<()>(command, redis::cmd(command).arg(fanout).arg(frame))
+            .await?;
         let _ = self.fanout.events.send(StoreEvent {
             channel: channel.to_owned(),
             payload: Bytes::copy_from_slice(payload),
@@ -1395,12 +1655,8 @@ impl StateStore for RedisStateStore {
         policy: &HistoryPolicy,
     ) -> Result<Position, StoreError> {
         let keys = &self.fanout.keys;
-        let Some(head) = event_frame(&self.fanout.origin, channel, b"") else {
-            return Err(StoreError::Unavailable(format!(
-                "channel name of {} bytes is too long to publish (at most 65535)",
-                channel.len()
-            )));
-        };
+        let head = keys.head(KIND_STREAM, &self.fanout.origin, channel)?;
+        let (fanout, command) = keys.fanout(KIND_STREAM, channel);
         let (stream, log) = (keys.stream(channel), keys.stream_log(channel));
         let epoch = wsgate_proto::continuity::new_epoch(&mut rand::rng());
         let (keep, ttl, max_bytes) = (
@@ -1419,8 +1675,9 @@ impl StateStore for RedisStateStore {
                     ttl.as_bytes(),
                     max_bytes.as_bytes(),
                     payload,
-                    keys.stream_events.as_bytes(),
+                    fanout.as_bytes(),
                     &head,
+                    command.as_bytes(),
                 ],
             )
             .await?;
@@ -1433,11 +1690,31 @@ impl StateStore for RedisStateStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let keys = &self.fanout.keys;
-        let Some(head) = event_frame(&self.fanout.origin, &member.channel, b"") else {
-            return Err(StoreError::Unavailable("channel name too long".into()));
-        };
+        let head = keys.head(KIND_PRESENCE, &self.fanout.origin, &member.channel)?;
+        let (fanout, command) = keys.fanout(KIND_PRESENCE, &member.channel);
         let [members, who, counts] = keys.presence(&member.channel);
         let index = keys.presence_index();
+        if keys.cluster {
+            let ttl_ms = millis(ttl);
+            let joins: u32 = self
+                .eval(
+                    "the presence refresh script",
+                    &self.scripts.presence_refresh_channel,
+                    &[&members, &who, &counts],
+                    &[
+                        ttl_ms.to_string().as_bytes(),
+                        fanout.as_bytes(),
+                        &head,
+                        command.as_bytes(),
+                        member.user.as_bytes(),
+                        member.member.as_bytes(),
+                    ],
+                )
+                .await?;
+            self.index_presence(&[member.channel.as_str()], ttl_ms)
+                .await?;
+            return Ok(joins == 1);
+        }
         let ttl = millis(ttl).to_string();
         let joined: u8 = self
             .eval(
@@ -1448,9 +1725,10 @@ impl StateStore for RedisStateStore {
                     member.member.as_bytes(),
                     member.user.as_bytes(),
                     ttl.as_bytes(),
-                    keys.presence_events.as_bytes(),
+                    fanout.as_bytes(),
                     &head,
                     member.channel.as_bytes(),
+                    command.as_bytes(),
                 ],
             )
             .await?;
@@ -1459,9 +1737,8 @@ impl StateStore for RedisStateStore {
 
     async fn presence_remove(&self, member: &PresenceMember) -> Result<bool, StoreError> {
         let keys = &self.fanout.keys;
-        let Some(head) = event_frame(&self.fanout.origin, &member.channel, b"") else {
-            return Err(StoreError::Unavailable("channel name too long".into()));
-        };
+        let head = keys.head(KIND_PRESENCE, &self.fanout.origin, &member.channel)?;
+        let (fanout, command) = keys.fanout(KIND_PRESENCE, &member.channel);
         let [members, who, counts] = keys.presence(&member.channel);
         let left: u8 = self
             .eval(
@@ -1470,8 +1747,9 @@ impl StateStore for RedisStateStore {
                 &[&members, &who, &counts],
                 &[
                     member.member.as_bytes(),
-                    keys.presence_events.as_bytes(),
+                    fanout.as_bytes(),
                     &head,
+                    command.as_bytes(),
                 ],
             )
             .await?;
@@ -1484,6 +1762,9 @@ impl StateStore for RedisStateStore {
         ttl: Duration,
     ) -> Result<(), StoreError> {
         let keys = &self.fanout.keys;
+        if keys.cluster {
+            return self.presence_refresh_by_channel(members, ttl).await;
+        }
         let index = keys.presence_index();
         let ttl = millis(ttl).to_string();
         for batch in members.chunks(PRESENCE_REFRESH_BATCH) {
@@ -1510,6 +1791,9 @@ impl StateStore for RedisStateStore {
 
     async fn presence_sweep(&self) -> Result<(), StoreError> {
         let keys = &self.fanout.keys;
+        if keys.cluster {
+            return self.presence_sweep_by_channel().await;
+        }
         let index = keys.presence_index();
         let _: i64 = self
             .eval(
@@ -1595,7 +1879,112 @@ impl StateStore for RedisStateStore {
         parse_history_reply(reply, limit)
     }
 
+    async fn watch_channel(&self, channel: &str) -> Result<(), StoreError> {
+        let Some(shards) = &self.shards else {
+            return Ok(());
+        };
+        let (fanout, _) = self.fanout.keys.fanout(KIND_EVENT, channel);
+        shards.watch(&fanout, &self.location).await
+    }
+
+    fn unwatch_channel(&self, channel: &str) {
+        if let Some(shards) = &self.shards {
+            shards.unwatch(&self.fanout.keys.fanout(KIND_EVENT, channel).0);
+        }
+    }
+
     fn is_healthy(&self) -> bool {
         self.fanout.up.load(Ordering::SeqCst)
+    }
+}
+
+/// Presence on a cluster, where a step spans one channel's slot at most.
+impl RedisStateStore {
+    /// Adds `channels` to the index of presence channels (which the sweep
+    /// walks), scored by when their members expire at the latest.
+    async fn index_presence(&self, channels: &[&str], ttl_ms: u64) -> Result<(), StoreError> {
+        let expires = unix_now().saturating_mul(1000).saturating_add(ttl_ms);
+        let mut cmd = redis::cmd("ZADD");
+        cmd.arg(self.fanout.keys.presence_index());
+        for channel in channels {
+            cmd.arg(expires).arg(*channel);
+        }
+        self.query::<()>("ZADD", &cmd).await
+    }
+
+    /// [`presence_refresh`](StateStore::presence_refresh) one channel (and
+    /// batch) per script.
+    async fn presence_refresh_by_channel(
+        &self,
+        members: &[PresenceMember],
+        ttl: Duration,
+    ) -> Result<(), StoreError> {
+        let keys = &self.fanout.keys;
+        let ttl_ms = millis(ttl);
+        let ttl_arg = ttl_ms.to_string();
+        let mut by_channel: std::collections::BTreeMap<&str, Vec<&PresenceMember>> =
+            std::collections::BTreeMap::new();
+        for m in members {
+            by_channel.entry(m.channel.as_str()).or_default().push(m);
+        }
+        for (channel, members) in &by_channel {
+            let head = keys.head(KIND_PRESENCE, &self.fanout.origin, channel)?;
+            let (fanout, command) = keys.fanout(KIND_PRESENCE, channel);
+            let [set, who, counts] = keys.presence(channel);
+            for batch in members.chunks(PRESENCE_REFRESH_BATCH) {
+                let mut args: Vec<&[u8]> = vec![
+                    ttl_arg.as_bytes(),
+                    fanout.as_bytes(),
+                    &head,
+                    command.as_bytes(),
+                ];
+                for m in batch {
+                    args.extend([m.user.as_bytes(), m.member.as_bytes()]);
+                }
+                let _: u32 = self
+                    .eval(
+                        "the presence refresh script",
+                        &self.scripts.presence_refresh_channel,
+                        &[&set, &who, &counts],
+                        &args,
+                    )
+                    .await?;
+            }
+        }
+        let channels: Vec<&str> = by_channel.keys().copied().collect();
+        for chunk in channels.chunks(PRESENCE_REFRESH_BATCH) {
+            self.index_presence(chunk, ttl_ms).await?;
+        }
+        Ok(())
+    }
+
+    /// [`presence_sweep`](StateStore::presence_sweep) one channel per
+    /// script. A channel found empty leaves the index; should a member
+    /// join it between the two steps, the member's next refresh puts the
+    /// channel back (until then its expiry is not announced).
+    async fn presence_sweep_by_channel(&self) -> Result<(), StoreError> {
+        let keys = &self.fanout.keys;
+        let index = keys.presence_index();
+        let channels: Vec<String> = self
+            .query("ZRANGE", redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1))
+            .await?;
+        for channel in channels {
+            let head = keys.head(KIND_PRESENCE, &self.fanout.origin, &channel)?;
+            let (fanout, command) = keys.fanout(KIND_PRESENCE, &channel);
+            let [set, who, counts] = keys.presence(&channel);
+            let left: u64 = self
+                .eval(
+                    "the presence sweep script",
+                    &self.scripts.presence_sweep_channel,
+                    &[&set, &who, &counts],
+                    &[fanout.as_bytes(), &head, command.as_bytes()],
+                )
+                .await?;
+            if left == 0 {
+                self.query::<()>("ZREM", redis::cmd("ZREM").arg(&index).arg(&channel))
+                    .await?;
+            }
+        }
+        Ok(())
     }
 }

@@ -1,0 +1,386 @@
+//! Redis Cluster for [`RedisStateStore`](super::RedisStateStore): the
+//! seed-node URL, one connection type for both deployments, and the feed of
+//! sharded pub/sub channels (`SSUBSCRIBE`, Redis ≥ 7.0).
+//!
+//! The client is `redis`'s `cluster_async` (the crate this store already
+//! speaks): it discovers the topology from the seed nodes, follows
+//! `MOVED`/`ASK`, refreshes the slot map after a failover and re-issues
+//! every `SSUBSCRIBE` to the shard that serves its slot now. What it cannot
+//! give back are the messages published while a shard had no master; the
+//! feed below turns every resubscription into the trait's "you may have
+//! missed events" notice (`RecvError::Lagged`), so history channels are
+//! caught up from their streams (protocol.md §6.5).
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, ConnectionManager};
+use redis::cluster::{ClusterClient, ClusterClientBuilder};
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, PushInfo, PushKind, RedisFuture, Value};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    COMMAND_TIMEOUT, CONNECT_TIMEOUT, Fanout, MAX_BACKOFF, MIN_BACKOFF, command_error,
+    connect_error, query_param, timeout_error,
+};
+use crate::store::StoreError;
+
+/// How long the feed waits, after a resubscription, for more of them before
+/// it tells the watchers once (a failover resubscribes every channel of the
+/// lost shard, one push each).
+const LAG_SETTLE: Duration = Duration::from_millis(50);
+
+/// The connection commands go through: one Redis, or a cluster.
+#[derive(Clone)]
+pub(super) enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// The seed nodes of a `redis+cluster://[user:password@]host:port,host:port,…[/?ca_file=…]`
+/// URL (`rediss+cluster://` for TLS), as one `redis://` (or `rediss://`)
+/// URL each, with the credentials and query of the whole.
+pub(super) fn seed_urls(url: &str, location: &str) -> Result<Vec<String>, StoreError> {
+    let invalid = |why: &str| {
+        StoreError::Unavailable(format!(
+            "{location} is not a usable Redis Cluster URL ({why}); write \
+             redis+cluster://[user:password@]host:port,host:port,… naming some of the \
+             cluster's nodes (rediss+cluster://… for TLS, with ?ca_file=/path/to/ca.pem \
+             for a private CA)"
+        ))
+    };
+    let (scheme, rest) = if let Some(rest) = url.strip_prefix("redis+cluster://") {
+        ("redis", rest)
+    } else if let Some(rest) = url.strip_prefix("rediss+cluster://") {
+        ("rediss", rest)
+    } else {
+        return Err(invalid(
+            "it must start with redis+cluster:// or rediss+cluster://",
+        ));
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    if !(tail.is_empty() || tail == "/" || tail.starts_with("/?") || tail.starts_with('?')) {
+        return Err(invalid(
+            "a cluster has no databases: nothing may follow the nodes but ?…",
+        ));
+    }
+    let query = tail.split_once('?').map(|(_, q)| q);
+    let (userinfo, hosts) = match authority.rsplit_once('@') {
+        Some((userinfo, hosts)) => (Some(userinfo), hosts),
+        None => (None, authority),
+    };
+    let mut seeds = Vec::new();
+    for host in hosts.split(',') {
+        let host = host.trim();
+        if host.is_empty() {
+            continue;
+        }
+        if !host.contains(':') {
+            return Err(invalid(&format!("node {host:?} has no port")));
+        }
+        let mut seed = format!("{scheme}://");
+        if let Some(userinfo) = userinfo {
+            seed.push_str(userinfo);
+            seed.push('@');
+        }
+        seed.push_str(host);
+        if let Some(query) = query {
+            seed.push_str("/?");
+            seed.push_str(query);
+        }
+        seeds.push(seed);
+    }
+    if seeds.is_empty() {
+        return Err(invalid("it names no node"));
+    }
+    Ok(seeds)
+}
+
+/// A cluster client for the seeds; `push` receives the pushes (sharded
+/// messages) of its connections when given.
+pub(super) fn cluster_client(
+    seeds: &[String],
+    location: &str,
+    push: Option<mpsc::UnboundedSender<PushInfo>>,
+) -> Result<ClusterClient, StoreError> {
+    let mut builder = ClusterClientBuilder::new(seeds.to_vec())
+        .connection_timeout(CONNECT_TIMEOUT)
+        .response_timeout(COMMAND_TIMEOUT)
+        // A failover takes the cluster's node timeout plus an election:
+        // retry MOVED and lost connections within the command deadline.
+        .retries(6)
+        .min_retry_wait(20)
+        .max_retry_wait(400)
+        .use_protocol(redis::ProtocolVersion::RESP3);
+    if let Some(ca_file) = seeds.first().and_then(|s| query_param(s, "ca_file")) {
+        let root_cert = std::fs::read(&ca_file).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot read the CA certificate {ca_file} named by the Redis URL ({e}); \
+                 check the path and that wsgate may read it"
+            ))
+        })?;
+        builder = builder.certs(redis::TlsCertificates {
+            client_tls: None,
+            root_cert: Some(root_cert),
+        });
+    }
+    if let Some(push) = push {
+        builder = builder.push_sender(push);
+    }
+    builder.build().map_err(|e| connect_error(location, &e))
+}
+
+/// Connects a cluster client, with the connect deadline.
+pub(super) async fn connect(
+    client: &ClusterClient,
+    location: &str,
+) -> Result<ClusterConnection, StoreError> {
+    match tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_connection()).await {
+        Ok(Ok(conn)) => Ok(conn),
+        Ok(Err(e)) => Err(connect_error(location, &e)),
+        Err(_) => Err(timeout_error(location, "connecting to the cluster")),
+    }
+}
+
+/// What the store asks of the feed task, in order: a watch queued after
+/// an unwatch of the same channel is subscribed after it is unsubscribed.
+pub(super) enum Op {
+    Watch(String, oneshot::Sender<Result<(), StoreError>>),
+    Unwatch(String),
+}
+
+/// The sharded subscriptions of one store: which fan-out channels it has
+/// asked for (protocol-level channel → confirmed), driven by the hub.
+pub(super) struct Shards {
+    ops: mpsc::UnboundedSender<Op>,
+    /// Shard channels watched, or being watched.
+    watched: std::sync::Mutex<HashSet<String>>,
+}
+
+impl Shards {
+    pub(super) fn new(ops: mpsc::UnboundedSender<Op>) -> Self {
+        Self {
+            ops,
+            watched: std::sync::Mutex::new(HashSet::new()),
+        }
+    }
+
+    fn watched(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+        self.watched
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Subscribes to `shard_channel` unless it is; returns once subscribed.
+    pub(super) async fn watch(
+        &self,
+        shard_channel: &str,
+        location: &str,
+    ) -> Result<(), StoreError> {
+        if self.watched().contains(shard_channel) {
+            return Ok(());
+        }
+        let (tx, rx) = oneshot::channel();
+        if self
+            .ops
+            .send(Op::Watch(shard_channel.to_owned(), tx))
+            .is_err()
+        {
+            return Err(StoreError::Unavailable(
+                "the Redis Cluster feed has stopped".into(),
+            ));
+        }
+        match tokio::time::timeout(COMMAND_TIMEOUT * 2, rx).await {
+            Ok(Ok(Ok(()))) => {
+                self.watched().insert(shard_channel.to_owned());
+                Ok(())
+            }
+            Ok(Ok(Err(e))) => Err(e),
+            Ok(Err(_)) => Err(StoreError::Unavailable(
+                "the Redis Cluster feed has stopped".into(),
+            )),
+            Err(_) => Err(timeout_error(location, "SSUBSCRIBE")),
+        }
+    }
+
+    /// Stops receiving `shard_channel` (queued: never blocks).
+    pub(super) fn unwatch(&self, shard_channel: &str) {
+        if self.watched().remove(shard_channel) {
+            let _ = self.ops.send(Op::Unwatch(shard_channel.to_owned()));
+        }
+    }
+}
+
+/// Runs the sharded feed: subscribes and unsubscribes as asked, hands every
+/// sharded message to the fan-out, and turns resubscriptions (after a
+/// reconnection or a failover) into a lag notice.
+pub(super) async fn feed_loop(
+    mut conn: ClusterConnection,
+    location: Arc<str>,
+    fanout: Arc<Fanout>,
+    mut ops: mpsc::UnboundedReceiver<Op>,
+    mut pushes: mpsc::UnboundedReceiver<PushInfo>,
+) {
+    // Shard channels subscribed once: a later `ssubscribe` push for one of
+    // them is the client resubscribing it somewhere.
+    let mut confirmed: HashSet<Vec<u8>> = HashSet::new();
+    let mut lag_due: Option<tokio::time::Instant> = None;
+    let mut down_since: Option<tokio::time::Instant> = None;
+    let mut backoff = MIN_BACKOFF;
+    let mut ticker = tokio::time::interval(super::PING_INTERVAL);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.reset();
+    loop {
+        let settle = async {
+            match lag_due {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            op = ops.recv() => match op {
+                Some(Op::Watch(channel, reply)) => {
+                    let result = run(&mut conn, &location, "SSUBSCRIBE", async |c| {
+                        c.ssubscribe(&channel).await
+                    }).await;
+                    let _ = reply.send(result);
+                }
+                Some(Op::Unwatch(channel)) => {
+                    confirmed.remove(channel.as_bytes());
+                    let _ = run(&mut conn, &location, "SUNSUBSCRIBE", async |c| {
+                        c.sunsubscribe(&channel).await
+                    }).await;
+                }
+                None => return,
+            },
+            push = pushes.recv() => {
+                let Some(push) = push else { return };
+                match push.kind {
+                    PushKind::SMessage => {
+                        if let [Value::BulkString(channel), Value::BulkString(payload)] = &push.data[..] {
+                            fanout.dispatch_shard(channel, payload);
+                        }
+                    }
+                    PushKind::SSubscribe => {
+                        if let Some(Value::BulkString(channel)) = push.data.first()
+                            && !confirmed.insert(channel.clone())
+                        {
+                            lag_due = Some(tokio::time::Instant::now() + LAG_SETTLE);
+                        }
+                    }
+                    PushKind::Disconnection => {
+                        // Some node's connection dropped: unhealthy until
+                        // every node answers a PING again.
+                        if down_since.is_none() {
+                            tracing::warn!(
+                                redis = %location,
+                                "lost a Redis Cluster connection: events of its shards are \
+                                 not received until the cluster client reconnects"
+                            );
+                            down_since = Some(tokio::time::Instant::now());
+                        }
+                        fanout.up.store(false, Ordering::SeqCst);
+                    }
+                    _ => {}
+                }
+            }
+            () = settle => {
+                lag_due = None;
+                tracing::info!(
+                    redis = %location,
+                    "Redis Cluster subscriptions restored; channel events published \
+                     meanwhile are re-read from history where channels keep it"
+                );
+                fanout.notify_lag();
+            }
+            _ = ticker.tick(), if down_since.is_none() => {
+                // A node that hangs without a reset is noticed by a PING
+                // (which the client sends to every node).
+                if ping(&mut conn, &location).await.is_err() {
+                    down_since = Some(tokio::time::Instant::now());
+                    fanout.up.store(false, Ordering::SeqCst);
+                }
+            }
+            () = fanout.check_now.notified(), if down_since.is_none() => {
+                if ping(&mut conn, &location).await.is_err() {
+                    down_since = Some(tokio::time::Instant::now());
+                    fanout.up.store(false, Ordering::SeqCst);
+                }
+            }
+            () = tokio::time::sleep(backoff), if down_since.is_some() => {
+                match ping(&mut conn, &location).await {
+                    Ok(()) => {
+                        backoff = MIN_BACKOFF;
+                        down_since = None;
+                        fanout.up.store(true, Ordering::SeqCst);
+                        // Whatever was published while it was down is lost.
+                        lag_due = Some(tokio::time::Instant::now() + LAG_SETTLE);
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, retry_in = ?backoff, "Redis Cluster still unreachable");
+                        backoff = (backoff * 2).min(MAX_BACKOFF);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// One subscription command on the cluster connection, with the deadline.
+async fn run<F>(
+    conn: &mut ClusterConnection,
+    location: &str,
+    what: &str,
+    f: F,
+) -> Result<(), StoreError>
+where
+    F: AsyncFnOnce(&mut ClusterConnection) -> redis::RedisResult<()>,
+{
+    match tokio::time::timeout(COMMAND_TIMEOUT, f(conn)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(command_error(location, what, &e)),
+        Err(_) => Err(timeout_error(location, what)),
+    }
+}
+
+/// `PING` to every node, with the deadline.
+async fn ping(conn: &mut ClusterConnection, location: &str) -> Result<(), StoreError> {
+    run(conn, location, "PING", async |c| {
+        redis::cmd("PING").query_async::<Value>(c).await.map(drop)
+    })
+    .await
+}
