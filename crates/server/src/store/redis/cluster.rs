@@ -258,6 +258,10 @@ pub(super) async fn feed_loop(
     // Shard channels subscribed once: a later `ssubscribe` push for one of
     // them is the client resubscribing it somewhere.
     let mut confirmed: HashSet<Vec<u8>> = HashSet::new();
+    // Every shard channel this store is subscribed to, to subscribe again
+    // after a failover: the client moves its own subscriptions only once
+    // it has refreshed its slot map, which a quiet feed may never make it do.
+    let mut subscribed: HashSet<String> = HashSet::from([fanout.keys.revocations.clone()]);
     let mut lag_due: Option<tokio::time::Instant> = None;
     let mut down_since: Option<tokio::time::Instant> = None;
     let mut backoff = MIN_BACKOFF;
@@ -277,10 +281,14 @@ pub(super) async fn feed_loop(
                     let result = run(&mut conn, &location, "SSUBSCRIBE", async |c| {
                         c.ssubscribe(&channel).await
                     }).await;
+                    if result.is_ok() {
+                        subscribed.insert(channel);
+                    }
                     let _ = reply.send(result);
                 }
                 Some(Op::Unwatch(channel)) => {
                     confirmed.remove(channel.as_bytes());
+                    subscribed.remove(&channel);
                     let _ = run(&mut conn, &location, "SUNSUBSCRIBE", async |c| {
                         c.sunsubscribe(&channel).await
                     }).await;
@@ -342,7 +350,11 @@ pub(super) async fn feed_loop(
                 }
             }
             () = tokio::time::sleep(backoff), if down_since.is_some() => {
-                match ping(&mut conn, &location).await {
+                let restored = match ping(&mut conn, &location).await {
+                    Ok(()) => resubscribe(&mut conn, &location, &subscribed).await,
+                    Err(e) => Err(e),
+                };
+                match restored {
                     Ok(()) => {
                         backoff = MIN_BACKOFF;
                         down_since = None;
@@ -358,6 +370,22 @@ pub(super) async fn feed_loop(
             }
         }
     }
+}
+
+/// Subscribes to every channel of `channels` again (a no-op on the shard
+/// that already has it), each where the slot map says its slot is now.
+async fn resubscribe(
+    conn: &mut ClusterConnection,
+    location: &str,
+    channels: &HashSet<String>,
+) -> Result<(), StoreError> {
+    for channel in channels {
+        run(conn, location, "SSUBSCRIBE", async |c| {
+            c.ssubscribe(channel).await
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 /// One subscription command on the cluster connection, with the deadline.
@@ -383,4 +411,299 @@ async fn ping(conn: &mut ClusterConnection, location: &str) -> Result<(), StoreE
         redis::cmd("PING").query_async::<Value>(c).await.map(drop)
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    //! Against a real Redis Cluster (3 masters, 3 replicas): a fleet of
+    //! stores, the slots of the key layout, one `SSUBSCRIBE` per channel per
+    //! node, and a killed master.
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::{Duration, Instant};
+
+    use tokio::sync::broadcast::Receiver;
+    use tokio::sync::broadcast::error::RecvError;
+
+    use super::super::{Keys, RedisStateStore};
+    use crate::store::test_servers::{RedisCluster, shared_cluster, skipped, unique_prefix};
+    use crate::store::{HistoryPolicy, PresenceChange, PresenceMember, StateStore, StoreEvent};
+
+    async fn store(url: &str, prefix: &str) -> RedisStateStore {
+        RedisStateStore::connect_cluster_with_prefix(url, prefix)
+            .await
+            .unwrap()
+    }
+
+    /// The next event that is not a lag-notice filler; `Err` on the notice.
+    async fn next_real(watcher: &mut Receiver<StoreEvent>) -> Result<StoreEvent, RecvError> {
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), watcher.recv())
+                .await
+                .expect("an event within 10 s")?;
+            if !event.channel.is_empty() {
+                return Ok(event);
+            }
+        }
+    }
+
+    fn history() -> HistoryPolicy {
+        HistoryPolicy {
+            keep: 100,
+            ttl: Duration::from_secs(60),
+            max_bytes: 1 << 20,
+        }
+    }
+
+    #[tokio::test]
+    async fn nodes_fan_out_only_the_channels_they_watch() {
+        if skipped() {
+            return;
+        }
+        let (url, prefix) = (shared_cluster().url(), unique_prefix());
+        let (a, b) = (store(&url, &prefix).await, store(&url, &prefix).await);
+        assert!(a.is_cluster() && b.is_healthy());
+        let (mut events, mut revocations) = (b.watch_events(), b.watch_revocations());
+        for channel in ["news", "feed", "room"] {
+            b.watch_channel(channel).await.unwrap();
+        }
+        a.publish_event("unwatched", b"not for b").await.unwrap();
+        a.publish_event("news", b"for b").await.unwrap();
+        let event = next_real(&mut events).await.unwrap();
+        assert_eq!(
+            (event.channel.as_str(), &event.payload[..]),
+            ("news", &b"for b"[..])
+        );
+
+        let at = a.publish_at("feed", b"kept", &history()).await.unwrap();
+        let event = next_real(&mut events).await.unwrap();
+        assert_eq!(event.channel, "feed");
+        let stream_at = event.at.expect("a stream event carries its position");
+        assert_eq!(
+            (&*stream_at.epoch, stream_at.offset),
+            (at.epoch.as_str(), at.offset)
+        );
+
+        let member = PresenceMember {
+            channel: "room".into(),
+            user: "alice".into(),
+            member: "node-a/1".into(),
+        };
+        assert!(
+            a.presence_add(&member, Duration::from_secs(30))
+                .await
+                .unwrap()
+        );
+        let event = next_real(&mut events).await.unwrap();
+        assert_eq!(event.presence, Some(PresenceChange::Join("alice".into())));
+        assert_eq!(
+            b.presence_list("room", 10).await.unwrap().users,
+            [("alice".to_owned(), 1)]
+        );
+
+        a.revoke_session("s1").await.unwrap();
+        let id = tokio::time::timeout(Duration::from_secs(10), revocations.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(id, "s1");
+    }
+
+    #[tokio::test]
+    async fn a_node_subscribes_once_per_channel_however_many_watch_it() {
+        if skipped() {
+            return;
+        }
+        let cluster = shared_cluster();
+        let (url, prefix) = (cluster.url(), unique_prefix());
+        let (a, b) = (store(&url, &prefix).await, store(&url, &prefix).await);
+        let shard_channel = Keys::cluster(&prefix)
+            .fanout(super::super::KIND_EVENT, "hot")
+            .0;
+        let master = cluster.master_of_key(&shard_channel);
+        let subscribers = || {
+            let reply = cluster
+                .command(master, &["PUBSUB", "SHARDNUMSUB", &shard_channel])
+                .unwrap();
+            reply.lines().last().unwrap_or_default().trim().to_owned()
+        };
+        for _ in 0..100 {
+            a.watch_channel("hot").await.unwrap();
+        }
+        b.watch_channel("hot").await.unwrap();
+        assert_eq!(
+            subscribers(),
+            "2",
+            "one subscription per node: {shard_channel}"
+        );
+        a.unwatch_channel("hot");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while subscribers() != "1" {
+            assert!(Instant::now() < deadline, "the unwatch never reached Redis");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // Watching again after the unwatch subscribes again.
+        a.watch_channel("hot").await.unwrap();
+        assert_eq!(subscribers(), "2");
+    }
+
+    #[test]
+    fn every_step_stays_in_one_slot() {
+        let keys = Keys::cluster("wsgate:");
+        let slot = RedisCluster::key_slot;
+        for channel in ["news", "user.émile.inbox", "a}b", "{x}", ""] {
+            let [members, who, counts] = keys.presence(channel);
+            let (fanout, command) = keys.fanout(super::super::KIND_STREAM, channel);
+            assert_eq!(command, "SPUBLISH");
+            let want = slot(&keys.stream(channel));
+            for key in [keys.stream_log(channel), members, who, counts, fanout] {
+                assert_eq!(slot(&key), want, "{key} and the stream of {channel:?}");
+            }
+        }
+        let exchange = slot(&keys.exchange("sid-1"));
+        for key in [
+            keys.exchange("sid-2"),
+            keys.exchange_index(),
+            format!("{}10.0.0.1", keys.exchange_group_prefix()),
+        ] {
+            assert_eq!(slot(&key), exchange, "{key}");
+        }
+        assert_eq!(
+            slot(&keys.failures("user:alice")),
+            slot(&keys.failures("ip:10.0.0.1"))
+        );
+        // Sessions and channels spread over the slots.
+        let sessions: std::collections::HashSet<u16> = (0..50)
+            .map(|i| slot(&keys.session(&format!("s{i}"))))
+            .collect();
+        let channels: std::collections::HashSet<u16> = (0..50)
+            .map(|i| slot(&keys.stream(&format!("c{i}"))))
+            .collect();
+        assert!(sessions.len() > 40 && channels.len() > 40);
+    }
+
+    #[tokio::test]
+    async fn bad_urls_and_prefixes_are_refused_with_what_to_write() {
+        let prefix =
+            RedisStateStore::connect_cluster_with_prefix("redis+cluster://127.0.0.1:1", "a{b}:")
+                .await
+                .unwrap_err()
+                .to_string();
+        assert!(prefix.contains("hash tag"), "{prefix}");
+        for (url, says) in [
+            ("redis+cluster://", "names no node"),
+            ("redis+cluster://127.0.0.1", "has no port"),
+            ("redis+cluster://127.0.0.1:7000/2", "no databases"),
+        ] {
+            let e = RedisStateStore::connect_cluster(url)
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains(says) && e.contains("redis+cluster://[user:password@]host:port"),
+                "{url}: {e}"
+            );
+        }
+        let down = RedisStateStore::connect_cluster("redis+cluster://127.0.0.1:1,127.0.0.1:2")
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            down.contains("cannot reach Redis") || down.contains("did not answer"),
+            "{down}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_killed_master_is_survived_and_watchers_told_to_catch_up() {
+        if skipped() {
+            return;
+        }
+        let mut cluster = RedisCluster::start().unwrap();
+        let (url, prefix) = (cluster.url(), unique_prefix());
+        let (a, b) = (store(&url, &prefix).await, store(&url, &prefix).await);
+        let keys = Keys::cluster(&prefix);
+        let channel = "feed";
+        b.watch_channel(channel).await.unwrap();
+        let mut events = b.watch_events();
+        let mut published = Vec::new();
+        for i in 0..20u32 {
+            published.push(
+                a.publish_at(channel, &i.to_be_bytes(), &history())
+                    .await
+                    .unwrap(),
+            );
+        }
+        for _ in 0..20 {
+            next_real(&mut events).await.unwrap();
+        }
+        let master = cluster.master_of_key(&keys.stream(channel));
+        cluster.kill_node(master);
+        let killed_at = Instant::now();
+
+        // During the gap every call answers within its deadline (2 s, with
+        // the client's retries inside it), as an error or a success.
+        let mut failures = 0;
+        let promoted = loop {
+            let started = Instant::now();
+            match a.publish_at(channel, b"during", &history()).await {
+                Ok(_) => break started,
+                Err(e) => {
+                    failures += 1;
+                    assert!(e.to_string().contains("Redis"), "{e}");
+                }
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "a call hung for {:?}",
+                started.elapsed()
+            );
+            assert!(
+                killed_at.elapsed() < Duration::from_secs(30),
+                "no recovery within 30 s"
+            );
+        };
+        cluster
+            .wait_failover(master, Duration::from_secs(20))
+            .unwrap();
+        eprintln!(
+            "publishes failed {failures} times; the first success came {:?} after the kill",
+            promoted - killed_at
+        );
+
+        // On the promoted replica the stream goes on in a new epoch (it
+        // may lack the newest events): a position from before the kill
+        // does not continue it, so a subscriber resyncs instead of being
+        // handed offsets that now name other events.
+        let last = published.last().unwrap();
+        let read = b
+            .read_history(channel, Some(last), 100, &history())
+            .await
+            .unwrap();
+        assert!(!read.continues, "the old epoch continues after a failover");
+        assert_ne!(read.position.epoch, last.epoch);
+
+        // The watcher is told it may have missed events (its subscription
+        // moved to the promoted replica), then gets new ones.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut lagged = false;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no lag notice and later event within 20 s"
+            );
+            a.publish_at(channel, b"after", &history()).await.unwrap();
+            match tokio::time::timeout(Duration::from_millis(500), next_real(&mut events)).await {
+                Err(_) => {}
+                Ok(Err(RecvError::Lagged(_))) => lagged = true,
+                Ok(Err(RecvError::Closed)) => panic!("the feed closed"),
+                Ok(Ok(event)) if &event.payload[..] == b"after" && lagged => {
+                    assert_ne!(&*event.at.unwrap().epoch, last.epoch.as_str());
+                    break;
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+        assert!(a.is_healthy() && b.is_healthy());
+    }
 }

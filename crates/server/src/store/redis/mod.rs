@@ -177,20 +177,47 @@ local function now_ms()
 end
 ";
 
+/// A stream's epoch, in a script whose `KEYS` are the stream's hash and log
+/// — or none, making the caller start a new epoch, when the stream was
+/// written on another node of a cluster (`cluster` is `1`). Redis
+/// replicates asynchronously: a replica promoted after its master died
+/// may lack the newest events, and their offsets would be handed out again
+/// to other events. So a stream is tied to the node (`CLUSTER MYID`) that
+/// wrote it; wherever else it is found — after a failover, or a slot
+/// migration — it continues in a new epoch, and subscribers are told to
+/// resync (protocol.md §6.5) rather than given an (epoch, offset) that names
+/// two events.
+const LUA_STREAM_ON_THIS_NODE: &str = r"
+local node = ''
+local function stream_epoch(cluster)
+  if cluster == '1' then node = redis.call('CLUSTER', 'MYID') end
+  local epoch = redis.call('HGET', KEYS[1], 'e')
+  if epoch and node ~= '' and redis.call('HGET', KEYS[1], 'n') ~= node then
+    return false
+  end
+  return epoch
+end
+local function new_stream(epoch)
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 'b', 0)
+  if node ~= '' then redis.call('HSET', KEYS[1], 'n', node) end
+end
+";
+
 /// Publishes to a channel's stream (protocol.md §6.5) and fans the event
 /// out, in one step. `KEYS`: the stream's hash (`e` epoch, `o` offset, `b`
 /// payload bytes kept), the stream of events (ids `0-<offset>`). `ARGV`:
 /// a new epoch (used if the stream does not exist), events to keep, TTL
 /// (ms), payload bytes to keep, the payload, the pub/sub channel, the
 /// frame's head (origin, channel length, channel), the publishing command
-/// (`PUBLISH`, or `SPUBLISH` on a cluster). Trims exactly, oldest first,
-/// until both bounds hold. Returns `{epoch, offset}`.
+/// (`PUBLISH`, or `SPUBLISH` on a cluster), `1` on a cluster (see
+/// [`LUA_STREAM_ON_THIS_NODE`]). Trims exactly, oldest first, until both
+/// bounds hold. Returns `{epoch, offset}`.
 const PUBLISH_AT_LUA: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'e')
+local epoch = stream_epoch(ARGV[9])
 if not epoch then
   epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 'b', 0)
+  new_stream(epoch)
 end
 local offset = redis.call('HINCRBY', KEYS[1], 'o', 1)
 redis.call('XADD', KEYS[2], '0-' .. offset, 'd', ARGV[5])
@@ -216,14 +243,14 @@ return {epoch, offset}
 /// Reads a channel's stream. `KEYS` as for [`PUBLISH_AT_LUA`]. `ARGV`: a
 /// new epoch (a stream that does not exist is created with it), TTL (ms),
 /// `since`'s epoch (empty: none), `since`'s offset, the most events to
-/// return. Returns `{epoch, offset, continues, offset₁, payload₁, …}`,
-/// oldest first: after `since` if it continues the stream, else the last.
+/// return, `1` on a cluster. Returns `{epoch, offset, continues, offset₁,
+/// payload₁, …}`, oldest first: after `since` if it continues the stream,
+/// else the last.
 const READ_HISTORY_LUA: &str = r"
-local epoch = redis.call('HGET', KEYS[1], 'e')
+local epoch = stream_epoch(ARGV[6])
 if not epoch then
   epoch = ARGV[1]
-  redis.call('DEL', KEYS[2])
-  redis.call('HSET', KEYS[1], 'e', epoch, 'o', 0, 'b', 0)
+  new_stream(epoch)
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
 end
 local offset = tonumber(redis.call('HGET', KEYS[1], 'o'))
@@ -491,8 +518,8 @@ impl Scripts {
             put_exchange: with_now(PUT_EXCHANGE_LUA),
             take_exchange: Script::new(TAKE_EXCHANGE_LUA),
             live_exchanges: with_now(LIVE_EXCHANGES_LUA),
-            publish_at: Script::new(PUBLISH_AT_LUA),
-            read_history: Script::new(READ_HISTORY_LUA),
+            publish_at: Script::new(&format!("{LUA_STREAM_ON_THIS_NODE}{PUBLISH_AT_LUA}")),
+            read_history: Script::new(&format!("{LUA_STREAM_ON_THIS_NODE}{READ_HISTORY_LUA}")),
             presence_add: with_now(PRESENCE_ADD_LUA),
             presence_remove: Script::new(PRESENCE_REMOVE_LUA),
             presence_refresh: with_now(PRESENCE_REFRESH_LUA),
@@ -554,7 +581,7 @@ impl Keys {
     /// that publishes to it.
     fn fanout(&self, kind: u8, channel: &str) -> (String, &'static str) {
         if self.cluster {
-            return (format!("{}{{{channel}}}:fanout", self.prefix), "SPUBLISH");
+            return (self.of_channel("fanout", channel), "SPUBLISH");
         }
         let global = match kind {
             KIND_STREAM => &self.stream_events,
@@ -589,10 +616,12 @@ impl Keys {
     }
 
     /// A key of `channel`: `{prefix}{name}:{channel}`, or on a cluster
-    /// `{prefix}{{channel}}:{name}`.
+    /// `{prefix}{c:{channel}}:{name}`.
     fn of_channel(&self, name: &str, channel: &str) -> String {
         if self.cluster {
-            format!("{}{{{channel}}}:{name}", self.prefix)
+            // `c:` keeps the tag from being empty (`{}` tags nothing); a
+            // `}` in the name cuts the tag, the same for all of its keys.
+            format!("{}{{c:{channel}}}:{name}", self.prefix)
         } else {
             format!("{}{name}:{channel}", self.prefix)
         }
@@ -1385,6 +1414,12 @@ fn command_error(location: &str, what: &str, e: &RedisError) -> StoreError {
     }
 }
 
+/// The stream scripts' last argument: whether streams are tied to the
+/// node that wrote them (a cluster; see [`LUA_STREAM_ON_THIS_NODE`]).
+fn on_node(keys: &Keys) -> &'static [u8] {
+    if keys.cluster { b"1" } else { b"0" }
+}
+
 /// Milliseconds of `d`, at least 1 (Redis refuses a zero expiry).
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis())
@@ -1678,6 +1713,7 @@ impl StateStore for RedisStateStore {
                     fanout.as_bytes(),
                     &head,
                     command.as_bytes(),
+                    on_node(keys),
                 ],
             )
             .await?;
@@ -1873,6 +1909,7 @@ impl StateStore for RedisStateStore {
                     since_epoch.as_bytes(),
                     since_offset.as_bytes(),
                     count.as_bytes(),
+                    on_node(keys),
                 ],
             )
             .await?;
