@@ -1,5 +1,5 @@
 //! The fleet's [`StateStore`] on Redis (6.2 or newer, or a compatible
-//! server such as Valkey).
+//! server such as Valkey), or on a Redis Cluster (7.0 or newer; below).
 //!
 //! Every key lives under a prefix (`wsgate:` unless the constructor is given
 //! another), and every key expires on the server's clock, so Redis never
@@ -22,9 +22,8 @@
 //! consumed exchange stops counting at once, and one never consumed stops
 //! counting at its deadline. Neither needs a node's clock, and concurrent
 //! nodes cannot overshoot a quota: every script runs alone. (The take
-//! script names the group's set from the hash, not from `KEYS`: fine on
-//! one Redis, which is what this store speaks; it is not Redis Cluster
-//! safe.) An exchange key that is a plain string — written by a node of an
+//! script names the group's set from the hash, not from `KEYS`: on a
+//! cluster every exchange key is in one slot, so that set is too.) An exchange key that is a plain string — written by a node of an
 //! earlier version during a rolling upgrade — is still taken (`GETDEL`),
 //! outside the quotas.
 //!
@@ -69,6 +68,43 @@
 //!
 //! `rediss://` speaks TLS (rustls), trusting the system's CAs, or only the
 //! CA in `?ca_file=/path/to/ca.pem`.
+//!
+//! ## Redis Cluster
+//!
+//! [`connect_cluster`](RedisStateStore::connect_cluster)
+//! (`redis+cluster://host:port,host:port,…`, Redis 7.0 or newer) runs the
+//! same scripts on a cluster (`cluster.rs`: the client, the sharded feed).
+//! Every step stays in one hash slot, because the key layout tags them:
+//!
+//! | keys | slot |
+//! |---|---|
+//! | `{prefix}{c:<channel>}:stream`, `…:stream-log`, `…:presence`, `…:presence-who`, `…:presence-count`, and the shard channel `…:fanout` | the channel's: a publish, its history and its fan-out are one script on one shard |
+//! | `{prefix}session:{<id>}` | the session's: sessions spread over every shard |
+//! | `{prefix}{exchanges}:exchange:<sid>`, `…:exchange-index`, `…:exchange-group:<group>` | one slot, so the exchange quotas stay exact (two small scripts per login) |
+//! | `{prefix}{failures}:<key>` | one slot, so a check over several counters stays one step |
+//! | `{prefix}{presence}:channels` | one slot: the index the presence sweep walks, kept by separate commands (a channel emptied and joined at once is put back by its member's next refresh) |
+//!
+//! Fan-out is **sharded pub/sub**: one shard channel per wsgate channel
+//! (`SPUBLISH` from the publish and presence scripts, a kind byte — `e`
+//! event, `s` stream event, `p` presence — before the frames described
+//! above), so each shard carries only its channels' traffic. A node
+//! subscribes (`SSUBSCRIBE`) to a channel when its hub gets the channel's
+//! first subscriber, before the SUBSCRIBE is confirmed
+//! ([`watch_channel`](StateStore::watch_channel)), and unsubscribes when
+//! the last one leaves: one subscription per channel per node, however
+//! many connections hold it. Revocations go over one shard channel,
+//! `{prefix}{revocations}`, which every node subscribes to; `revoke_session`
+//! deletes the session and then publishes (two slots, two commands).
+//!
+//! A failover: while a shard has no master, its commands fail within their
+//! deadline ([`StoreError::Unavailable`]; the client retries `MOVED` and
+//! lost connections inside it) and the store reports unhealthy. Once every
+//! master answers `PING` again, the feed subscribes to its shard channels
+//! again (wherever their slots are now) and tells every watcher it may
+//! have missed events (`Lagged`), so history channels are caught up.
+//! Streams are tied to the node that wrote them (`CLUSTER MYID`): found on
+//! another node — a promoted replica, which may lack the newest events — a
+//! stream continues in a new epoch, and its subscribers resync.
 
 mod cluster;
 
@@ -304,7 +340,8 @@ return 0
 /// [`PRESENCE_ADD_LUA`] does one. `KEYS[1]`: the index of presence
 /// channels. `ARGV`: the key prefix, TTL (ms), the pub/sub channel, this
 /// store's origin, then `channel, user, member` for each member. (It names
-/// keys from its arguments: one Redis, not Redis Cluster safe.)
+/// keys from its arguments: one Redis only; a cluster runs
+/// [`PRESENCE_REFRESH_CHANNEL_LUA`] per channel.)
 const PRESENCE_REFRESH_LUA: &str = r"
 local expires = now_ms() + tonumber(ARGV[2])
 for i = 5, #ARGV, 3 do
@@ -348,7 +385,8 @@ return 0
 /// (`KEYS[1]`), announcing the leaves. `ARGV`: the key prefix, the pub/sub
 /// channel, this store's origin. Runs alone, so each member is removed and
 /// each leave announced once, whichever node sweeps. (It names keys from
-/// the index: one Redis, not Redis Cluster safe.)
+/// the index: one Redis only; a cluster runs
+/// [`PRESENCE_SWEEP_CHANNEL_LUA`] per channel.)
 const PRESENCE_SWEEP_LUA: &str = r"
 local now = now_ms()
 for _, ch in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
