@@ -78,7 +78,8 @@ pub struct FileConfig {
     pub metrics_listen: Option<String>,
     /// `session_ip_check = true`: a WebSocket must come from the login's IP.
     pub session_ip_check: Option<bool>,
-    /// `state = "memory"` or `"redis://host:port"`.
+    /// `state = "memory"`, `"redis://host:port"` or
+    /// `"redis+cluster://host:port,host:port"`.
     pub state: Option<String>,
     /// `credentials = "sqlite"`, `"sqlite://PATH"` or `"postgres://…"`.
     pub credentials: Option<String>,
@@ -933,11 +934,20 @@ impl Config {
             ));
         }
         let state = file.state.clone().unwrap_or_else(|| "memory".into());
-        if !(state == "memory" || state.starts_with("redis://") || state.starts_with("rediss://")) {
+        const STATE_SCHEMES: [&str; 6] = [
+            "redis://",
+            "rediss://",
+            "redis+unix://",
+            "unix://",
+            "redis+cluster://",
+            "rediss+cluster://",
+        ];
+        if !(state == "memory" || STATE_SCHEMES.iter().any(|s| state.starts_with(s))) {
             return Err(invalid(
                 "state",
                 format!(
-                    "{:?}: use \"memory\" or \"redis://host:port\"",
+                    "{:?}: use \"memory\", \"redis://host:port\" (one Redis) or \
+                     \"redis+cluster://host:port,host:port\" (a Redis Cluster)",
                     crate::store::redact_url(&state)
                 ),
             ));
@@ -1283,7 +1293,16 @@ mod tests {
         let e = parse("api_keys = [\"short\"]").unwrap_err().to_string();
         assert!(e.contains("api_keys[0]"), "{e}");
         let e = parse("state = \"mysql://x\"").unwrap_err().to_string();
-        assert!(e.contains("redis://"), "{e}");
+        assert!(
+            e.contains("redis://") && e.contains("redis+cluster://"),
+            "{e}"
+        );
+        for state in [
+            "redis+cluster://127.0.0.1:7000,127.0.0.1:7001",
+            "redis+unix:///run/redis.sock",
+        ] {
+            assert!(parse(&format!("state = {state:?}")).is_ok(), "{state}");
+        }
         let e = parse("[[channels]]\npattern = \"a.*.b\"")
             .unwrap_err()
             .to_string();

@@ -612,6 +612,15 @@ mod tests {
             down.contains("cannot reach Redis") || down.contains("did not answer"),
             "{down}"
         );
+        let secret =
+            RedisStateStore::connect_cluster("redis+cluster://u:s3cret-pw@127.0.0.1:1,127.0.0.1:2")
+                .await
+                .unwrap_err()
+                .to_string();
+        assert!(
+            !secret.contains("s3cret-pw") && secret.contains("127.0.0.1:1"),
+            "{secret}"
+        );
     }
 
     #[tokio::test]
