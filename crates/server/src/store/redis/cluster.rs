@@ -11,7 +11,7 @@
 //! missed events" notice (`RecvError::Lagged`), so history channels are
 //! caught up from their streams (protocol.md §6.5).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -183,63 +183,74 @@ pub(super) enum Op {
     Unwatch(String),
 }
 
-/// The sharded subscriptions of one store: which fan-out channels it has
-/// asked for (protocol-level channel → confirmed), driven by the hub.
+/// The sharded subscriptions of one store, driven by the hub: which shard
+/// channels it has asked for, and whether each is confirmed yet.
 pub(super) struct Shards {
     ops: mpsc::UnboundedSender<Op>,
-    /// Shard channels watched, or being watched.
-    watched: std::sync::Mutex<HashSet<String>>,
+    /// Shard channel → subscribed (`false` while its `SSUBSCRIBE` is on its
+    /// way, so an unwatch meanwhile is queued after it).
+    watched: std::sync::Mutex<HashMap<String, bool>>,
 }
 
 impl Shards {
     pub(super) fn new(ops: mpsc::UnboundedSender<Op>) -> Self {
         Self {
             ops,
-            watched: std::sync::Mutex::new(HashSet::new()),
+            watched: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
-    fn watched(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn watched(&self) -> std::sync::MutexGuard<'_, HashMap<String, bool>> {
         self.watched
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Subscribes to `shard_channel` unless it is; returns once subscribed.
+    /// A second watch while the first is on its way queues a (no-op)
+    /// `SSUBSCRIBE` of its own, so it too returns only once subscribed.
     pub(super) async fn watch(
         &self,
         shard_channel: &str,
         location: &str,
     ) -> Result<(), StoreError> {
-        if self.watched().contains(shard_channel) {
+        if *self
+            .watched()
+            .entry(shard_channel.to_owned())
+            .or_insert(false)
+        {
             return Ok(());
         }
+        let stopped = || StoreError::Unavailable("the Redis Cluster feed has stopped".into());
         let (tx, rx) = oneshot::channel();
         if self
             .ops
             .send(Op::Watch(shard_channel.to_owned(), tx))
             .is_err()
         {
-            return Err(StoreError::Unavailable(
-                "the Redis Cluster feed has stopped".into(),
-            ));
+            return Err(stopped());
         }
-        match tokio::time::timeout(COMMAND_TIMEOUT * 2, rx).await {
-            Ok(Ok(Ok(()))) => {
-                self.watched().insert(shard_channel.to_owned());
-                Ok(())
-            }
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) => Err(StoreError::Unavailable(
-                "the Redis Cluster feed has stopped".into(),
-            )),
+        let result = match tokio::time::timeout(COMMAND_TIMEOUT * 2, rx).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(stopped()),
             Err(_) => Err(timeout_error(location, "SSUBSCRIBE")),
+        };
+        let mut watched = self.watched();
+        match (&result, watched.get_mut(shard_channel)) {
+            (Ok(()), Some(subscribed)) => *subscribed = true,
+            (Err(_), Some(false)) => {
+                watched.remove(shard_channel);
+            }
+            // Unwatched meanwhile: the feed unsubscribes after this.
+            _ => {}
         }
+        result
     }
 
-    /// Stops receiving `shard_channel` (queued: never blocks).
+    /// Stops receiving `shard_channel` (queued after any watch of it: never
+    /// blocks).
     pub(super) fn unwatch(&self, shard_channel: &str) {
-        if self.watched().remove(shard_channel) {
+        if self.watched().remove(shard_channel).is_some() {
             let _ = self.ops.send(Op::Unwatch(shard_channel.to_owned()));
         }
     }
