@@ -237,6 +237,13 @@ impl Gw {
         self.cpu.and_then(|m| procfs::rss_kib(m.pid()).ok())
     }
 
+    /// How the gateway's process ended, if the bench started it and it
+    /// has ended.
+    pub(crate) fn exit_status(&self) -> Option<std::process::ExitStatus> {
+        let mut guard = self.process.lock().ok()?;
+        guard.as_mut()?.try_wait().ok().flatten()
+    }
+
     /// Stops a gateway the bench started (SIGTERM, then SIGKILL after 5 s).
     pub(crate) fn stop(&self) {
         let Ok(mut guard) = self.process.lock() else {
@@ -341,8 +348,10 @@ impl Env {
                 }
             }
         };
+        // A fleet's many processes share the cores: none is pinned.
         let pinned = matches!(mode, Mode::Own { .. })
             && !args.no_pin
+            && args.scenario != crate::Scenario::Fleet
             && machine.cpus >= 2
             && pin_self_to_core_1();
         Ok(Self {
@@ -709,52 +718,8 @@ fn start(bin: &Path, transport: Transport, pin: bool, ticks: f64, iterations: u3
         }
     }
 
-    let log = std::fs::File::create(dir.path().join("gateway.log"))?;
-    let mut cmd = if pin {
-        let mut c = Command::new("taskset");
-        c.args(["-c", "0"]).arg(bin);
-        c
-    } else {
-        Command::new(bin)
-    };
-    let mut child = cmd
-        .args(["serve", "--config"])
-        .arg(&config_path)
-        .env("RUST_LOG", "error")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log)
-        .spawn()
-        .with_context(|| format!("starting {} serve", bin.display()))?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| anyhow!("no stdout from the gateway"))?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let addr = loop {
-        match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(line) => {
-                if let Some((_, rest)) = line.split_once("listening on ") {
-                    break rest.trim().to_owned();
-                }
-            }
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                let log =
-                    std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
-                bail!("the gateway did not start: {}", log.trim());
-            }
-        }
-    };
+    let (child, addr) = serve(bin, &config_path, &dir.path().join("gateway.log"), pin)
+        .context("the gateway did not start")?;
     let mut config = ClientConfig::new(&addr)
         .with_context(|| format!("the gateway announced {addr:?}"))?
         .timeout(Duration::from_secs(30));
@@ -777,6 +742,213 @@ fn start(bin: &Path, transport: Transport, pin: bool, ticks: f64, iterations: u3
         process: std::sync::Mutex::new(Some(child)),
         _dir: Some(dir),
     })
+}
+
+/// The gateways of `wsgate bench fleet`: `wsgate serve` processes on one
+/// data directory (one server key, one server secret, one user) and one
+/// state store, each on a port of its own. Dropping it stops them.
+pub(crate) struct Fleet {
+    /// The nodes, in start order (node 1 is `nodes[0]`).
+    pub(crate) nodes: Vec<Gw>,
+    /// The bench user's password (handed to the load processes).
+    pub(crate) password: String,
+    /// Every node's API key for `POST /api/publish`.
+    pub(crate) api_key: String,
+    /// Each node's stderr.
+    pub(crate) logs: Vec<PathBuf>,
+    /// Holds the data directory, configs and logs; dropped after the nodes.
+    _dir: tempfile::TempDir,
+}
+
+impl Fleet {
+    /// Why a node is gone, if one is: `node 3 (127.0.0.1:4711) exited
+    /// with …; its log: …`.
+    pub(crate) fn dead_node(&self) -> Option<String> {
+        self.nodes.iter().enumerate().find_map(|(i, gw)| {
+            let status = gw.exit_status()?;
+            let log = std::fs::read_to_string(&self.logs[i]).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            Some(format!(
+                "gateway node {} ({}) exited ({status}); the end of its log {}: {}",
+                i + 1,
+                gw.config.addr,
+                self.logs[i].display(),
+                if tail.is_empty() {
+                    "(empty)".to_owned()
+                } else {
+                    tail.join(" / ")
+                }
+            ))
+        })
+    }
+
+    /// Stops every node at once (SIGTERM, then SIGKILL after 5 s).
+    pub(crate) fn stop(&self) {
+        std::thread::scope(|scope| {
+            for gw in &self.nodes {
+                scope.spawn(|| gw.stop());
+            }
+        });
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A TOML basic string holding `s`.
+fn toml_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if c.is_control() => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// The configuration of every fleet node: its own port (`127.0.0.1:0`),
+/// the shared data directory and `state`, no metrics listener (the nodes
+/// would fight over its port), and limits that are not what is measured.
+fn fleet_config_text(data: &Path, state: &str, api_key: &str) -> String {
+    format!(
+        "listen = \"127.0.0.1:0\"\ndata_dir = {}\nstate = {}\nmetrics_listen = \"off\"\napi_keys = [{}]\n\
+         \n[limits]\nmax_connections = 2000000\nmax_unauthenticated_per_ip = 1000000\n\
+         idle_timeout_secs = 86400\nping_interval_secs = 43200\nkey_init_timeout_secs = 120\n\
+         \n[login]\niterations = {BENCH_ITERATIONS}\nmax_failures_per_user = 1000000\nmax_failures_per_ip = 1000000\n\
+         max_starts_per_ip = 10000000\n\
+         \n[[channels]]\npattern = \"{CHANNEL_PATTERN}\"\nsubscribe = \"authenticated\"\npublish = \"api\"\n",
+        toml_string(&data.display().to_string()),
+        toml_string(state),
+        toml_string(api_key),
+    )
+}
+
+/// Starts a [`Fleet`] of `nodes` gateways from `bin` on the state store
+/// `state` (passed to every node unchanged), not pinned: node 1 first (it
+/// makes the server key and secret), then the others, one by one.
+/// `progress` hears of each node as it comes up.
+pub(crate) fn start_fleet(
+    bin: &Path,
+    state: &str,
+    nodes: usize,
+    ticks: f64,
+    progress: &dyn Fn(&str),
+) -> Result<Fleet> {
+    let dir = tempfile::Builder::new()
+        .prefix("wsgate-bench-fleet-")
+        .tempdir()
+        .context("creating a temporary directory")?;
+    let password = format!("bench-{}", random_token());
+    let api_key = format!("bench-api-{}", random_token());
+    let config_path = dir.path().join("fleet.toml");
+    std::fs::write(
+        &config_path,
+        fleet_config_text(&dir.path().join("data"), state, &api_key),
+    )?;
+    add_user(bin, &config_path, &password, BENCH_ITERATIONS)
+        .context("adding the bench user to the fleet's data directory")?;
+    let mut fleet = Fleet {
+        nodes: Vec::with_capacity(nodes),
+        password,
+        api_key,
+        logs: Vec::with_capacity(nodes),
+        _dir: dir,
+    };
+    for i in 0..nodes {
+        let log = fleet._dir.path().join(format!("node{}.log", i + 1));
+        let (child, addr) = serve(bin, &config_path, &log, false)
+            .with_context(|| format!("gateway node {} of {nodes} did not start", i + 1))?;
+        let config = ClientConfig::new(&addr)
+            .with_context(|| format!("gateway node {} announced {addr:?}", i + 1))?
+            .timeout(Duration::from_secs(60));
+        progress(&format!(
+            "gateway node {}/{nodes} (pid {}) listening on {addr}",
+            i + 1,
+            child.id()
+        ));
+        fleet.logs.push(log);
+        fleet.nodes.push(Gw {
+            config,
+            cpu: Some(CpuMeter::new(child.id(), ticks)),
+            api_key: Some(fleet.api_key.clone()),
+            channels_unavailable: None,
+            history_unavailable: Some("fleet nodes have no history channels".to_owned()),
+            user: BENCH_USER.to_owned(),
+            password: fleet.password.clone(),
+            sessions: tokio::sync::Mutex::new(HashMap::new()),
+            cache: SaltedPasswordCache::default(),
+            form: std::sync::OnceLock::new(),
+            clear_cache: SaltCache::default(),
+            process: std::sync::Mutex::new(Some(child)),
+            _dir: None,
+        });
+    }
+    Ok(fleet)
+}
+
+/// Starts `wsgate serve --config config` (pinned to core 0 if `pin`), its
+/// stderr into `log`, and waits up to 30 s for it to announce its address:
+/// the child and `http://HOST:PORT`. A gateway that does not start is
+/// killed, and the error holds its log.
+fn serve(bin: &Path, config: &Path, log: &Path, pin: bool) -> Result<(Child, String)> {
+    let log_file =
+        std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let mut cmd = if pin {
+        let mut c = Command::new("taskset");
+        c.args(["-c", "0"]).arg(bin);
+        c
+    } else {
+        Command::new(bin)
+    };
+    let mut child = cmd
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "error")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("starting {} serve", bin.display()))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| anyhow!("no stdout from the gateway"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    loop {
+        match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => {
+                if let Some((_, rest)) = line.split_once("listening on ") {
+                    return Ok((child, rest.trim().to_owned()));
+                }
+            }
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let why = match e {
+                    std::sync::mpsc::RecvTimeoutError::Timeout => "no address within 30 s",
+                    std::sync::mpsc::RecvTimeoutError::Disconnected => "it exited",
+                };
+                bail!("{why}; its log ({}): {}", log.display(), text.trim());
+            }
+        }
+    }
 }
 
 /// The field a config error calls unknown: "unknown field `history`, …".

@@ -13,6 +13,7 @@
 //! | `fanout` | S subscribers on one channel, publishes at a rate → deliveries/s, p99 publish-to-delivery, server CPU per delivery | the same load on a channel without history (EVENT) and with history (EVENT_AT, protocol.md §6.5) |
 //! | `recovery` | C clients reconnect at once and SUBSCRIBE with `since`, each replaying M events → replays/s, time to full recovery p50/p99, server CPU per replayed event; fails unless every client recovers exactly its M events in order | the same C clients receiving M events live |
 //! | `proxy` | the `echo` load through nginx → nginx + gateway CPU µs per request | `wss://` terminated at nginx and re-encrypted to the gateway |
+//! | `fleet` | N gateway processes on one Redis, M load processes: C authenticated idle connections held (default 100 000), then events fanned out to all → held per node, RSS per connection per node, deliveries/s, p50/p99 | — (goals of issue 16) |
 //! | `connect` | from nothing to the first sensitive reply: key fetch, sealed login, upgrade, keys, one ENC request → server CPU per connect | the bench's own TLS 1.3 server: (a) password POST checked against PBKDF2, (b) session cookie; then a `wss://` upgrade and one request |
 //!
 //! By default the bench starts its own gateways (the `wsgate` binary it runs
@@ -72,7 +73,12 @@ pub enum Scenario {
     /// sealed login, upgrade, keys, one ENC request) against TLS 1.3 with
     /// (a) a password checked against PBKDF2 and (b) a session cookie.
     Connect,
-    /// Every scenario above, in that order.
+    /// A fleet (issue 16): N gateway processes on one Redis and M load
+    /// processes holding C authenticated, key-established idle connections
+    /// (default 100 000), then events fanned out to all of them. Not part
+    /// of `all`.
+    Fleet,
+    /// Every scenario above but `fleet`, in that order.
     All,
     /// Redraw the SVG plots (and Markdown) from a JSON result file (`--from`).
     Plot,
@@ -80,6 +86,9 @@ pub enum Scenario {
     /// as a child process, with --baseline-dir).
     #[value(hide = true)]
     BaselineLoginServer,
+    /// A load process of `fleet` (started by the bench, its job on stdin).
+    #[value(hide = true)]
+    FleetWorker,
 }
 
 impl Scenario {
@@ -131,7 +140,8 @@ pub struct BenchArgs {
     pub api_key: Option<String>,
     /// The scenario's main count: echo connections [50], idle connections
     /// [10000], fanout subscribers [1000], recovering clients [1000],
-    /// login/keys concurrent clients [8].
+    /// login/keys concurrent clients [8], fleet connections in all [100000;
+    /// --smoke 600].
     #[arg(long, value_name = "N")]
     pub connections: Option<usize>,
     /// Measured seconds per run, after a warm-up [echo 10, login/keys 5, fanout 10].
@@ -147,6 +157,8 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub rate: Option<f64>,
     /// Recovery: events each client misses while away and replays [100].
+    /// Fleet: events published, each fanned out to every connection and
+    /// timed on its own [5; --smoke 2].
     #[arg(long, value_name = "M")]
     pub events: Option<usize>,
     /// Fanout: publisher connections sharing --rate, firing together (N
@@ -200,6 +212,26 @@ pub struct BenchArgs {
     /// stored hash [600000; --smoke: 4096].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(4096..=10_000_000))]
     pub iterations: Option<u32>,
+    /// Fleet: gateway processes, each on its own port [enough for ≤ 15 000
+    /// connections each, at least 2]. A process may hold `ulimit -n` file
+    /// descriptors, so each gateway's share must stay below it.
+    #[arg(long, value_name = "N")]
+    pub gateways: Option<usize>,
+    /// Fleet: load processes (this binary again), each opening its share
+    /// of the connections from its own loopback addresses [enough for
+    /// ≤ 17 000 connections each, at least 2; at most 254].
+    #[arg(long, value_name = "M")]
+    pub load_processes: Option<usize>,
+    /// Fleet: the state store every gateway is given, unchanged:
+    /// `redis://HOST:PORT`, `rediss://…` or a Redis Cluster
+    /// `redis+cluster://H:P,H:P` [default: a private `redis-server` the
+    /// bench starts and stops].
+    #[arg(long, value_name = "URL")]
+    pub state: Option<String>,
+    /// Fleet: connections opened per second, all load processes together
+    /// [3000; --smoke 2000].
+    #[arg(long, value_name = "N")]
+    pub open_rate: Option<f64>,
     /// With the hidden `baseline-login-server`: the directory the bench
     /// prepared (certificate, key, stored user).
     #[arg(long, value_name = "DIR", hide = true)]
@@ -211,6 +243,9 @@ pub struct BenchArgs {
 pub fn run(args: BenchArgs) -> Result<ExitCode> {
     if args.scenario == Scenario::Plot {
         return plot(&args);
+    }
+    if args.scenario == Scenario::FleetWorker {
+        return scenarios::fleet::worker_main();
     }
     if args.scenario == Scenario::BaselineLoginServer {
         return baseline_login::serve_main(baseline_login::baseline_dir(
@@ -254,7 +289,11 @@ async fn run_scenarios(args: BenchArgs) -> Result<ExitCode> {
             Scenario::Recovery => scenarios::recovery::run(&env, &args).await,
             Scenario::Proxy => scenarios::proxy::run(&env, &args).await,
             Scenario::Connect => scenarios::connect::run(&env, &args).await,
-            Scenario::All | Scenario::Plot | Scenario::BaselineLoginServer => continue,
+            Scenario::Fleet => scenarios::fleet::run(&env, &args).await,
+            Scenario::All
+            | Scenario::Plot
+            | Scenario::BaselineLoginServer
+            | Scenario::FleetWorker => continue,
         };
         match result {
             Ok(r) => {

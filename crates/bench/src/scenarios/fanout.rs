@@ -521,6 +521,12 @@ impl Publisher {
     /// Publishes `data`; returns the response body (a history channel's
     /// answers with the event's position).
     pub(crate) async fn publish(&mut self, data: i64) -> Result<Bytes> {
+        self.publish_json(serde_json::json!(data)).await
+    }
+
+    /// Publishes any JSON `data` (the fleet's events carry a sequence
+    /// number and their publish time).
+    pub(crate) async fn publish_json(&mut self, data: serde_json::Value) -> Result<Bytes> {
         let body = serde_json::json!({"channel": self.channel, "data": data}).to_string();
         let req = http::Request::builder()
             .method(http::Method::POST)

@@ -4,6 +4,7 @@
 pub(crate) mod connect;
 pub(crate) mod echo;
 pub(crate) mod fanout;
+pub(crate) mod fleet;
 pub(crate) mod idle;
 pub(crate) mod keys;
 pub(crate) mod login;
