@@ -1479,6 +1479,8 @@ impl Conn {
         est.subscriptions.insert(name.to_owned());
         let user = est.user.clone();
         let already_member = est.presence.contains(name);
+        // A presence member this SUBSCRIBE adds, taken back if it fails later.
+        let mut joined = None;
         // A store with per-channel fan-out (Redis Cluster) subscribes this
         // node to the channel before the subscription is confirmed.
         if let Err(e) = self.shared.state.watch_channel(name).await {
@@ -1506,7 +1508,8 @@ impl Conn {
                         "could not record presence; retry",
                     );
                 }
-                self.shared.presence.track(member);
+                self.shared.presence.track(member.clone());
+                joined = Some(member);
                 if let Some(est) = self.established_mut() {
                     est.presence.insert(name.to_owned());
                 }
@@ -1531,6 +1534,16 @@ impl Conn {
             Ok(read) => read,
             Err(e) => {
                 tracing::warn!(error = %e, "state store unavailable at SUBSCRIBE");
+                if let Some(member) = joined {
+                    // Not subscribed, so not present either.
+                    if let Some(est) = self.established_mut() {
+                        est.presence.remove(name);
+                    }
+                    self.shared.presence.untrack(&member).await;
+                    if let Err(e) = self.shared.state.presence_remove(&member).await {
+                        tracing::warn!(error = %e, "presence member left to expire");
+                    }
+                }
                 return self.undo_subscribe(
                     mailbox_id,
                     name,

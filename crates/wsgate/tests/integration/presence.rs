@@ -250,3 +250,186 @@ async fn presence_lists_are_cut_at_max_presence_list() {
     assert_eq!(users(&list), [(ALICE.to_owned(), 1)]);
     assert!(list.truncated);
 }
+
+/// The fleet's memory store, except that channel history reads fail while
+/// `fail_reads` is set (a state store that answers some calls and not
+/// others, as Redis does when one shard of a cluster is away).
+#[derive(Debug)]
+struct HistoryReadsFail {
+    inner: std::sync::Arc<wsgate_server::store::MemoryStateStore>,
+    fail_reads: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait::async_trait]
+impl wsgate_server::store::StateStore for HistoryReadsFail {
+    async fn put_exchange(
+        &self,
+        sid: &str,
+        state: Vec<u8>,
+        ttl: Duration,
+        quota: wsgate_server::store::ExchangeQuota<'_>,
+    ) -> Result<wsgate_server::store::ExchangeAdmission, wsgate_server::store::StoreError> {
+        self.inner.put_exchange(sid, state, ttl, quota).await
+    }
+    async fn take_exchange(
+        &self,
+        sid: &str,
+    ) -> Result<Option<Vec<u8>>, wsgate_server::store::StoreError> {
+        self.inner.take_exchange(sid).await
+    }
+    async fn live_exchanges(&self) -> Result<u64, wsgate_server::store::StoreError> {
+        self.inner.live_exchanges().await
+    }
+    async fn put_session(
+        &self,
+        id: &str,
+        record: &wsgate_server::store::SealedSession,
+    ) -> Result<(), wsgate_server::store::StoreError> {
+        self.inner.put_session(id, record).await
+    }
+    async fn get_session(
+        &self,
+        id: &str,
+    ) -> Result<Option<wsgate_server::store::SealedSession>, wsgate_server::store::StoreError> {
+        self.inner.get_session(id).await
+    }
+    async fn revoke_session(&self, id: &str) -> Result<(), wsgate_server::store::StoreError> {
+        self.inner.revoke_session(id).await
+    }
+    fn watch_revocations(&self) -> tokio::sync::broadcast::Receiver<String> {
+        self.inner.watch_revocations()
+    }
+    async fn record_failure(
+        &self,
+        key: &str,
+        window: Duration,
+    ) -> Result<(u32, Duration), wsgate_server::store::StoreError> {
+        self.inner.record_failure(key, window).await
+    }
+    async fn record_failure_within(
+        &self,
+        limits: &[wsgate_server::store::FailureLimit<'_>],
+        window: Duration,
+    ) -> Result<Option<Duration>, wsgate_server::store::StoreError> {
+        self.inner.record_failure_within(limits, window).await
+    }
+    async fn forgive_failure(&self, key: &str) -> Result<(), wsgate_server::store::StoreError> {
+        self.inner.forgive_failure(key).await
+    }
+    async fn failures(
+        &self,
+        key: &str,
+    ) -> Result<(u32, Duration), wsgate_server::store::StoreError> {
+        self.inner.failures(key).await
+    }
+    async fn reset_failures(&self, key: &str) -> Result<(), wsgate_server::store::StoreError> {
+        self.inner.reset_failures(key).await
+    }
+    async fn publish_event(
+        &self,
+        channel: &str,
+        payload: &[u8],
+    ) -> Result<(), wsgate_server::store::StoreError> {
+        self.inner.publish_event(channel, payload).await
+    }
+    fn watch_events(&self) -> tokio::sync::broadcast::Receiver<wsgate_server::store::StoreEvent> {
+        self.inner.watch_events()
+    }
+    async fn publish_at(
+        &self,
+        channel: &str,
+        payload: &[u8],
+        policy: &wsgate_server::store::HistoryPolicy,
+    ) -> Result<wsgate_server::store::Position, wsgate_server::store::StoreError> {
+        self.inner.publish_at(channel, payload, policy).await
+    }
+    async fn read_history(
+        &self,
+        channel: &str,
+        since: Option<&wsgate_server::store::Position>,
+        limit: usize,
+        policy: &wsgate_server::store::HistoryPolicy,
+    ) -> Result<wsgate_server::store::HistoryRead, wsgate_server::store::StoreError> {
+        if self.fail_reads.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(wsgate_server::store::StoreError::Unavailable(
+                "history shard away".into(),
+            ));
+        }
+        self.inner.read_history(channel, since, limit, policy).await
+    }
+    async fn presence_add(
+        &self,
+        member: &wsgate_server::store::PresenceMember,
+        ttl: Duration,
+    ) -> Result<bool, wsgate_server::store::StoreError> {
+        self.inner.presence_add(member, ttl).await
+    }
+    async fn presence_remove(
+        &self,
+        member: &wsgate_server::store::PresenceMember,
+    ) -> Result<bool, wsgate_server::store::StoreError> {
+        self.inner.presence_remove(member).await
+    }
+    async fn presence_refresh(
+        &self,
+        members: &[wsgate_server::store::PresenceMember],
+        ttl: Duration,
+    ) -> Result<(), wsgate_server::store::StoreError> {
+        self.inner.presence_refresh(members, ttl).await
+    }
+    async fn presence_sweep(&self) -> Result<(), wsgate_server::store::StoreError> {
+        self.inner.presence_sweep().await
+    }
+    async fn presence_list(
+        &self,
+        channel: &str,
+        limit: usize,
+    ) -> Result<wsgate_server::store::PresenceList, wsgate_server::store::StoreError> {
+        self.inner.presence_list(channel, limit).await
+    }
+}
+
+#[tokio::test]
+async fn a_subscribe_refused_after_presence_was_recorded_leaves_no_member() {
+    let fleet = Fleet::new().await;
+    let state = std::sync::Arc::new(HistoryReadsFail {
+        inner: fleet.state.clone(),
+        fail_reads: false.into(),
+    });
+    let toml = "[[channels]]\npattern = \"hroom.*\"\npresence = true\nhistory = 10\n";
+    let gw = TestGateway::start_with_state(&fleet, config(toml), state.clone()).await;
+    let mut alice = connect(&gw, ALICE, ALICE_PASSWORD).await;
+    alice
+        .subscribe_with("hroom.1", &with_events(), false)
+        .await
+        .unwrap();
+    // Bob's SUBSCRIBE records his presence, then cannot read the history:
+    // refused, and he must not stay present.
+    state
+        .fail_reads
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let mut bob = connect(&gw, BOB, BOB_PASSWORD).await;
+    match bob.subscribe("hroom.1", None, false).await {
+        Err(Error::Server { code, .. }) => assert_eq!(code, "unavailable"),
+        other => panic!("expected unavailable, got {other:?}"),
+    }
+    let list = alice.presence("hroom.1", false).await.unwrap();
+    assert_eq!(users(&list), [(ALICE.to_owned(), 1)], "bob is not present");
+    // Whatever alice heard of bob ends with his leave.
+    let mut last = None;
+    while let Ok(Ok(ChannelEvent::Presence { user, joined, .. })) =
+        tokio::time::timeout(Duration::from_millis(300), alice.next_channel_event()).await
+    {
+        if user == BOB {
+            last = Some(joined);
+        }
+    }
+    assert_ne!(last, Some(true), "alice's last word on bob is a join");
+    // Once the history reads again, bob subscribes and is present.
+    state
+        .fail_reads
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    bob.subscribe("hroom.1", None, false).await.unwrap();
+    let list = alice.presence("hroom.1", false).await.unwrap();
+    assert_eq!(users(&list), [(ALICE.to_owned(), 1), (BOB.to_owned(), 1)]);
+}
