@@ -29,9 +29,11 @@ use super::{
 use crate::store::StoreError;
 
 /// How long the feed waits, after a resubscription, for more of them before
-/// it tells the watchers once (a failover resubscribes every channel of the
-/// lost shard, one push each).
-const LAG_SETTLE: Duration = Duration::from_millis(50);
+/// it tells the watchers once: a failover resubscribes every channel of the
+/// lost shard, one push each (and the client may resubscribe a channel
+/// several times while it finds the new master), and each notice makes
+/// every node re-check all its sessions.
+const LAG_SETTLE: Duration = Duration::from_millis(500);
 
 /// The connection commands go through: one Redis, or a cluster.
 #[derive(Clone)]
