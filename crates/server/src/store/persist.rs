@@ -436,6 +436,14 @@ impl<S: StateStore> StateStore for PersistentSessions<S> {
     ) -> Result<super::PresenceList, StoreError> {
         self.inner.presence_list(channel, limit).await
     }
+    async fn watch_channel(&self, channel: &str) -> Result<(), StoreError> {
+        self.inner.watch_channel(channel).await
+    }
+
+    fn unwatch_channel(&self, channel: &str) {
+        self.inner.unwatch_channel(channel);
+    }
+
     fn is_healthy(&self) -> bool {
         self.inner.is_healthy()
     }
