@@ -323,6 +323,31 @@ pub(super) async fn feed_loop(
                             lag_due = Some(tokio::time::Instant::now() + LAG_SETTLE);
                         }
                     }
+                    PushKind::SUnsubscribe => {
+                        // Not asked for: the channel's slot moved to another
+                        // shard (resharding), which unsubscribes its
+                        // clients. Subscribe where it is now.
+                        let moved = match push.data.first() {
+                            Some(Value::BulkString(channel)) => std::str::from_utf8(channel)
+                                .ok()
+                                .filter(|c| subscribed.contains(*c))
+                                .map(str::to_owned),
+                            _ => None,
+                        };
+                        if let Some(channel) = moved {
+                            tracing::info!(redis = %location, "a channel's slot moved; subscribing on its new shard");
+                            let again = run(&mut conn, &location, "SSUBSCRIBE", async |c| {
+                                c.ssubscribe(&channel).await
+                            })
+                            .await;
+                            if again.is_err() && down_since.is_none() {
+                                // The recovery below subscribes to it again.
+                                down_since = Some(tokio::time::Instant::now());
+                                fanout.up.store(false, Ordering::SeqCst);
+                            }
+                            lag_due = Some(tokio::time::Instant::now() + LAG_SETTLE);
+                        }
+                    }
                     PushKind::Disconnection => {
                         // Some node's connection dropped: unhealthy until
                         // every node answers a PING again.
@@ -634,6 +659,88 @@ mod tests {
             !secret.contains("s3cret-pw") && secret.contains("127.0.0.1:1"),
             "{secret}"
         );
+    }
+
+    /// Moves `slot` from the master on `from` to the one on `to`, keys and
+    /// all, as `redis-cli --cluster reshard` does.
+    fn move_slot(cluster: &RedisCluster, slot: u16, from: u16, to: u16) {
+        let id = |port| cluster.command(port, &["CLUSTER", "MYID"]).unwrap();
+        let (from_id, to_id, slot) = (id(from), id(to), slot.to_string());
+        cluster
+            .command(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id])
+            .unwrap();
+        cluster
+            .command(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id])
+            .unwrap();
+        let keys = cluster
+            .command(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "1000"])
+            .unwrap();
+        let to_port = to.to_string();
+        for key in keys.lines().filter(|k| !k.is_empty()) {
+            cluster
+                .command(from, &["MIGRATE", "127.0.0.1", &to_port, key, "0", "5000"])
+                .unwrap();
+        }
+        for port in cluster.masters() {
+            cluster
+                .command(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id])
+                .unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn a_channel_whose_slot_moves_keeps_its_events() {
+        if skipped() {
+            return;
+        }
+        let cluster = RedisCluster::start().unwrap();
+        let (url, prefix) = (cluster.url(), unique_prefix());
+        let (a, b) = (store(&url, &prefix).await, store(&url, &prefix).await);
+        let keys = Keys::cluster(&prefix);
+        let channel = "moving";
+        b.watch_channel(channel).await.unwrap();
+        let mut events = b.watch_events();
+        let before = a.publish_at(channel, b"before", &history()).await.unwrap();
+        assert_eq!(
+            &next_real(&mut events).await.unwrap().payload[..],
+            b"before"
+        );
+
+        let slot = RedisCluster::key_slot(&keys.stream(channel));
+        let from = cluster.master_of_slot(slot);
+        let to = *cluster.masters().iter().find(|&&p| p != from).unwrap();
+        move_slot(&cluster, slot, from, to);
+        assert_eq!(cluster.master_of_slot(slot), to);
+
+        // Publishes follow the slot (MOVED); the subscriber is moved too,
+        // told it may have missed events, and gets the later ones.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut lagged = false;
+        loop {
+            assert!(
+                Instant::now() < deadline,
+                "no event after the move within 20 s"
+            );
+            let at = a.publish_at(channel, b"after", &history()).await.unwrap();
+            match tokio::time::timeout(Duration::from_millis(500), next_real(&mut events)).await {
+                Err(_) => {}
+                Ok(Err(RecvError::Lagged(_))) => lagged = true,
+                Ok(Err(RecvError::Closed)) => panic!("the feed closed"),
+                Ok(Ok(event)) if &event.payload[..] == b"after" => {
+                    // Written on another node: a new epoch (subscribers
+                    // resync) rather than offsets the old node handed out.
+                    assert_ne!(at.epoch, before.epoch);
+                    break;
+                }
+                Ok(Ok(_)) => {}
+            }
+        }
+        assert!(lagged, "the move was announced as a possible gap");
+        let shard_channel = keys.fanout(super::super::KIND_EVENT, channel).0;
+        let on_new = cluster
+            .command(to, &["PUBSUB", "SHARDNUMSUB", &shard_channel])
+            .unwrap();
+        assert_eq!(on_new.lines().last().map(str::trim), Some("1"), "{on_new}");
     }
 
     #[tokio::test]
