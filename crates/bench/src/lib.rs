@@ -157,12 +157,14 @@ pub struct BenchArgs {
     #[arg(long, value_name = "N")]
     pub rate: Option<f64>,
     /// Recovery: events each client misses while away and replays [100].
-    /// Fleet: events published, each fanned out to every connection and
-    /// timed on its own [5; --smoke 2].
+    /// Fleet: fan-out rounds (each of --publishers events), each timed on
+    /// its own [5; --smoke 2].
     #[arg(long, value_name = "M")]
     pub events: Option<usize>,
     /// Fanout: publisher connections sharing --rate, firing together (N
     /// upstream apps publishing at the same instants: bursts of N events).
+    /// Fleet: events per round, published at the same instant (one
+    /// publisher each, spread over the nodes).
     #[arg(long, value_name = "N", default_value_t = 1)]
     pub publishers: usize,
     /// Run only the variants whose name contains one of these
