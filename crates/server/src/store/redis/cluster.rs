@@ -290,6 +290,11 @@ pub(super) async fn feed_loop(
         };
         tokio::select! {
             op = ops.recv() => match op {
+                // Queued behind a watch of the same channel (a hot channel's
+                // first subscribers on this node, at once): subscribed already.
+                Some(Op::Watch(channel, reply)) if subscribed.contains(&channel) => {
+                    let _ = reply.send(Ok(()));
+                }
                 Some(Op::Watch(channel, reply)) => {
                     let result = run(&mut conn, &location, "SSUBSCRIBE", async |c| {
                         c.ssubscribe(&channel).await
