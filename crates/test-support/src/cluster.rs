@@ -864,6 +864,13 @@ fn crc16_xmodem(data: &[u8]) -> u16 {
     })
 }
 
+/// Sends one command to the Redis on `port` — a node of a cluster or a
+/// standalone server — over a new connection, and returns its reply as
+/// text, as [`RedisCluster::command`] does (a Redis error is an `Err`).
+pub fn redis_command(port: u16, args: &[&str]) -> Result<String, String> {
+    command(port, args).map(Reply::into_text)
+}
+
 static SHARED_CLUSTER: OnceLock<Result<RedisCluster, String>> = OnceLock::new();
 
 /// The process's shared Redis Cluster (started on first use); panics with

@@ -40,7 +40,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 mod cluster;
-pub use cluster::{DEFAULT_NODE_TIMEOUT_MS, RedisCluster, shared_cluster};
+pub use cluster::{DEFAULT_NODE_TIMEOUT_MS, RedisCluster, redis_command, shared_cluster};
 
 /// Set to `1` to skip the tests that need a real server.
 pub const SKIP_ENV: &str = "WSGATE_SKIP_SERVICE_TESTS";

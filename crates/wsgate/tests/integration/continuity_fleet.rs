@@ -19,6 +19,11 @@
 //! fails the test. What was received is then compared, offset by offset and
 //! payload by payload, with the stream as `/api/history` returns it, and
 //! with every publish that was acknowledged.
+//!
+//! The tests that need no control over the store (a node killed, a client
+//! away, a stream's history lost) run on a standalone Redis and on the
+//! shared Redis Cluster (`backend.rs`: `…::redis`, `…::cluster`); a cluster
+//! master killed under load is `failover.rs`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -37,13 +42,14 @@ use wsgate_client::{
 use wsgate_proto::envelope::MessageType;
 use wsgate_test_support::RedisServer;
 
+use crate::backend::{Backend, on_both_backends};
 use crate::channels::{API_KEY, api_call, api_publish};
 use crate::cli::{Served, run, serve_logged};
 
-const USER: &str = "alice";
-const PASSWORD: &str = "alice password";
+pub(crate) const USER: &str = "alice";
+pub(crate) const PASSWORD: &str = "alice password";
 /// How long anything may take to show up once it should.
-const SETTLE: Duration = Duration::from_secs(30);
+pub(crate) const SETTLE: Duration = Duration::from_secs(30);
 /// Pause between two publishes of one publisher.
 const PUBLISH_PAUSE: Duration = Duration::from_millis(15);
 
@@ -51,7 +57,7 @@ const PUBLISH_PAUSE: Duration = Duration::from_millis(15);
 
 /// Gateway processes sharing one data directory (keys, server secret, the
 /// SQLite users); each node names its own `state` URL.
-struct Nodes {
+pub(crate) struct Nodes {
     nodes: Vec<Option<Served>>,
     _dir: tempfile::TempDir,
 }
@@ -60,6 +66,12 @@ impl Nodes {
     /// One node per URL (node 0 is "A", 1 "B", …), all on the same data
     /// directory, with user alice.
     fn start(state_urls: &[String]) -> Self {
+        Self::start_with(state_urls, "", "")
+    }
+
+    /// [`start`](Self::start), with `login` added to every node's `[login]`
+    /// and the tables `tables` after its own.
+    pub(crate) fn start_with(state_urls: &[String], login: &str, tables: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let configs: Vec<String> = state_urls
@@ -74,10 +86,12 @@ metrics_listen = "off"
 api_keys = ["{API_KEY}"]
 [login]
 iterations = 4096
+{login}
 [[channels]]
 pattern = "cont.*"
 history = 10000
 publish = "authenticated"
+{tables}
 "#,
                     data = data.display(),
                 );
@@ -108,21 +122,21 @@ publish = "authenticated"
     }
 
     /// What node `i` logged (warnings and errors) so far.
-    fn log(&self, i: usize) -> String {
+    pub(crate) fn log(&self, i: usize) -> String {
         std::fs::read_to_string(self._dir.path().join(format!("node{i}.log"))).unwrap_or_default()
     }
 
-    fn addr(&self, i: usize) -> SocketAddr {
+    pub(crate) fn addr(&self, i: usize) -> SocketAddr {
         self.nodes[i].as_ref().expect("node is running").addr
     }
 
-    fn client(&self, i: usize) -> ClientConfig {
+    pub(crate) fn client(&self, i: usize) -> ClientConfig {
         ClientConfig::from_addr(self.addr(i)).timeout(Duration::from_secs(10))
     }
 
     /// For a subscriber, which may legitimately wait long for its next
     /// event (the tests' own deadlines bound every wait).
-    fn listener(&self, i: usize) -> ClientConfig {
+    pub(crate) fn listener(&self, i: usize) -> ClientConfig {
         ClientConfig::from_addr(self.addr(i)).timeout(Duration::from_secs(120))
     }
 
@@ -455,7 +469,10 @@ impl Publishers {
 
 /// A connection to `node` on `session`, logging in there first if there is
 /// none or the gateway no longer knows it (4401).
-async fn connect(node: &ClientConfig, session: &mut Option<Session>) -> Result<Connection, Error> {
+pub(crate) async fn connect(
+    node: &ClientConfig,
+    session: &mut Option<Session>,
+) -> Result<Connection, Error> {
     if let Some(s) = session.as_ref() {
         match s.connect(node).await {
             Ok(conn) => return Ok(conn),
@@ -473,7 +490,7 @@ async fn connect(node: &ClientConfig, session: &mut Option<Session>) -> Result<C
 
 /// What a subscriber went through, in order.
 #[derive(Debug, Clone)]
-enum Record {
+pub(crate) enum Record {
     Subscribed {
         node: usize,
         since: Option<Position>,
@@ -484,7 +501,7 @@ enum Record {
     Lost(String),
 }
 
-type Log = Arc<Mutex<Vec<Record>>>;
+pub(crate) type Log = Arc<Mutex<Vec<Record>>>;
 
 /// SUBSCRIBE on `conn`, retrying while the node's event feed reconnects
 /// (`ERR unavailable`).
@@ -522,13 +539,13 @@ async fn read_into(mut conn: Connection, log: &Log) {
 /// connection ends it moves to the next node of `nodes` (round the list),
 /// logs in again if needed and resubscribes with the last position it saw
 /// (after `away`: events go on meanwhile).
-struct Subscriber {
-    log: Log,
+pub(crate) struct Subscriber {
+    pub(crate) log: Log,
     task: JoinHandle<()>,
 }
 
 impl Subscriber {
-    async fn start(nodes: Vec<ClientConfig>, channel: &str, away: Duration) -> Self {
+    pub(crate) async fn start(nodes: Vec<ClientConfig>, channel: &str, away: Duration) -> Self {
         let log: Log = Arc::default();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
         let task = {
@@ -572,13 +589,13 @@ impl Subscriber {
         Self { log, task }
     }
 
-    fn records(&self) -> Vec<Record> {
+    pub(crate) fn records(&self) -> Vec<Record> {
         self.log.lock().unwrap().clone()
     }
 
     /// Waits until it stands at `position` (or fails on its first
     /// irregularity), then stops it and returns what it saw.
-    async fn finish(self, channel: &str, position: &Position) -> Seen {
+    pub(crate) async fn finish(self, channel: &str, position: &Position) -> Seen {
         wait_position(&self.log, channel, position).await;
         self.task.abort();
         check(channel, &self.records())
@@ -627,17 +644,17 @@ async fn wait_position(log: &Log, channel: &str, position: &Position) {
 
 /// What a subscriber was given, checked strictly.
 #[derive(Debug)]
-struct Seen {
+pub(crate) struct Seen {
     /// Where the client stands.
-    position: Position,
+    pub(crate) position: Position,
     /// Every event, with the epoch the client placed it in.
-    events: Vec<(Position, Value)>,
+    pub(crate) events: Vec<(Position, Value)>,
     /// Every RESYNC.
-    resyncs: Vec<Position>,
+    pub(crate) resyncs: Vec<Position>,
     /// Every SUBSCRIBE: node, `since`, reply.
-    subscribes: Vec<(usize, Option<Position>, SubscribeReply)>,
+    pub(crate) subscribes: Vec<(usize, Option<Position>, SubscribeReply)>,
     /// Why the connection ended, each time it did.
-    lost: Vec<String>,
+    pub(crate) lost: Vec<String>,
 }
 
 /// Replays `records` as a strict client: each EVENT_AT must be the next
@@ -646,7 +663,7 @@ struct Seen {
 /// reordered event, or an epoch change not announced. The client's own
 /// `StreamTracker` must agree (no `Duplicate`, no `Gap` but at a RESYNC or
 /// an unrecovered `since`).
-fn check(channel: &str, records: &[Record]) -> Seen {
+pub(crate) fn check(channel: &str, records: &[Record]) -> Seen {
     let mut seen = Seen {
         position: Position {
             epoch: String::new(),
@@ -728,7 +745,7 @@ fn check(channel: &str, records: &[Record]) -> Seen {
 
 /// The stream as `/api/history` on `addr` has it: its position and every
 /// event kept (from offset 1: history = 10000 keeps them all here).
-async fn history(addr: SocketAddr, channel: &str) -> (Position, Vec<(u64, Value)>) {
+pub(crate) async fn history(addr: SocketAddr, channel: &str) -> (Position, Vec<(u64, Value)>) {
     let head = api_call(
         addr,
         "/api/history",
@@ -766,7 +783,7 @@ async fn history(addr: SocketAddr, channel: &str) -> (Position, Vec<(u64, Value)
 }
 
 /// Every acknowledged publish is in the stream, at its offset, once.
-fn assert_acked_in(acked: &[(Position, Value)], epoch: &str, stream: &[(u64, Value)]) {
+pub(crate) fn assert_acked_in(acked: &[(Position, Value)], epoch: &str, stream: &[(u64, Value)]) {
     let mut offsets: Vec<u64> = Vec::new();
     for (position, data) in acked.iter().filter(|(p, _)| p.epoch == epoch) {
         let index = usize::try_from(position.offset - 1).unwrap();
@@ -784,7 +801,7 @@ fn assert_acked_in(acked: &[(Position, Value)], epoch: &str, stream: &[(u64, Val
 }
 
 /// The events `seen` got in `epoch`, as (offset, data).
-fn in_epoch(seen: &Seen, epoch: &str) -> Vec<(u64, Value)> {
+pub(crate) fn in_epoch(seen: &Seen, epoch: &str) -> Vec<(u64, Value)> {
     seen.events
         .iter()
         .filter(|(p, _)| p.epoch == epoch)
@@ -793,7 +810,7 @@ fn in_epoch(seen: &Seen, epoch: &str) -> Vec<(u64, Value)> {
 }
 
 /// Polls `f` every 20 ms until it gives a value; panics after [`SETTLE`].
-async fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+pub(crate) async fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + SETTLE;
     loop {
         if let Some(v) = f() {
@@ -805,7 +822,7 @@ async fn poll<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
 }
 
 /// Events `log` holds.
-fn event_count(log: &Log) -> usize {
+pub(crate) fn event_count(log: &Log) -> usize {
     log.lock()
         .unwrap()
         .iter()
@@ -905,14 +922,21 @@ async fn a_subscriber_whose_node_loses_redis_mid_stream_gets_every_event_once_in
     assert_eq!(seen_a.events, seen_b.events, "both saw one order");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_client_whose_node_is_killed_resubscribes_elsewhere_with_since_and_misses_nothing() {
-    if crate::util::skip_services() {
-        return;
-    }
+// On a standalone Redis and on the shared Redis Cluster (`backend.rs`);
+// the tests that cut or kill the store are standalone's (the cluster's are
+// in `failover.rs`).
+on_both_backends!(
+    a_client_whose_node_is_killed_resubscribes_elsewhere_with_since_and_misses_nothing,
+    a_client_away_while_n_events_are_published_gets_exactly_those_then_live_ones_elsewhere,
+    a_stream_that_loses_its_history_is_announced_to_the_subscribers_that_stay,
+);
+
+async fn a_client_whose_node_is_killed_resubscribes_elsewhere_with_since_and_misses_nothing(
+    backend: Backend,
+) {
     const CHANNEL: &str = "cont.kill";
-    let redis = RedisServer::start().unwrap();
-    let mut nodes = Nodes::start(&[redis.url(), redis.url(), redis.url()]);
+    let state = backend.start();
+    let mut nodes = Nodes::start(&[state.url(), state.url(), state.url()]);
     // On B; when its connection ends, on A.
     let subscriber = Subscriber::start(
         vec![nodes.listener(1), nodes.listener(0)],
@@ -1127,15 +1151,13 @@ async fn redis_restarted_empty_changes_the_epoch_and_every_subscriber_is_told() 
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_client_away_while_n_events_are_published_gets_exactly_those_then_live_ones_elsewhere() {
-    if crate::util::skip_services() {
-        return;
-    }
+async fn a_client_away_while_n_events_are_published_gets_exactly_those_then_live_ones_elsewhere(
+    backend: Backend,
+) {
     const CHANNEL: &str = "cont.away";
     const AWAY: u64 = 40;
-    let redis = RedisServer::start().unwrap();
-    let nodes = Nodes::start(&[redis.url(), redis.url(), redis.url()]);
+    let state = backend.start();
+    let nodes = Nodes::start(&[state.url(), state.url(), state.url()]);
     let session = login(&nodes.client(1), USER, PASSWORD).await.unwrap();
 
     // On B: five events, then gone.
@@ -1233,33 +1255,12 @@ async fn publish_api(addr: SocketAddr, channel: &str, data: &Value) -> Position 
     }
 }
 
-/// Sends one command to the Redis on `port` (RESP) and reads a line back.
-fn redis_command(port: u16, args: &[&str]) -> String {
-    use std::io::{BufRead as _, Write as _};
-    let mut stream = std::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port)).unwrap();
-    stream
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut command = format!("*{}\r\n", args.len());
-    for arg in args {
-        command.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
-    }
-    stream.write_all(command.as_bytes()).unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(stream)
-        .read_line(&mut line)
-        .unwrap();
-    line
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_stream_that_loses_its_history_is_announced_to_the_subscribers_that_stay() {
-    if crate::util::skip_services() {
-        return;
-    }
+async fn a_stream_that_loses_its_history_is_announced_to_the_subscribers_that_stay(
+    backend: Backend,
+) {
     const CHANNEL: &str = "cont.lost";
-    let redis = RedisServer::start().unwrap();
-    let nodes = Nodes::start(&[redis.url(), redis.url()]);
+    let state = backend.start();
+    let nodes = Nodes::start(&[state.url(), state.url()]);
     // Sessions survive; only the stream goes (as when nobody published to
     // it for history_ttl_secs): the subscribers stay connected.
     let on_a = Subscriber::start(vec![nodes.listener(0)], CHANNEL, Duration::ZERO).await;
@@ -1268,15 +1269,13 @@ async fn a_stream_that_loses_its_history_is_announced_to_the_subscribers_that_st
     publishers.api(nodes.addr(0), CHANNEL, "a-api");
     publishers.ws(nodes.client(1), CHANNEL, "b-ws");
     let before = publishers.wait_for(0, 30).await;
-    let deleted = redis_command(
-        redis.port(),
-        &[
-            "DEL",
-            &format!("wsgate:stream:{CHANNEL}"),
-            &format!("wsgate:stream-log:{CHANNEL}"),
-        ],
+    // Both keys are in the channel's slot on a cluster.
+    let (stream_key, log_key) = (
+        state.channel_key("stream", CHANNEL),
+        state.channel_key("stream-log", CHANNEL),
     );
-    assert_eq!(deleted, ":2\r\n", "the stream's keys were there");
+    let deleted = state.command(&stream_key, &["DEL", &stream_key, &log_key]);
+    assert_eq!(deleted, ["2"], "the stream's keys were there");
     publishers.wait_for(before, 40).await;
     let acked = publishers.stop().await;
     let (end, stream) = history(nodes.addr(0), CHANNEL).await;

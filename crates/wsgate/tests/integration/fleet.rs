@@ -1,5 +1,6 @@
-//! A real fleet: three `wsgate serve` processes on a private Redis (state)
-//! and PostgreSQL (users), as in docs/deployment.md.
+//! A real fleet: three `wsgate serve` processes on a private Redis — or on
+//! the shared Redis Cluster (`backend.rs`) — for the state, and PostgreSQL
+//! for the users, as in docs/deployment.md.
 
 use std::time::{Duration, Instant};
 
@@ -7,6 +8,8 @@ use serde_json::json;
 use wsgate_client::{ClientConfig, Error, login};
 use wsgate_proto::envelope::{FLAG_ENC, MessageType};
 use wsgate_test_support::{PgServer, RedisServer};
+
+use crate::backend::{Backend, State, on_both_backends};
 
 use crate::channels::{API_KEY, api_publish};
 use crate::cli::{Served, run, serve};
@@ -59,23 +62,20 @@ publish = "api"
     path.display().to_string()
 }
 
-async fn start_fleet(redis: &RedisServer, pg: &PgServer) -> Fleet {
-    start_fleet_with(redis, pg, &Extra::default()).await
+async fn start_fleet(state: &State, pg: &PgServer) -> Fleet {
+    start_fleet_with(&state.url(), pg, &Extra::default()).await
 }
 
-/// Node A (the authentication module), B and C on `redis` and a new
-/// database in `pg`, sharing one data directory; users alice and bob.
-pub(crate) async fn start_fleet_with(
-    redis: &RedisServer,
-    pg: &PgServer,
-    extra: &Extra<'_>,
-) -> Fleet {
+/// Node A (the authentication module), B and C on the state store
+/// `redis_url` (`redis://…` or `redis+cluster://…`) and a new database in
+/// `pg`, sharing one data directory; users alice and bob.
+pub(crate) async fn start_fleet_with(redis_url: &str, pg: &PgServer, extra: &Extra<'_>) -> Fleet {
     let dir = tempfile::tempdir().unwrap();
     let database = pg.create_database().await;
-    let (redis_url, pg_url) = (redis.url(), pg.url(&database));
+    let pg_url = pg.url(&database);
     let configs: Vec<String> = [("a", true), ("b", false), ("c", false)]
         .iter()
-        .map(|(n, auth)| node_config(dir.path(), n, &redis_url, &pg_url, *auth, extra))
+        .map(|(n, auth)| node_config(dir.path(), n, redis_url, &pg_url, *auth, extra))
         .collect();
     // One data directory for the fleet: the first keygen creates key and secret.
     let (ok, _, err) = run(&["keygen", "--config", &configs[0]], None);
@@ -129,20 +129,23 @@ where
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_three_node_fleet_on_redis_and_postgres_survives_a_redis_restart() {
-    if crate::util::skip_services() {
-        return;
-    }
-    let redis = RedisServer::start().unwrap();
-    let redis_port = redis.port();
+on_both_backends!(
+    a_three_node_fleet_on_redis_and_postgres_survives_a_redis_restart,
+    a_sealed_login_begun_on_one_auth_node_completes_on_another,
+);
+
+/// Logins, events, private channels and revocations across the nodes, on
+/// either backend; then, on a standalone Redis, Redis restarted empty (the
+/// cluster's counterpart, a master killed under load, is `failover.rs`).
+async fn a_three_node_fleet_on_redis_and_postgres_survives_a_redis_restart(backend: Backend) {
+    let state = backend.start();
     let pg = PgServer::start().unwrap();
     let Fleet {
         auth,
         b: node_b,
         c: node_c,
         _dir,
-    } = start_fleet(&redis, &pg).await;
+    } = start_fleet(&state, &pg).await;
 
     // Login on the auth node; a node without the module refuses logins.
     let session = login(&at(&auth), "alice", "alice password").await.unwrap();
@@ -194,6 +197,10 @@ async fn a_three_node_fleet_on_redis_and_postgres_survives_a_redis_restart() {
         Some(4401)
     );
 
+    let State::Redis(redis) = state else {
+        return;
+    };
+    let redis_port = redis.port();
     // Redis goes away: clear, fast errors instead of hangs.
     drop(redis);
     let started = Instant::now();
@@ -268,14 +275,10 @@ async fn a_three_node_fleet_on_redis_and_postgres_survives_a_redis_restart() {
     drop(auth);
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_sealed_login_begun_on_one_auth_node_completes_on_another() {
-    if crate::util::skip_services() {
-        return;
-    }
-    let redis = RedisServer::start().unwrap();
+async fn a_sealed_login_begun_on_one_auth_node_completes_on_another(backend: Backend) {
+    let state = backend.start();
     let pg = PgServer::start().unwrap();
-    let fleet = start_fleet(&redis, &pg).await;
+    let fleet = start_fleet(&state, &pg).await;
     // A second authentication node with the same configuration.
     let auth_config = fleet._dir.path().join("a.toml");
     let auth_2 = serve(&[

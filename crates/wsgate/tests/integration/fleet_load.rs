@@ -565,7 +565,7 @@ async fn a_fleet_under_load_rides_out_redis_restarts_with_and_without_its_data()
         login: LOGIN_EXTRA,
         tables: CHANNEL_EXTRA,
     };
-    let mut fleet = start_fleet_with(&redis, &pg, &extra).await;
+    let mut fleet = start_fleet_with(&redis.url(), &pg, &extra).await;
     let client = |s: &crate::cli::Served| at(s).timeout(CLIENT_TIMEOUT);
     let load = Arc::new(Load {
         phase: AtomicU8::new(0),

@@ -6,13 +6,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::zombie_processes)]
 
 mod attacks;
+mod backend;
 mod channels;
 mod cli;
 mod client;
+mod cluster;
 mod continuity;
 mod continuity_fleet;
 mod embedding;
 mod exposure;
+mod failover;
 mod fleet;
 mod fleet_load;
 mod hardening;

@@ -1,6 +1,7 @@
 //! Issue 13, presence in a fleet (protocol.md §6.6): `wsgate serve`
-//! processes sharing one data directory and a real Redis, clients on real
-//! sockets on different nodes.
+//! processes sharing one data directory and a real Redis — each test runs
+//! on a standalone Redis and on the shared Redis Cluster (`backend.rs`:
+//! `…::redis`, `…::cluster`) — clients on real sockets on different nodes.
 //!
 //! * Two users join and leave in every order, one of them also with two
 //!   connections on two nodes (one join, one leave, nothing in between); an
@@ -17,19 +18,17 @@
 //! compared is the whole sequence a subscriber got — a duplicated, missing,
 //! spurious or reordered join or leave fails the test.
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::backend::{Backend, State, on_both_backends};
+use crate::cli::{Served, run, serve_logged};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use wsgate_client::{
     ChannelEvent, ClientConfig, Connection, PresenceReply, Session, SubscribeRequest, login,
 };
 use wsgate_proto::envelope::MessageType;
-use wsgate_test_support::RedisServer;
-
-use crate::cli::{Served, run, serve_logged};
 
 const USERS: [&str; 6] = ["alice", "bob", "carol", "dave", "erin", "frank"];
 /// How long anything may take to show up once it should (a loaded CI
@@ -44,8 +43,9 @@ fn password(user: &str) -> String {
 
 // ───────────────────────────────── the fleet ─────────────────────────────────
 
-/// Gateway processes sharing one data directory and one Redis; node `i`'s
-/// configuration gets `extra[i]` (lines in `[limits]`, then in `[login]`).
+/// Gateway processes sharing one data directory and one state store
+/// (a Redis or a Redis Cluster); node `i`'s configuration gets `extra[i]`
+/// (lines in `[limits]`, then in `[login]`).
 struct Nodes {
     nodes: Vec<Option<Served>>,
     /// A connection per node for PRESENCE, made when first needed.
@@ -54,7 +54,7 @@ struct Nodes {
 }
 
 impl Nodes {
-    fn start(redis: &RedisServer, extra: &[(&str, &str)]) -> Self {
+    fn start(state: &State, extra: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         let configs: Vec<String> = extra
@@ -80,7 +80,7 @@ subscribe = "owner"
 presence = true
 "#,
                     data = data.display(),
-                    url = redis.url(),
+                    url = state.url(),
                 );
                 std::fs::write(&path, toml).unwrap();
                 path.display().to_string()
@@ -363,21 +363,6 @@ impl Drop for Observer {
     }
 }
 
-/// A command to `redis` through redis-cli: the reply's lines.
-fn redis_cli(redis: &RedisServer, args: &[&str]) -> Vec<String> {
-    let out = Command::new("redis-cli")
-        .args(["-p", &redis.port().to_string(), "--raw"])
-        .args(args)
-        .output()
-        .expect("redis-cli (package redis-tools)");
-    assert!(out.status.success(), "{out:?}");
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(str::to_owned)
-        .collect()
-}
-
 /// UNSUBSCRIBE (answered once the member is gone from the store).
 async fn unsubscribe(conn: &mut Connection, channel: &str) {
     conn.call(MessageType::Unsubscribe, channel, b"", false)
@@ -394,13 +379,19 @@ enum Step {
     Leave(usize),
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn joins_and_leaves_on_two_nodes_reach_an_observer_on_a_third_in_order_and_once() {
-    if crate::util::skip_services() {
-        return;
-    }
-    let redis = RedisServer::start().unwrap();
-    let nodes = Nodes::start(&redis, &[("", ""), ("", ""), ("", "")]);
+// Each on a standalone Redis and on the shared Redis Cluster (`backend.rs`).
+on_both_backends!(
+    joins_and_leaves_on_two_nodes_reach_an_observer_on_a_third_in_order_and_once,
+    logout_on_any_node_and_session_expiry_are_leaves_fleet_wide,
+    a_killed_nodes_users_leave_within_the_ttl_once_for_every_surviving_observer,
+    presence_of_a_channel_one_may_not_subscribe_to_is_forbidden_on_every_node,
+);
+
+async fn joins_and_leaves_on_two_nodes_reach_an_observer_on_a_third_in_order_and_once(
+    backend: Backend,
+) {
+    let state = backend.start();
+    let nodes = Nodes::start(&state, &[("", ""), ("", ""), ("", "")]);
     let who = ["alice", "bob"];
     use Step::{Join, Leave};
     // Every order of alice's and bob's join and leave (each joins first).
@@ -533,14 +524,10 @@ async fn joins_and_leaves_on_two_nodes_reach_an_observer_on_a_third_in_order_and
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn logout_on_any_node_and_session_expiry_are_leaves_fleet_wide() {
-    if crate::util::skip_services() {
-        return;
-    }
-    let redis = RedisServer::start().unwrap();
+async fn logout_on_any_node_and_session_expiry_are_leaves_fleet_wide(backend: Backend) {
+    let state = backend.start();
     // Node 2 issues sessions of 3 s.
-    let nodes = Nodes::start(&redis, &[("", ""), ("", ""), ("", "session_ttl_secs = 3")]);
+    let nodes = Nodes::start(&state, &[("", ""), ("", ""), ("", "session_ttl_secs = 3")]);
     let observer = Observer::start(&nodes, 0, "carol", &["room.logout", "room.expiry"]).await;
 
     // alice's session on nodes 1 and 2, LOGOUT on node 2: both of her
@@ -593,16 +580,14 @@ async fn logout_on_any_node_and_session_expiry_are_leaves_fleet_wide() {
     drop(bob);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_killed_nodes_users_leave_within_the_ttl_once_for_every_surviving_observer() {
-    if crate::util::skip_services() {
-        return;
-    }
+async fn a_killed_nodes_users_leave_within_the_ttl_once_for_every_surviving_observer(
+    backend: Backend,
+) {
     const TTL: Duration = Duration::from_secs(3);
     const CHANNEL: &str = "room.kill";
-    let redis = RedisServer::start().unwrap();
+    let state = backend.start();
     let ttl = "presence_ttl_secs = 3";
-    let mut nodes = Nodes::start(&redis, &[(ttl, ""), (ttl, ""), (ttl, "")]);
+    let mut nodes = Nodes::start(&state, &[(ttl, ""), (ttl, ""), (ttl, "")]);
     // An observer on each node that survives.
     let on_0 = Observer::start(&nodes, 0, "carol", &[CHANNEL]).await;
     let on_1 = Observer::start(&nodes, 1, "dave", &[CHANNEL]).await;
@@ -650,21 +635,20 @@ async fn a_killed_nodes_users_leave_within_the_ttl_once_for_every_surviving_obse
 
     // The worst moment to die: just after a refresh of node 2's members
     // (alice's are only there), which keeps them alive the longest.
-    let member = redis_cli(
-        &redis,
-        &["HGETALL", &format!("wsgate:presence-who:{CHANNEL}")],
-    )
-    .chunks(2)
-    .find(|pair| pair[1] == "alice")
-    .map(|pair| pair[0].clone())
-    .expect("alice's member in Redis");
+    let (members, who) = (
+        state.channel_key("presence", CHANNEL),
+        state.channel_key("presence-who", CHANNEL),
+    );
+    let member = state
+        .command(&who, &["HGETALL", &who])
+        .chunks(2)
+        .find(|pair| pair[1] == "alice")
+        .map(|pair| pair[0].clone())
+        .expect("alice's member in Redis");
     let score = || {
-        redis_cli(
-            &redis,
-            &["ZSCORE", &format!("wsgate:presence:{CHANNEL}"), &member],
-        )[0]
-        .parse::<f64>()
-        .unwrap()
+        state.command(&members, &["ZSCORE", &members, &member])[0]
+            .parse::<f64>()
+            .unwrap()
     };
     let refreshed = score();
     let deadline = Instant::now() + SETTLE;
@@ -736,13 +720,11 @@ async fn a_killed_nodes_users_leave_within_the_ttl_once_for_every_surviving_obse
     drop(erin);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn presence_of_a_channel_one_may_not_subscribe_to_is_forbidden_on_every_node() {
-    if crate::util::skip_services() {
-        return;
-    }
-    let redis = RedisServer::start().unwrap();
-    let nodes = Nodes::start(&redis, &[("", ""), ("", "")]);
+async fn presence_of_a_channel_one_may_not_subscribe_to_is_forbidden_on_every_node(
+    backend: Backend,
+) {
+    let state = backend.start();
+    let nodes = Nodes::start(&state, &[("", ""), ("", "")]);
     let mut bob = nodes.user(1, "bob").await;
     bob.subscribe("priv.bob.inbox", None, false).await.unwrap();
     for i in 0..2 {
