@@ -443,6 +443,8 @@ struct EventResult {
     hist: Histogram<u64>,
     /// Gateway CPU, all nodes, from the publish to the last answer.
     gateway_cpu_secs: f64,
+    /// Load processes' CPU over the same time.
+    load_cpu_secs: f64,
 }
 
 pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
@@ -721,6 +723,7 @@ async fn measure(env: &Env, plan: &Plan, fleet: &Fleet) -> Result<Measured> {
     for round in 0..plan.events as u64 {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let cpu0: f64 = cpu().iter().sum();
+        let load0 = load_cpu(&workers, env.ticks());
         let first_seq = round * burst as u64;
         let sent_us = unix_us();
         let mut sending = tokio::task::JoinSet::new();
@@ -811,6 +814,7 @@ async fn measure(env: &Env, plan: &Plan, fleet: &Fleet) -> Result<Measured> {
             }
         }
         let cpu1: f64 = cpu().iter().sum();
+        let load1 = load_cpu(&workers, env.ticks());
         let mut hist = load::histogram();
         let (mut delivered, mut expected, mut last) = (0usize, 0usize, 0u64);
         for (held, received, last_unix_us, latencies) in answers.into_iter().flatten() {
@@ -828,6 +832,7 @@ async fn measure(env: &Env, plan: &Plan, fleet: &Fleet) -> Result<Measured> {
             spread_secs,
             hist,
             gateway_cpu_secs: cpu1 - cpu0,
+            load_cpu_secs: load1 - load0,
         };
         note(&format!(
             "{label}: {} of {} deliveries in {:.1} ms ({} deliveries/s), p50 {:.1} ms, p99 {:.1} ms",
@@ -864,6 +869,14 @@ async fn measure(env: &Env, plan: &Plan, fleet: &Fleet) -> Result<Measured> {
         open_secs,
         nofile: env.nofile,
     })
+}
+
+/// CPU seconds the load processes used so far.
+fn load_cpu(workers: &[WorkerProc], ticks: f64) -> f64 {
+    workers
+        .iter()
+        .map(|w| crate::procfs::CpuMeter::new(w.child.id(), ticks).seconds())
+        .sum()
 }
 
 /// A load process's line, or why there is none: its failure, or its end,
@@ -989,6 +1002,11 @@ impl Measured {
             .stat(
                 "gateway CPU µs/delivery",
                 ev(&|e| e.gateway_cpu_secs * 1e6 / e.delivered.max(1) as f64),
+                false,
+            )
+            .stat(
+                "load-gen CPU µs/delivery",
+                ev(&|e| e.load_cpu_secs * 1e6 / e.delivered.max(1) as f64),
                 false,
             );
         result.rows.push(row);
