@@ -447,6 +447,9 @@ struct EventResult {
     load_cpu_secs: f64,
 }
 
+/// Runs `wsgate bench fleet`: checks the options, then starts, measures
+/// and stops the fleet; an interruption (Ctrl-C, SIGTERM) stops
+/// everything it started and fails the scenario.
 pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
     if !env.owns_gateways() {
         bail!("fleet starts its own gateways: it does not run with --addr");
@@ -734,7 +737,12 @@ async fn measure(env: &Env, plan: &Plan, fleet: &Fleet) -> Result<Measured> {
                     seq,
                     sent_us: unix_us(),
                 };
-                let sent = publisher.publish_json(serde_json::json!(body)).await;
+                let sent = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    publisher.publish_json(serde_json::json!(body)),
+                )
+                .await
+                .unwrap_or_else(|_| Err(anyhow!("no answer to POST /api/publish within 30 s")));
                 (j, publisher, sent)
             });
         }
