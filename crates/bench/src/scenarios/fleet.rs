@@ -1218,6 +1218,42 @@ mod tests {
     }
 
     #[test]
+    fn the_load_process_protocol_is_one_json_object_a_line() {
+        let line = serde_json::to_string(&Command::Collect {
+            seq: 3,
+            timeout_ms: 10,
+        })
+        .unwrap();
+        assert_eq!(line, r#"{"cmd":"collect","seq":3,"timeout_ms":10}"#);
+        let report = Report::Event {
+            seq: 3,
+            held: 2,
+            received: 2,
+            last_unix_us: 7,
+            latencies_us: vec![(5, 2)],
+        };
+        let line = serde_json::to_string(&report).unwrap();
+        assert!(
+            !line.contains('\n') && line.starts_with(r#"{"type":"event""#),
+            "{line}"
+        );
+        assert!(matches!(
+            serde_json::from_str::<Report>(&line).unwrap(),
+            Report::Event {
+                seq: 3,
+                received: 2,
+                ..
+            }
+        ));
+        let fatal =
+            r#"{"type":"fatal","error":"load process 2: logging in from 127.2.0.1: refused"}"#;
+        assert!(matches!(
+            serde_json::from_str::<Report>(fatal).unwrap(),
+            Report::Fatal { .. }
+        ));
+    }
+
+    #[test]
     fn shares_cover_every_connection_once() {
         let plan = Plan::new(
             &args(&[
