@@ -1272,7 +1272,7 @@ impl Conn {
                     "slow consumer: event queue full",
                 ))
             }
-            HubMessage::Resync(channel, position) => self.on_stream_resync(&channel, &position),
+            HubMessage::Resync(resync) => self.on_stream_resync(&resync.0, &resync.1),
             HubMessage::PresencePending(channel) => self.on_presence_pending(&channel),
             HubMessage::Event(event) => {
                 if let Some(at) = &event.at {
@@ -1717,10 +1717,7 @@ async fn recv_completion(rx: Option<&mut mpsc::Receiver<Completion>>) -> Complet
 
 async fn recv_hub(mailbox: Option<&mut Mailbox>) -> HubMessage {
     match mailbox {
-        Some(m) => match m.recv().await {
-            Some(msg) => msg,
-            None => std::future::pending().await,
-        },
+        Some(m) => m.recv().await,
         None => std::future::pending().await,
     }
 }
