@@ -382,8 +382,14 @@ impl Feed {
                         .await;
                 }
             }
-            // A new epoch: history may have been lost. Subscribers see the
-            // epoch change on the event itself and are told (RESYNC).
+            // A new epoch: the old one's last events may be lost.
+            // Subscribers see the epoch change on the event itself and are
+            // told (RESYNC); what the new epoch holds before this event
+            // (published before this node heard of it: after a failover,
+            // say) is filled first, so only the old epoch's tail is missed.
+            Some(_) if at.offset > 1 => {
+                self.fill(&event.channel, &at.epoch, 0, at.offset - 1).await;
+            }
             Some(_) => {}
         }
         self.advance(&event.channel, &at);
@@ -531,12 +537,23 @@ impl Feed {
                 }
                 Ok(read) => {
                     // A new epoch: everything of the old one after `offset`
-                    // may be lost.
-                    let at = StreamAt {
-                        epoch: read.position.epoch.as_str().into(),
-                        offset: read.position.offset,
-                    };
-                    self.advance(&channel, &at);
+                    // may be lost. The new one is delivered from its start
+                    // where the stream still holds it (subscribers are told
+                    // RESYNC by its first event), else from its head.
+                    let epoch: Arc<str> = read.position.epoch.as_str().into();
+                    let head = read.position.offset;
+                    if head > 0 {
+                        self.advance(
+                            &channel,
+                            &StreamAt {
+                                epoch: epoch.clone(),
+                                offset: 0,
+                            },
+                        );
+                        self.fill(&channel, &epoch, 0, head).await;
+                        continue;
+                    }
+                    self.advance(&channel, &StreamAt { epoch, offset: 0 });
                     let name: Arc<str> = channel.as_str().into();
                     let position = read.position;
                     self.inner.notify(&channel, || {
