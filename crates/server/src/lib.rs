@@ -38,6 +38,7 @@ pub mod handler;
 mod http;
 mod hub;
 pub mod keys;
+mod log_limit;
 mod metrics;
 mod presence;
 pub mod routes;

@@ -109,7 +109,7 @@ fn exchanges_full(retry_after: Duration) -> Response {
 }
 
 fn unavailable(e: &StoreError) -> Response {
-    tracing::error!(error = %e, "store unavailable during login");
+    crate::log_limit::error_limited!(e, "store unavailable during login");
     let mut resp = json_response(
         StatusCode::SERVICE_UNAVAILABLE,
         &json!({"status": "unavailable", "message": "the login store is unreachable; retry shortly"}),

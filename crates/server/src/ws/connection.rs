@@ -976,7 +976,7 @@ impl Conn {
             Ok(Some(r)) => r,
             Ok(None) => return Err(auth_failed(Cause::UnknownSession, session_id)),
             Err(e) => {
-                tracing::error!(error = %e, "state store unavailable at KEY_INIT");
+                crate::log_limit::error_limited!(e, "state store unavailable at KEY_INIT");
                 return Err(Ending::new(
                     close::INTERNAL_ERROR,
                     "state store unavailable; retry",
@@ -1669,7 +1669,7 @@ impl Conn {
         match published {
             Ok(reply) => self.respond(id, enc, &reply),
             Err(e) => {
-                tracing::error!(error = %e, "state store unavailable at PUBLISH");
+                crate::log_limit::error_limited!(e, "state store unavailable at PUBLISH");
                 self.respond_error(id, enc, "unavailable", "could not publish; retry")
             }
         }
@@ -1681,7 +1681,7 @@ impl Conn {
         };
         let session_id = est.session_id.clone();
         if let Err(e) = self.shared.state.revoke_session(&session_id).await {
-            tracing::error!(error = %e, "state store unavailable at LOGOUT");
+            crate::log_limit::error_limited!(e, "state store unavailable at LOGOUT");
             return self.respond_error(
                 id,
                 enc,
