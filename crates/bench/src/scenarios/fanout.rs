@@ -35,7 +35,7 @@ use super::{quantile_us, source_ip, timing};
 use crate::BenchArgs;
 use crate::gateway::{BEFORE, Env, Gw, Transport};
 use crate::load::{self, Shared};
-use crate::report::{Row, ScenarioResult, Stat, TargetCheck, fmt_num};
+use crate::report::{Goal, Row, ScenarioResult, Stat, TargetCheck, fmt_num};
 
 const CHANNEL: &str = "bench.fanout";
 /// A channel of `gateway::HISTORY_PATTERN`.
@@ -215,36 +215,22 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
                 "history on: {gaps} EVENT_ATs did not follow the previous offset (a subscriber missed events)"
             ));
         }
-        result.targets.push(TargetCheck::new(
+        result.targets.push(TargetCheck::judged(
             HISTORY_TARGET_TEXT,
-            format!(
-                "{:.2}× ({:.2}–{:.2}, {} runs)",
-                cpu_ratio.median,
-                cpu_ratio.min,
-                cpu_ratio.max,
-                cpu_ratio.samples.len()
-            ),
-            if args.smoke {
-                None
-            } else {
-                Some(cpu_ratio.median <= HISTORY_TARGET)
-            },
+            Some(&cpu_ratio),
+            Goal::AtMost(HISTORY_TARGET),
+            !args.smoke,
+            "",
         ));
     }
-    let runs = &all_runs[0];
-    let rate_reached = runs
-        .iter()
-        .map(|r| r.deliveries_per_sec)
-        .fold(0.0f64, f64::max);
-    result.targets.push(TargetCheck::new(
+    let rates = stats(&all_runs[0], |r| r.deliveries_per_sec);
+    result.targets.push(TargetCheck::judged_value(
         "fan-out ≥ 500k deliveries/s to 10k subscribers",
-        format!("{} deliveries/s to {s} subscribers", fmt_num(rate_reached)),
+        Some(&rates),
+        Goal::AtLeast(500_000.0),
         // A run that offers less than 500k/s cannot show it.
-        if args.smoke || s < 10_000 || rate * (s as f64) < 500_000.0 {
-            None
-        } else {
-            Some(rate_reached >= 500_000.0)
-        },
+        !(args.smoke || s < 10_000 || rate * (s as f64) < 500_000.0),
+        |v| format!("{} deliveries/s to {s} subscribers", fmt_num(v)),
     ));
     result.notes.push(
         "latency: publish sent (before the HTTP request) → EVENT verified at the subscriber; offer more load with --rate".into(),
