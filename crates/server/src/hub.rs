@@ -74,6 +74,9 @@ fn event_bytes(event: &StoreEvent) -> usize {
 #[derive(Debug, Default)]
 struct Inbox {
     messages: Mutex<VecDeque<HubMessage>>,
+    /// How many `messages` holds, so that looking into an empty inbox (the
+    /// connection does before every wait) takes no lock.
+    len: AtomicUsize,
     ready: tokio::sync::Notify,
     /// The mailbox is gone: messages are dropped.
     closed: AtomicBool,
@@ -113,9 +116,15 @@ impl Mailbox {
 
     /// A message that is already queued, without waiting.
     pub(crate) fn try_recv(&mut self) -> Option<HubMessage> {
+        if self.inbox.len.load(Ordering::Acquire) == 0 {
+            return None;
+        }
         let msg = {
             let mut messages = self.inbox.messages();
             let msg = messages.pop_front();
+            if msg.is_some() {
+                self.inbox.len.fetch_sub(1, Ordering::Release);
+            }
             if messages.is_empty() && messages.capacity() > KEPT_QUEUE_CAPACITY {
                 messages.shrink_to_fit();
             }
@@ -134,7 +143,9 @@ impl Mailbox {
 impl Drop for Mailbox {
     fn drop(&mut self) {
         self.inbox.closed.store(true, Ordering::Relaxed);
-        self.inbox.messages().clear();
+        let mut messages = self.inbox.messages();
+        messages.clear();
+        self.inbox.len.store(0, Ordering::Release);
     }
 }
 
@@ -199,7 +210,11 @@ impl Subscriber {
         if self.inbox.closed.load(Ordering::Relaxed) {
             return;
         }
-        self.inbox.messages().push_back(msg);
+        {
+            let mut messages = self.inbox.messages();
+            messages.push_back(msg);
+            self.inbox.len.fetch_add(1, Ordering::Release);
+        }
         self.inbox.ready.notify_one();
     }
 
