@@ -29,17 +29,8 @@ const FORM_TIMEOUT: Duration = Duration::from_secs(60);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 fn redis_cli_binary(server: &Path) -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os("WSGATE_REDIS_CLI") {
-        let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!(
-                "WSGATE_REDIS_CLI={} is not a file; point it at redis-cli, or unset it \
-                 and install the Debian package redis-tools",
-                path.display()
-            ))
-        };
+    if let Some(found) = crate::binary_from_env("WSGATE_REDIS_CLI", "redis-cli", "redis-tools") {
+        return found;
     }
     server
         .parent()

@@ -219,18 +219,28 @@ fn wait_until(
 
 // ─────────────────────────────────── Redis ───────────────────────────────────
 
+/// The program named by the environment variable `var`, if it is set: an
+/// error naming `program` and its Debian `package` if that is no file.
+pub(crate) fn binary_from_env(
+    var: &str,
+    program: &str,
+    package: &str,
+) -> Option<Result<PathBuf, String>> {
+    let path = PathBuf::from(std::env::var_os(var)?);
+    Some(if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{var}={} is not a file; point it at {program}, or unset it \
+             and install the Debian package {package}",
+            path.display()
+        ))
+    })
+}
+
 fn redis_server_binary() -> Result<PathBuf, String> {
-    if let Some(path) = std::env::var_os("WSGATE_REDIS_SERVER") {
-        let path = PathBuf::from(path);
-        return if path.is_file() {
-            Ok(path)
-        } else {
-            Err(format!(
-                "WSGATE_REDIS_SERVER={} is not a file; point it at redis-server, or unset it \
-                 and install the Debian package redis-server",
-                path.display()
-            ))
-        };
+    if let Some(found) = binary_from_env("WSGATE_REDIS_SERVER", "redis-server", "redis-server") {
+        return found;
     }
     find_on_path("redis-server")
         .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.is_file()))

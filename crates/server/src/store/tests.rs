@@ -972,6 +972,21 @@ pub(crate) async fn watch_suite_channels<S: StateStore>(store: &S) {
     }
 }
 
+/// The next real event of `watcher` within 10 s, skipping lag-notice
+/// fillers; `Err` on a lag notice itself.
+pub(crate) async fn next_real_event(
+    watcher: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
+) -> Result<StoreEvent, tokio::sync::broadcast::error::RecvError> {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), watcher.recv())
+            .await
+            .expect("an event within 10 s")?;
+        if !event.channel.is_empty() {
+            return Ok(event);
+        }
+    }
+}
+
 /// The next event of `watcher`, within 5 s; fails on a lag notice.
 pub(crate) async fn next_event(
     watcher: &mut tokio::sync::broadcast::Receiver<StoreEvent>,
@@ -1836,18 +1851,6 @@ mod redis_specific {
                 .expect("a revocation within 10 s")?;
             if !id.is_empty() {
                 return Ok(id);
-            }
-        }
-    }
-
-    /// The next real event, skipping fillers; `Err` on a lag notice.
-    async fn next_real_event(watcher: &mut Receiver<StoreEvent>) -> Result<StoreEvent, RecvError> {
-        loop {
-            let event = tokio::time::timeout(Duration::from_secs(10), watcher.recv())
-                .await
-                .expect("an event within 10 s")?;
-            if !event.channel.is_empty() {
-                return Ok(event);
             }
         }
     }

@@ -465,29 +465,17 @@ mod tests {
 
     use std::time::{Duration, Instant};
 
-    use tokio::sync::broadcast::Receiver;
     use tokio::sync::broadcast::error::RecvError;
 
     use super::super::{Keys, RedisStateStore};
     use crate::store::test_servers::{RedisCluster, shared_cluster, skipped, unique_prefix};
-    use crate::store::{HistoryPolicy, PresenceChange, PresenceMember, StateStore, StoreEvent};
+    use crate::store::tests::next_real_event;
+    use crate::store::{HistoryPolicy, PresenceChange, PresenceMember, StateStore};
 
     async fn store(url: &str, prefix: &str) -> RedisStateStore {
         RedisStateStore::connect_cluster_with_prefix(url, prefix)
             .await
             .unwrap()
-    }
-
-    /// The next event that is not a lag-notice filler; `Err` on the notice.
-    async fn next_real(watcher: &mut Receiver<StoreEvent>) -> Result<StoreEvent, RecvError> {
-        loop {
-            let event = tokio::time::timeout(Duration::from_secs(10), watcher.recv())
-                .await
-                .expect("an event within 10 s")?;
-            if !event.channel.is_empty() {
-                return Ok(event);
-            }
-        }
     }
 
     fn history() -> HistoryPolicy {
@@ -512,14 +500,14 @@ mod tests {
         }
         a.publish_event("unwatched", b"not for b").await.unwrap();
         a.publish_event("news", b"for b").await.unwrap();
-        let event = next_real(&mut events).await.unwrap();
+        let event = next_real_event(&mut events).await.unwrap();
         assert_eq!(
             (event.channel.as_str(), &event.payload[..]),
             ("news", &b"for b"[..])
         );
 
         let at = a.publish_at("feed", b"kept", &history()).await.unwrap();
-        let event = next_real(&mut events).await.unwrap();
+        let event = next_real_event(&mut events).await.unwrap();
         assert_eq!(event.channel, "feed");
         let stream_at = event.at.expect("a stream event carries its position");
         assert_eq!(
@@ -537,7 +525,7 @@ mod tests {
                 .await
                 .unwrap()
         );
-        let event = next_real(&mut events).await.unwrap();
+        let event = next_real_event(&mut events).await.unwrap();
         assert_eq!(event.presence, Some(PresenceChange::Join("alice".into())));
         assert_eq!(
             b.presence_list("room", 10).await.unwrap().users,
@@ -707,7 +695,7 @@ mod tests {
         let mut events = b.watch_events();
         let before = a.publish_at(channel, b"before", &history()).await.unwrap();
         assert_eq!(
-            &next_real(&mut events).await.unwrap().payload[..],
+            &next_real_event(&mut events).await.unwrap().payload[..],
             b"before"
         );
 
@@ -727,7 +715,9 @@ mod tests {
                 "no event after the move within 20 s"
             );
             let at = a.publish_at(channel, b"after", &history()).await.unwrap();
-            match tokio::time::timeout(Duration::from_millis(500), next_real(&mut events)).await {
+            match tokio::time::timeout(Duration::from_millis(500), next_real_event(&mut events))
+                .await
+            {
                 Err(_) => {}
                 Ok(Err(RecvError::Lagged(_))) => lagged = true,
                 Ok(Err(RecvError::Closed)) => panic!("the feed closed"),
@@ -769,7 +759,7 @@ mod tests {
             );
         }
         for _ in 0..20 {
-            next_real(&mut events).await.unwrap();
+            next_real_event(&mut events).await.unwrap();
         }
         let master = cluster.master_of_key(&keys.stream(channel));
         cluster.kill_node(master);
@@ -827,7 +817,9 @@ mod tests {
                 "no lag notice and later event within 20 s"
             );
             a.publish_at(channel, b"after", &history()).await.unwrap();
-            match tokio::time::timeout(Duration::from_millis(500), next_real(&mut events)).await {
+            match tokio::time::timeout(Duration::from_millis(500), next_real_event(&mut events))
+                .await
+            {
                 Err(_) => {}
                 Ok(Err(RecvError::Lagged(_))) => lagged = true,
                 Ok(Err(RecvError::Closed)) => panic!("the feed closed"),
