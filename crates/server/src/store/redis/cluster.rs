@@ -613,6 +613,26 @@ mod tests {
         assert!(sessions.len() > 40 && channels.len() > 40);
     }
 
+    #[test]
+    fn a_cluster_url_names_its_seeds_with_the_whole_urls_credentials_and_query() {
+        let seeds = super::seed_urls(
+            "rediss+cluster://app:p%40ss@10.0.0.1:6379, 10.0.0.2:6380,/?ca_file=/etc/ca.pem",
+            "rediss+cluster://app:***@10.0.0.1:6379,…",
+        )
+        .unwrap();
+        assert_eq!(
+            seeds,
+            [
+                "rediss://app:p%40ss@10.0.0.1:6379/?ca_file=/etc/ca.pem",
+                "rediss://app:p%40ss@10.0.0.2:6380/?ca_file=/etc/ca.pem",
+            ]
+        );
+        assert_eq!(
+            super::seed_urls("redis+cluster://127.0.0.1:7000", "x").unwrap(),
+            ["redis://127.0.0.1:7000"]
+        );
+    }
+
     #[tokio::test]
     async fn bad_urls_and_prefixes_are_refused_with_what_to_write() {
         let prefix =
