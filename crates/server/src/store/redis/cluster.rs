@@ -741,7 +741,10 @@ mod tests {
                 Err(_) => {}
                 Ok(Err(RecvError::Lagged(_))) => lagged = true,
                 Ok(Err(RecvError::Closed)) => panic!("the feed closed"),
-                Ok(Ok(event)) if &event.payload[..] == b"after" => {
+                // An event after the move's lag notice (one before it may
+                // come through the new subscription while the notice
+                // waits for more resubscriptions to coalesce).
+                Ok(Ok(event)) if &event.payload[..] == b"after" && lagged => {
                     // Written on another node: a new epoch (subscribers
                     // resync) rather than offsets the old node handed out.
                     assert_ne!(at.epoch, before.epoch);
@@ -750,7 +753,6 @@ mod tests {
                 Ok(Ok(_)) => {}
             }
         }
-        assert!(lagged, "the move was announced as a possible gap");
         let shard_channel = keys.fanout(super::super::KIND_EVENT, channel).0;
         let on_new = cluster
             .command(to, &["PUBSUB", "SHARDNUMSUB", &shard_channel])
