@@ -548,9 +548,7 @@ mod tests {
         let cluster = shared_cluster();
         let (url, prefix) = (cluster.url(), unique_prefix());
         let (a, b) = (store(&url, &prefix).await, store(&url, &prefix).await);
-        let shard_channel = Keys::cluster(&prefix)
-            .fanout(super::super::KIND_EVENT, "hot")
-            .0;
+        let shard_channel = Keys::cluster(&prefix).shard_channel("hot");
         let master = cluster.master_of_key(&shard_channel);
         let subscribers = || {
             let reply = cluster
@@ -584,8 +582,11 @@ mod tests {
         let slot = RedisCluster::key_slot;
         for channel in ["news", "user.émile.inbox", "a}b", "{x}", ""] {
             let [members, who, counts] = keys.presence(channel);
-            let (fanout, command) = keys.fanout(super::super::KIND_STREAM, channel);
-            assert_eq!(command, "SPUBLISH");
+            let out = keys
+                .outlet(super::super::KIND_STREAM, &[0; 16], channel, b"")
+                .unwrap();
+            assert_eq!(out.command, "SPUBLISH");
+            let fanout = out.to.into_owned();
             let want = slot(&keys.stream(channel));
             for key in [keys.stream_log(channel), members, who, counts, fanout] {
                 assert_eq!(slot(&key), want, "{key} and the stream of {channel:?}");
@@ -753,7 +754,7 @@ mod tests {
                 Ok(Ok(_)) => {}
             }
         }
-        let shard_channel = keys.fanout(super::super::KIND_EVENT, channel).0;
+        let shard_channel = keys.shard_channel(channel);
         let on_new = cluster
             .command(to, &["PUBSUB", "SHARDNUMSUB", &shard_channel])
             .unwrap();

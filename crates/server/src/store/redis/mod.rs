@@ -23,7 +23,8 @@
 //! counting at its deadline. Neither needs a node's clock, and concurrent
 //! nodes cannot overshoot a quota: every script runs alone. (The take
 //! script names the group's set from the hash, not from `KEYS`: on a
-//! cluster every exchange key is in one slot, so that set is too.) An exchange key that is a plain string — written by a node of an
+//! cluster every exchange key is in one slot, so that set is too.) An
+//! exchange key that is a plain string — written by a node of an
 //! earlier version during a rolling upgrade — is still taken (`GETDEL`),
 //! outside the quotas.
 //!
@@ -108,6 +109,7 @@
 
 mod cluster;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -575,6 +577,16 @@ const KIND_EVENT: u8 = b'e';
 const KIND_STREAM: u8 = b's';
 const KIND_PRESENCE: u8 = b'p';
 
+/// Where one fan-out frame goes ([`Keys::outlet`]).
+struct Outlet<'a> {
+    /// The pub/sub channel.
+    to: Cow<'a, str>,
+    /// `PUBLISH`, or `SPUBLISH` on a cluster.
+    command: &'static str,
+    /// The frame, or its head when a script appends the rest.
+    frame: Vec<u8>,
+}
+
 /// The key and channel names under one prefix, for one Redis or, with hash
 /// tags that keep each multi-key step in one slot, for a cluster.
 #[derive(Clone, Debug)]
@@ -602,7 +614,7 @@ impl Keys {
         }
     }
 
-    /// The cluster layout: `{prefix}{<channel>}:…` for a channel's keys and
+    /// The cluster layout: `{prefix}{c:<channel>}:…` for a channel's keys and
     /// its shard channel, `{prefix}session:{<id>}`, and one slot each for
     /// the exchanges (`{exchanges}`: their quotas are exact), the failure
     /// counters (`{failures}`: one check spans several) and the index of
@@ -615,42 +627,47 @@ impl Keys {
         }
     }
 
-    /// The pub/sub channel of `kind` frames of `channel`, and the command
-    /// that publishes to it.
-    fn fanout(&self, kind: u8, channel: &str) -> (String, &'static str) {
-        if self.cluster {
-            return (self.of_channel("fanout", channel), "SPUBLISH");
-        }
-        let global = match kind {
-            KIND_STREAM => &self.stream_events,
-            KIND_PRESENCE => &self.presence_events,
-            _ => &self.events,
-        };
-        (global.clone(), "PUBLISH")
-    }
-
-    /// The head of a `kind` frame of `channel` from `origin`: origin,
-    /// channel length (u16 BE), channel — after the kind byte on a cluster.
-    fn head(
+    /// Where a `kind` frame of `channel` from `origin` goes: the pub/sub
+    /// channel, the command that publishes to it, and the frame — origin,
+    /// channel length (u16 BE), channel, then `tail` (after the kind byte
+    /// on a cluster).
+    fn outlet(
         &self,
         kind: u8,
         origin: &[u8; ORIGIN_LEN],
         channel: &str,
-    ) -> Result<Vec<u8>, StoreError> {
-        let frame = event_frame(origin, channel, b"").ok_or_else(|| {
+        tail: &[u8],
+    ) -> Result<Outlet<'_>, StoreError> {
+        let len = u16::try_from(channel.len()).map_err(|_| {
             StoreError::Unavailable(format!(
                 "channel name of {} bytes is too long to publish (at most 65535)",
                 channel.len()
             ))
         })?;
-        Ok(if self.cluster {
-            let mut tagged = Vec::with_capacity(frame.len() + 1);
-            tagged.push(kind);
-            tagged.extend_from_slice(&frame);
-            tagged
+        let mut frame = Vec::with_capacity(1 + ORIGIN_LEN + 2 + channel.len() + tail.len());
+        if self.cluster {
+            frame.push(kind);
+        }
+        frame.extend_from_slice(origin);
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(channel.as_bytes());
+        frame.extend_from_slice(tail);
+        let (to, command) = if self.cluster {
+            (Cow::Owned(self.shard_channel(channel)), "SPUBLISH")
         } else {
-            frame
-        })
+            let global = match kind {
+                KIND_STREAM => &self.stream_events,
+                KIND_PRESENCE => &self.presence_events,
+                _ => &self.events,
+            };
+            (Cow::Borrowed(global.as_str()), "PUBLISH")
+        };
+        Ok(Outlet { to, command, frame })
+    }
+
+    /// A channel's shard channel on a cluster (every kind of its frames).
+    fn shard_channel(&self, channel: &str) -> String {
+        self.of_channel("fanout", channel)
     }
 
     /// A key of `channel`: `{prefix}{name}:{channel}`, or on a cluster
@@ -947,17 +964,6 @@ fn hex(bytes: &[u8]) -> String {
 
 fn is_origin_hex(text: &str) -> bool {
     text.len() == ORIGIN_LEN * 2 && text.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-/// The event frame published on `{prefix}events`.
-fn event_frame(origin: &[u8; ORIGIN_LEN], channel: &str, payload: &[u8]) -> Option<Vec<u8>> {
-    let len = u16::try_from(channel.len()).ok()?;
-    let mut frame = Vec::with_capacity(ORIGIN_LEN + 2 + channel.len() + payload.len());
-    frame.extend_from_slice(origin);
-    frame.extend_from_slice(&len.to_be_bytes());
-    frame.extend_from_slice(channel.as_bytes());
-    frame.extend_from_slice(payload);
-    Some(frame)
 }
 
 /// A [`StateStore`] in Redis, shared by every node of a fleet.
@@ -1702,12 +1708,15 @@ impl StateStore for RedisStateStore {
         if channel.is_empty() {
             return Ok(());
         }
-        let keys = &self.fanout.keys;
-        let mut frame = keys.head(KIND_EVENT, &self.fanout.origin, channel)?;
-        frame.extend_from_slice(payload);
-        let (fanout, command) = keys.fanout(KIND_EVENT, channel);
-        self.query::<()>(command, redis::cmd(command).arg(fanout).arg(frame))
-            .await?;
+        let out = self
+            .fanout
+            .keys
+            .outlet(KIND_EVENT, &self.fanout.origin, channel, payload)?;
+        self.query::<()>(
+            out.command,
+            redis::cmd(out.command).arg(&*out.to).arg(out.frame),
+        )
+        .await?;
         let _ = self.fanout.events.send(StoreEvent {
             channel: channel.to_owned(),
             payload: Bytes::copy_from_slice(payload),
@@ -1728,8 +1737,7 @@ impl StateStore for RedisStateStore {
         policy: &HistoryPolicy,
     ) -> Result<Position, StoreError> {
         let keys = &self.fanout.keys;
-        let head = keys.head(KIND_STREAM, &self.fanout.origin, channel)?;
-        let (fanout, command) = keys.fanout(KIND_STREAM, channel);
+        let out = keys.outlet(KIND_STREAM, &self.fanout.origin, channel, b"")?;
         let (stream, log) = (keys.stream(channel), keys.stream_log(channel));
         let epoch = wsgate_proto::continuity::new_epoch(&mut rand::rng());
         let (keep, ttl, max_bytes) = (
@@ -1748,9 +1756,9 @@ impl StateStore for RedisStateStore {
                     ttl.as_bytes(),
                     max_bytes.as_bytes(),
                     payload,
-                    fanout.as_bytes(),
-                    &head,
-                    command.as_bytes(),
+                    out.to.as_bytes(),
+                    &out.frame,
+                    out.command.as_bytes(),
                     on_node(keys),
                 ],
             )
@@ -1764,8 +1772,7 @@ impl StateStore for RedisStateStore {
         ttl: Duration,
     ) -> Result<bool, StoreError> {
         let keys = &self.fanout.keys;
-        let head = keys.head(KIND_PRESENCE, &self.fanout.origin, &member.channel)?;
-        let (fanout, command) = keys.fanout(KIND_PRESENCE, &member.channel);
+        let out = keys.outlet(KIND_PRESENCE, &self.fanout.origin, &member.channel, b"")?;
         let [members, who, counts] = keys.presence(&member.channel);
         let index = keys.presence_index();
         if keys.cluster {
@@ -1777,9 +1784,9 @@ impl StateStore for RedisStateStore {
                     &[&members, &who, &counts],
                     &[
                         ttl_ms.to_string().as_bytes(),
-                        fanout.as_bytes(),
-                        &head,
-                        command.as_bytes(),
+                        out.to.as_bytes(),
+                        &out.frame,
+                        out.command.as_bytes(),
                         member.user.as_bytes(),
                         member.member.as_bytes(),
                     ],
@@ -1799,10 +1806,10 @@ impl StateStore for RedisStateStore {
                     member.member.as_bytes(),
                     member.user.as_bytes(),
                     ttl.as_bytes(),
-                    fanout.as_bytes(),
-                    &head,
+                    out.to.as_bytes(),
+                    &out.frame,
                     member.channel.as_bytes(),
-                    command.as_bytes(),
+                    out.command.as_bytes(),
                 ],
             )
             .await?;
@@ -1811,8 +1818,7 @@ impl StateStore for RedisStateStore {
 
     async fn presence_remove(&self, member: &PresenceMember) -> Result<bool, StoreError> {
         let keys = &self.fanout.keys;
-        let head = keys.head(KIND_PRESENCE, &self.fanout.origin, &member.channel)?;
-        let (fanout, command) = keys.fanout(KIND_PRESENCE, &member.channel);
+        let out = keys.outlet(KIND_PRESENCE, &self.fanout.origin, &member.channel, b"")?;
         let [members, who, counts] = keys.presence(&member.channel);
         let left: u8 = self
             .eval(
@@ -1821,9 +1827,9 @@ impl StateStore for RedisStateStore {
                 &[&members, &who, &counts],
                 &[
                     member.member.as_bytes(),
-                    fanout.as_bytes(),
-                    &head,
-                    command.as_bytes(),
+                    out.to.as_bytes(),
+                    &out.frame,
+                    out.command.as_bytes(),
                 ],
             )
             .await?;
@@ -1958,13 +1964,14 @@ impl StateStore for RedisStateStore {
         let Some(shards) = &self.shards else {
             return Ok(());
         };
-        let (fanout, _) = self.fanout.keys.fanout(KIND_EVENT, channel);
-        shards.watch(&fanout, &self.location).await
+        shards
+            .watch(&self.fanout.keys.shard_channel(channel), &self.location)
+            .await
     }
 
     fn unwatch_channel(&self, channel: &str) {
         if let Some(shards) = &self.shards {
-            shards.unwatch(&self.fanout.keys.fanout(KIND_EVENT, channel).0);
+            shards.unwatch(&self.fanout.keys.shard_channel(channel));
         }
     }
 
@@ -2003,15 +2010,14 @@ impl RedisStateStore {
             by_channel.entry(m.channel.as_str()).or_default().push(m);
         }
         for (channel, members) in &by_channel {
-            let head = keys.head(KIND_PRESENCE, &self.fanout.origin, channel)?;
-            let (fanout, command) = keys.fanout(KIND_PRESENCE, channel);
+            let out = keys.outlet(KIND_PRESENCE, &self.fanout.origin, channel, b"")?;
             let [set, who, counts] = keys.presence(channel);
             for batch in members.chunks(PRESENCE_REFRESH_BATCH) {
                 let mut args: Vec<&[u8]> = vec![
                     ttl_arg.as_bytes(),
-                    fanout.as_bytes(),
-                    &head,
-                    command.as_bytes(),
+                    out.to.as_bytes(),
+                    &out.frame,
+                    out.command.as_bytes(),
                 ];
                 for m in batch {
                     args.extend([m.user.as_bytes(), m.member.as_bytes()]);
@@ -2044,15 +2050,14 @@ impl RedisStateStore {
             .query("ZRANGE", redis::cmd("ZRANGE").arg(&index).arg(0).arg(-1))
             .await?;
         for channel in channels {
-            let head = keys.head(KIND_PRESENCE, &self.fanout.origin, &channel)?;
-            let (fanout, command) = keys.fanout(KIND_PRESENCE, &channel);
+            let out = keys.outlet(KIND_PRESENCE, &self.fanout.origin, &channel, b"")?;
             let [set, who, counts] = keys.presence(&channel);
             let left: u64 = self
                 .eval(
                     "the presence sweep script",
                     &self.scripts.presence_sweep_channel,
                     &[&set, &who, &counts],
-                    &[fanout.as_bytes(), &head, command.as_bytes()],
+                    &[out.to.as_bytes(), &out.frame, out.command.as_bytes()],
                 )
                 .await?;
             if left == 0 {
