@@ -39,8 +39,7 @@ const MAX_GAP_FILL: usize = 10_000;
 const READ_RETRY_FOR: Duration = Duration::from_secs(5);
 
 /// What a connection receives from the hub. Every variant is one thin
-/// pointer: a queue allocates its slots in blocks of 32 up front, so the
-/// size of this is paid 32 times by every subscribed connection, idle or not.
+/// pointer, so a queued message (and a queue's spare slot) is 16 bytes.
 #[derive(Debug)]
 pub(crate) enum HubMessage {
     /// An event on a subscribed channel.
