@@ -1,6 +1,6 @@
 // Both backends against published vectors and against Node's OpenSSL-backed
 // crypto as an independent oracle.
-import { test } from "node:test";
+import { test, test as nodeTest } from "node:test";
 import assert from "node:assert/strict";
 import * as nodeCrypto from "node:crypto";
 import { BACKENDS, hex, toHex } from "./helpers.js";
@@ -90,7 +90,7 @@ test("auto falls back to noble where crypto.subtle is missing (insecure context)
 // ---- PBKDF2 with its iterations in WebAssembly (src/crypto/pbkdf2-wasm.js),
 // the noble backend's path where WebAssembly runs; pure JS where it does not.
 {
-  const { pbkdf2Sha256Wasm, setWebAssemblyForTests, wasmPbkdf2Available } = await import("../src/crypto/pbkdf2-wasm.js");
+  const { pbkdf2Sha256Wasm, setWebAssemblyForTests, wasmPbkdf2Available, wasmPbkdf2Kind, forceScalarForTests } = await import("../src/crypto/pbkdf2-wasm.js");
   const { nobleBackend, webCryptoBackend } = await import("../src/crypto/index.js");
   const { pbkdf2: noblePbkdf2 } = await import("@noble/hashes/pbkdf2.js");
   const { sha256: nobleSha256 } = await import("@noble/hashes/sha2.js");
@@ -98,74 +98,103 @@ test("auto falls back to noble where crypto.subtle is missing (insecure context)
   const openssl = (pw, salt, c, len) => nodeCrypto.pbkdf2Sync(pw, salt, c, len, "sha256").toString("hex");
   const pureJs = (pw, salt, c, len) => toHex(noblePbkdf2(nobleSha256, pw, salt, { c, dkLen: len }));
 
-  test("pbkdf2-wasm: WebAssembly runs here (Node 20)", async () => {
+  test("pbkdf2-wasm: WebAssembly runs here (Node 20), with the SIMD loop", async () => {
     assert.equal(await wasmPbkdf2Available(), true);
+    assert.equal(await wasmPbkdf2Kind(), "simd");
   });
 
-  test("pbkdf2-wasm: RFC 7914 §11 and RFC 6070-style SHA-256 values", async () => {
-    const cases = [
-      ["passwd", "salt", 1, 64, "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc49ca9cccf179b645991664b39d77ef317c71b845b1e30bd509112041d3a19783"],
-      ["Password", "NaCl", 80000, 64, "4ddcd8f60b98be21830cee5ef22701f9641a4418d04c0414aeff08876b34ab56a1d425a1225833549adb841b51c9b3176a272bdebba1d078478f62b397f33c8d"],
-      ["password", "salt", 1, 32, "120fb6cffcf8b32c43e7225256c4f837a86548c92ccc35480805987cb70be17b"],
-      ["password", "salt", 2, 32, "ae4d0c95af6b46d32d0adff928f06dd02a303f8ef3c251dfd6e2d85a95474c43"],
-      ["password", "salt", 4096, 32, "c5e478d59288c841aa530db6845c4c8d962893a001ce4e11a4963873aa98134a"],
-      ["passwordPASSWORDpassword", "saltSALTsaltSALTsaltSALTsaltSALTsalt", 4096, 40, "348c89dbcbd32b2f32d814b8116e84cf2b17347ebc1800181c4e2a1fb8dd53e1c635518c7dac47e9"],
-      ["pass\0word", "sa\0lt", 4096, 16, "89b69d0516f829893c696226650a8687"],
-    ];
-    for (const [pw, salt, c, len, want] of cases) {
-      const got = toHex(await pbkdf2Sha256Wasm(te.encode(pw), te.encode(salt), c, len));
-      assert.equal(got, want, `${pw}/${salt}/${c}/${len}`);
-      assert.equal(openssl(pw, salt, c, len), want);
-    }
-  });
-
-  test("pbkdf2-wasm: SaltedPassword of every testdata/scram.json case, equal to noble's and Web Crypto's", async (t) => {
-    const v = loadVectors("scram.json");
-    if (!v) return t.skip("testdata/scram.json not present");
-    assert.ok(v.cases.length > 0);
-    for (const c of v.cases) {
-      const pw = te.encode(c.prepared_password);
-      const salt = Uint8Array.from(Buffer.from(c.salt_b64, "base64"));
-      const iters = Number(c.iterations);
-      assert.equal(toHex(await pbkdf2Sha256Wasm(pw, salt, iters, 32)), c.salted_password_hex, c.name);
-      assert.equal(toHex(await nobleBackend.pbkdf2Sha256(pw, salt, iters, 32)), c.salted_password_hex, c.name);
-      assert.equal(toHex(await webCryptoBackend.pbkdf2Sha256(pw, salt, iters, 32)), c.salted_password_hex, c.name);
-      assert.equal(pureJs(pw, salt, iters, 32), c.salted_password_hex, c.name);
-    }
-  });
-
-  test("pbkdf2-wasm: key, salt and output lengths around the block sizes, and slices, against OpenSSL and noble", async () => {
-    const pwLens = [0, 1, 31, 32, 55, 56, 63, 64, 65, 127, 128, 200];
-    const saltLens = [0, 1, 16, 51, 52, 59, 60, 61, 64, 100];
-    const outLens = [1, 16, 31, 32, 33, 64, 65, 96];
-    let n = 0;
-    for (const pl of pwLens) {
-      for (const sl of [saltLens[n % saltLens.length], saltLens[(n + 3) % saltLens.length]]) {
-        const len = outLens[n % outLens.length];
-        const c = 1 + (n % 5);
-        const pw = nodeCrypto.randomBytes(pl);
-        const salt = nodeCrypto.randomBytes(sl);
-        const want = openssl(pw, salt, c, len);
-        assert.equal(toHex(await pbkdf2Sha256Wasm(new Uint8Array(pw), new Uint8Array(salt), c, len)), want, `pw ${pl} salt ${sl} c ${c} len ${len}`);
-        assert.equal(pureJs(new Uint8Array(pw), new Uint8Array(salt), c, len), want);
-        n++;
-      }
-    }
-    // Slices: the iterations split into runs between yields, at and around the boundaries.
+  test("pbkdf2-wasm: an engine without SIMD gets the scalar loop, with the same results", async () => {
     const pw = te.encode("pencil");
     const salt = te.encode("0123456789abcdef");
-    for (const [c, slice] of [[1, 1], [2, 1], [7, 3], [8, 7], [9, 4], [1000, 7], [5000, 999], [20000, undefined]]) {
-      assert.equal(toHex(await pbkdf2Sha256Wasm(pw, salt, c, 32, { slice })), openssl(pw, salt, c, 32), `c ${c} slice ${slice}`);
+    const noSimd = { ...WebAssembly, compile: WebAssembly.compile, instantiate: WebAssembly.instantiate, validate: () => false };
+    try {
+      setWebAssemblyForTests(noSimd);
+      assert.equal(await wasmPbkdf2Kind(), "scalar");
+      for (const c of [1, 2, 3, 4097]) assert.equal(toHex(await pbkdf2Sha256Wasm(pw, salt, c, 40)), openssl(pw, salt, c, 40), `c ${c}`);
+    } finally {
+      setWebAssemblyForTests(WebAssembly);
     }
+    assert.equal(await wasmPbkdf2Kind(), "simd");
   });
 
-  test("pbkdf2-wasm: derivations that overlap (each yielding) do not disturb each other", async () => {
-    const a = [te.encode("alice"), te.encode("salt-a"), 3001];
-    const b = [te.encode("bob-with-a-longer-password"), te.encode("salt-b"), 2999];
-    const [ra, rb] = await Promise.all([pbkdf2Sha256Wasm(...a, 32, { slice: 100 }), pbkdf2Sha256Wasm(...b, 48, { slice: 77 })]);
-    assert.equal(toHex(ra), openssl(...a, 32));
-    assert.equal(toHex(rb), openssl(...b, 48));
-  });
+  // The value tests below run on both loops: SIMD (what engines get) and scalar.
+  for (const loop of ["simd", "scalar"]) {
+    const test = (/** @type {string} */ name, /** @type {any} */ fn) =>
+      nodeTest(`${name} [${loop}]`, async (/** @type {any} */ t) => {
+        forceScalarForTests(loop === "scalar");
+        try {
+          assert.equal(await wasmPbkdf2Kind(), loop);
+          await fn(t);
+        } finally {
+          forceScalarForTests(false);
+        }
+      });
+
+    test("pbkdf2-wasm: RFC 7914 §11 and RFC 6070-style SHA-256 values", async () => {
+      const cases = [
+        ["passwd", "salt", 1, 64, "55ac046e56e3089fec1691c22544b605f94185216dde0465e68b9d57c20dacbc49ca9cccf179b645991664b39d77ef317c71b845b1e30bd509112041d3a19783"],
+        ["Password", "NaCl", 80000, 64, "4ddcd8f60b98be21830cee5ef22701f9641a4418d04c0414aeff08876b34ab56a1d425a1225833549adb841b51c9b3176a272bdebba1d078478f62b397f33c8d"],
+        ["password", "salt", 1, 32, "120fb6cffcf8b32c43e7225256c4f837a86548c92ccc35480805987cb70be17b"],
+        ["password", "salt", 2, 32, "ae4d0c95af6b46d32d0adff928f06dd02a303f8ef3c251dfd6e2d85a95474c43"],
+        ["password", "salt", 4096, 32, "c5e478d59288c841aa530db6845c4c8d962893a001ce4e11a4963873aa98134a"],
+        ["passwordPASSWORDpassword", "saltSALTsaltSALTsaltSALTsaltSALTsalt", 4096, 40, "348c89dbcbd32b2f32d814b8116e84cf2b17347ebc1800181c4e2a1fb8dd53e1c635518c7dac47e9"],
+        ["pass\0word", "sa\0lt", 4096, 16, "89b69d0516f829893c696226650a8687"],
+      ];
+      for (const [pw, salt, c, len, want] of cases) {
+        const got = toHex(await pbkdf2Sha256Wasm(te.encode(pw), te.encode(salt), c, len));
+        assert.equal(got, want, `${pw}/${salt}/${c}/${len}`);
+        assert.equal(openssl(pw, salt, c, len), want);
+      }
+    });
+
+    test("pbkdf2-wasm: SaltedPassword of every testdata/scram.json case, equal to noble's and Web Crypto's", async (t) => {
+      const v = loadVectors("scram.json");
+      if (!v) return t.skip("testdata/scram.json not present");
+      assert.ok(v.cases.length > 0);
+      for (const c of v.cases) {
+        const pw = te.encode(c.prepared_password);
+        const salt = Uint8Array.from(Buffer.from(c.salt_b64, "base64"));
+        const iters = Number(c.iterations);
+        assert.equal(toHex(await pbkdf2Sha256Wasm(pw, salt, iters, 32)), c.salted_password_hex, c.name);
+        assert.equal(toHex(await nobleBackend.pbkdf2Sha256(pw, salt, iters, 32)), c.salted_password_hex, c.name);
+        assert.equal(toHex(await webCryptoBackend.pbkdf2Sha256(pw, salt, iters, 32)), c.salted_password_hex, c.name);
+        assert.equal(pureJs(pw, salt, iters, 32), c.salted_password_hex, c.name);
+      }
+    });
+
+    test("pbkdf2-wasm: key, salt and output lengths around the block sizes, and slices, against OpenSSL and noble", async () => {
+      const pwLens = [0, 1, 31, 32, 55, 56, 63, 64, 65, 127, 128, 200];
+      const saltLens = [0, 1, 16, 51, 52, 59, 60, 61, 64, 100];
+      const outLens = [1, 16, 31, 32, 33, 64, 65, 96];
+      let n = 0;
+      for (const pl of pwLens) {
+        for (const sl of [saltLens[n % saltLens.length], saltLens[(n + 3) % saltLens.length]]) {
+          const len = outLens[n % outLens.length];
+          const c = 1 + (n % 5);
+          const pw = nodeCrypto.randomBytes(pl);
+          const salt = nodeCrypto.randomBytes(sl);
+          const want = openssl(pw, salt, c, len);
+          assert.equal(toHex(await pbkdf2Sha256Wasm(new Uint8Array(pw), new Uint8Array(salt), c, len)), want, `pw ${pl} salt ${sl} c ${c} len ${len}`);
+          assert.equal(pureJs(new Uint8Array(pw), new Uint8Array(salt), c, len), want);
+          n++;
+        }
+      }
+      // Slices: the iterations split into runs between yields, at and around the boundaries.
+      const pw = te.encode("pencil");
+      const salt = te.encode("0123456789abcdef");
+      for (const [c, slice] of [[1, 1], [2, 1], [7, 3], [8, 7], [9, 4], [1000, 7], [5000, 999], [20000, undefined]]) {
+        assert.equal(toHex(await pbkdf2Sha256Wasm(pw, salt, c, 32, { slice })), openssl(pw, salt, c, 32), `c ${c} slice ${slice}`);
+      }
+    });
+
+    test("pbkdf2-wasm: derivations that overlap (each yielding) do not disturb each other", async () => {
+      const a = [te.encode("alice"), te.encode("salt-a"), 3001];
+      const b = [te.encode("bob-with-a-longer-password"), te.encode("salt-b"), 2999];
+      const [ra, rb] = await Promise.all([pbkdf2Sha256Wasm(...a, 32, { slice: 100 }), pbkdf2Sha256Wasm(...b, 48, { slice: 77 })]);
+      assert.equal(toHex(ra), openssl(...a, 32));
+      assert.equal(toHex(rb), openssl(...b, 48));
+    });
+  }
 
   test("pbkdf2-wasm: without WebAssembly, or refused by a CSP, the noble backend falls back to pure JS", async () => {
     const pw = te.encode("pencil");
