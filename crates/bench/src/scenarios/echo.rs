@@ -236,6 +236,9 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
     let index = |name: &str| variants.iter().position(|v| v.name == name);
     let raw_rate = index(RAW).map(|i| stat(i, |r| r.rate));
     let raw_cpu = index(RAW).map(|i| stat(i, |r| r.server_us));
+    let raw_tls_cpu = index(RAW_TLS)
+        .filter(|i| !runs[*i].is_empty())
+        .map(|i| stat(i, |r| r.server_us));
     let wss_cpu = |before: bool| {
         let name = if before {
             format!("{WSS}{BEFORE}")
@@ -267,6 +270,10 @@ pub(crate) async fn run(env: &Env, args: &BenchArgs) -> Result<ScenarioResult> {
         let is_wss = v.name == WSS || v.name == format!("{WSS}{BEFORE}");
         if let (Some(base), true) = (&wss_cpu(v.before), v.kind == Kind::Gate && !is_wss) {
             row.stat("CPU/req ÷ wss:// tagged", cpu.ratio_to(base), false);
+        }
+        // The lean TLS baseline: what "TLS on everything" costs with nothing else added.
+        if let (Some(base), true) = (&raw_tls_cpu, v.kind == Kind::Gate && !is_wss && !v.before) {
+            row.stat("CPU/req ÷ raw wss://", cpu.ratio_to(base), false);
         }
         if let Some(j) = index(&format!("{}{BEFORE}", v.name)).filter(|j| !runs[*j].is_empty()) {
             row.stat("req/s ÷ before", rate.ratio_to(&stat(j, |r| r.rate)), false)
@@ -333,6 +340,11 @@ fn add_targets(result: &mut ScenarioResult, mixed: &str, share: f64, smoke: bool
         ratio(mixed, "CPU/req ÷ raw"),
         ratio(mixed, "CPU/req ÷ wss:// tagged"),
     );
+    let tagged_cpu = ratio(TAGGED, "CPU/req ÷ raw");
+    let (mixed_tls, enc_tls) = (
+        ratio(mixed, "CPU/req ÷ raw wss://"),
+        ratio(ALL_ENC, "CPU/req ÷ raw wss://"),
+    );
     // The 10 % targets are judged only at 10 %: another share is shown, not judged.
     let exact = (share - 0.1).abs() < 1e-9;
     let at = if exact {
@@ -368,6 +380,28 @@ fn add_targets(result: &mut ScenarioResult, mixed: &str, share: f64, smoke: bool
             Goal::Below(1.0),
             !smoke && exact,
             &at,
+        ),
+        // Issue 15: against the lean baselines (raw echo, and the same stack plus rustls).
+        TargetCheck::judged(
+            "server CPU/request, every frame tagged ≤ 1.05× raw WebSocket",
+            tagged_cpu.as_ref(),
+            Goal::AtMost(1.05),
+            !smoke,
+            "",
+        ),
+        TargetCheck::judged(
+            "server CPU/request at 10 % sensitive ≤ 0.85× raw wss://",
+            mixed_tls.as_ref(),
+            Goal::AtMost(0.85),
+            !smoke && exact,
+            &at,
+        ),
+        TargetCheck::judged(
+            "server CPU/request, every frame encrypted ≤ 1.0× raw wss://",
+            enc_tls.as_ref(),
+            Goal::AtMost(1.0),
+            !smoke,
+            "",
         ),
     ]);
 }
