@@ -72,15 +72,25 @@ const kdfModule = (
     stdin: {
       contents: `
         import { webCryptoBackend } from "./src/crypto/webcrypto.js";
-        import { pbkdf2Sha256Wasm } from "./src/crypto/pbkdf2-wasm.js";
+        import { pbkdf2Sha256Wasm, forceScalarForTests, wasmPbkdf2Kind } from "./src/crypto/pbkdf2-wasm.js";
         import { pbkdf2Async } from "@noble/hashes/pbkdf2.js";
         import { sha256 } from "@noble/hashes/sha2.js";
         export const kdf = {
           webcrypto: (p, s, c) => webCryptoBackend.pbkdf2Sha256(p, s, c, 32),
           wasm: (p, s, c) => pbkdf2Sha256Wasm(p, s, c, 32),
           "wasm-unsliced": (p, s, c) => pbkdf2Sha256Wasm(p, s, c, 32, { slice: Number.MAX_SAFE_INTEGER }),
+          // The scalar loop, what engines without WebAssembly SIMD get.
+          "wasm-scalar": async (p, s, c) => {
+            forceScalarForTests(true);
+            try {
+              return await pbkdf2Sha256Wasm(p, s, c, 32);
+            } finally {
+              forceScalarForTests(false);
+            }
+          },
           "pure-js": (p, s, c) => pbkdf2Async(sha256, p, s, { c, dkLen: 32, asyncTick: 10 }),
-        };`,
+        };
+        export const wasmKind = wasmPbkdf2Kind;`,
       resolveDir: JS_DIR,
       sourcefile: "bench-kdf.js",
     },
@@ -142,6 +152,7 @@ const KDF = [
   { key: "webcrypto", label: "Web Crypto (secure page)", secure: true },
   { key: "wasm", label: "wasm, yielding every ~25 ms (insecure page)", secure: false },
   { key: "wasm-unsliced", label: "wasm, one run, no yields (insecure page)", secure: false },
+  { key: "wasm-scalar", label: "wasm without SIMD (scalar loop), yielding (insecure page)", secure: false },
   { key: "pure-js", label: "pure JS @noble/hashes (insecure page)", secure: false },
 ];
 
@@ -188,6 +199,7 @@ async function timeKdf(v) {
 const results = { connect: {}, kdf: {} };
 for (const v of CONNECT) results.connect[v.key] = { ms: [], longest: [], backend: null, cold_ms: null };
 for (const v of KDF) results.kdf[v.key] = { ms: [], longest: [] };
+let wasmKind = "?";
 const load0 = loadavg().map((x) => x.toFixed(2)).join(" ");
 try {
   for (let round = 0; round <= RUNS; round++) {
@@ -209,6 +221,7 @@ try {
       process.stderr.write(`round ${round} pbkdf2 ${v.key}: ${r.ms.toFixed(0)} ms (longest task ${r.longest.toFixed(0)} ms)\n`);
     }
   }
+  wasmKind = await kdfPages.get(false).evaluate(async () => (await import("/bench-kdf.js")).wasmKind());
 } finally {
   for (const p of [...pages.values(), ...kdfPages.values()]) await p.close().catch(() => {});
   await browser.close();
@@ -245,7 +258,17 @@ for (const v of KDF) {
   console.log(`| ${row.what} | ${fmt(s.median)} | ${fmt(s.min)}–${fmt(s.max)} | ${row.ratio_to_webcrypto.toFixed(2)} | ${row.longest_task_ms.toFixed(0)} |`);
 }
 const wasmRatio = SKIP_CONNECT ? null : rows.find((r) => r.key === "connect/insecure/wasm").ratio_to_webcrypto;
-if (wasmRatio !== null) console.log(`\nGoal (insecure-page connect() ≤ 2× the Web Crypto time): ${wasmRatio <= 2 ? "met" : "missed"} (${wasmRatio.toFixed(2)}×)`);
+/** @type {{ min: number, max: number } | null} */
+let roundRatios = null;
+if (wasmRatio !== null) {
+  // Rounds are interleaved, so each round's two connects saw the same machine.
+  const a = results.connect["insecure/wasm"].ms, b = results.connect["secure/webcrypto"].ms;
+  const per = a.map((x, i) => x / b[i]);
+  roundRatios = { min: Math.min(...per), max: Math.max(...per) };
+  const verdict = roundRatios.max <= 2 ? "met" : roundRatios.min > 2 ? "missed" : `within noise (median ${wasmRatio <= 2 ? "met" : "missed"})`;
+  console.log(`\nGoal (insecure-page connect() ≤ 2× the Web Crypto time): ${verdict}: ${wasmRatio.toFixed(2)}× median, ${roundRatios.min.toFixed(2)}–${roundRatios.max.toFixed(2)}× round by round`);
+}
+console.log(`wasm loop on the insecure page: ${wasmKind}`);
 
 if (JSON_OUT) {
   const out = resolve(process.cwd(), JSON_OUT);
@@ -263,7 +286,8 @@ if (JSON_OUT) {
         machine: { cpus: cpus().length, cpu_model: cpus()[0]?.model ?? null, memory_gib: Math.round((totalmem() / 2 ** 30) * 10) / 10, load_average_at_start: load0, load_average_at_end: loadavg().map((x) => x.toFixed(2)).join(" ") },
         iterations: ITERATIONS,
         runs: RUNS,
-        goal: { what: "insecure-page connect() ≤ 2× the secure-page (Web Crypto) connect()", ratio: wasmRatio, met: wasmRatio === null ? null : wasmRatio <= 2 },
+        wasm_loop: wasmKind,
+        goal: { what: "insecure-page connect() ≤ 2× the secure-page (Web Crypto) connect()", ratio: wasmRatio, round_ratios: roundRatios, met: wasmRatio === null ? null : wasmRatio <= 2 },
         rows,
       },
       null,
