@@ -245,23 +245,26 @@ impl AsyncWrite for WriteSide {
 }
 
 /// Takes the upgraded connection apart: on plain TCP into owned halves; on
-/// anything else (TLS) into the two halves of a lock.
-pub(super) fn split(ws: WebSocket<Io>) -> (ReadSide, WriteSide) {
+/// anything else (TLS) into the two halves of a lock. The bytes returned
+/// must be written before anything else: the 101 that plain TCP held back
+/// to send with HELLO (`http::tls::PlainTcp`).
+pub(super) fn split(ws: WebSocket<Io>) -> (ReadSide, WriteSide, Vec<u8>) {
     // Nothing was read through the WebSocket yet, so its own buffer is empty.
     let upgraded = ws.into_inner().into_inner();
     let stream: Box<dyn Stream> = match upgraded.downcast::<TokioIo<MaybeTls>>() {
         Ok(parts) => match parts.io.into_inner() {
-            MaybeTls::Plain(tcp) => {
+            MaybeTls::Plain(plain) => {
+                let (tcp, held) = plain.into_parts();
                 let (r, w) = tcp.into_split();
                 let read = Prefixed::new(parts.read_buf, r);
-                return (ReadSide::Tcp(read), WriteSide::Tcp(Some(w)));
+                return (ReadSide::Tcp(read), WriteSide::Tcp(Some(w)), held);
             }
             MaybeTls::Tls(tls) => Box::new(Prefixed::new(parts.read_buf, tls)),
         },
         Err(upgraded) => Box::new(TokioIo::new(upgraded)),
     };
     let (r, w) = tokio::io::split(stream);
-    (ReadSide::Shared(r), WriteSide::Shared(w))
+    (ReadSide::Shared(r), WriteSide::Shared(w), Vec::new())
 }
 
 // ---------------------------------------------------------------------------
@@ -479,7 +482,7 @@ pub(crate) fn run(
     // the task's state, which every idle connection holds for its life.
     let guard = ConnGuard::new(shared.open_connections.clone());
     let counted = OpenConnection::new(shared.clone());
-    let (read, write) = split(ws);
+    let (read, write, held_101) = split(ws);
     let limits = &shared.config.limits;
     // Until KEY_INIT the only valid message is a KEY_INIT: anything larger
     // is refused (1009) at its frame header, so an unauthenticated
@@ -496,7 +499,7 @@ pub(crate) fn run(
     let mut conn = Conn {
         ip_text: ip::to_text(ip),
         phase: Phase::AwaitKeyInit { nonce },
-        out: Out::new(write),
+        out: Out::behind(write, held_101),
         shared,
         last_activity: start,
         active: false,

@@ -55,10 +55,19 @@ pub(super) struct FrameWriter<W> {
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
+    /// A writer with nothing queued (the tests' echoes).
+    #[cfg(test)]
     pub(super) fn new(io: W) -> Self {
+        Self::behind(io, Vec::new())
+    }
+
+    /// A writer whose first write starts with `prefix` (bytes already due
+    /// on the stream: the held 101 of an upgrade, so that it and HELLO
+    /// leave in one write).
+    pub(super) fn behind(io: W, prefix: Vec<u8>) -> Self {
         Self {
             io,
-            buf: Vec::new(),
+            buf: prefix,
             written: 0,
         }
     }

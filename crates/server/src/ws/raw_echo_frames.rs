@@ -67,11 +67,13 @@ pub(crate) async fn upgrade(State(shared): State<Arc<Shared>>, mut req: Request)
         // Counted against max_connections, as /ws connections are.
         let _guard = ConnGuard::new(shared.open_connections.clone());
         let Ok(ws) = upgraded.await else { return };
-        let (read, write) = split(ws);
+        // Nothing is held: this 101 has no `wsgate.v1` (and the echo
+        // writes only after reading).
+        let (read, write, held) = split(ws);
         let reader = FrameReader::new(Own(read), MAX_MESSAGE).accept_text();
         echo(
             reader,
-            FrameWriter::new(write),
+            FrameWriter::behind(write, held),
             shared.config.limits.idle_timeout,
         )
         .await;

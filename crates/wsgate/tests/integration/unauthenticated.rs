@@ -191,6 +191,76 @@ impl Ws {
 }
 
 // ---------------------------------------------------------------------------
+// 0. The 101 and HELLO leave in one write
+// ---------------------------------------------------------------------------
+
+/// How many data-carrying TCP segments the socket with local port `port`
+/// has received, from the kernel's own count (`ss -ti`: `data_segs_in`).
+fn data_segments_in(port: u16) -> u64 {
+    let out = std::process::Command::new("ss")
+        .args(["-tinH", &format!("sport = :{port}")])
+        .output()
+        .expect("ss (iproute2) runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace()
+        .find_map(|field| field.strip_prefix("data_segs_in:"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no data_segs_in in `ss -ti` for port {port}: {text:?}"))
+}
+
+/// The gateway holds a `/ws` upgrade's 101 until HELLO is queued and writes
+/// both with one `send(2)`: the client's kernel counts one data segment
+/// for the two (without the hold it counts two: hyper's write of the 101,
+/// then the connection task's HELLO).
+#[tokio::test]
+async fn the_101_and_hello_arrive_in_one_segment() {
+    let gw = TestGateway::start("").await;
+    for _ in 0..10 {
+        let mut tcp = tcp_from(gw.addr, ip(1)).await;
+        let port = tcp.local_addr().unwrap().port();
+        tcp.write_all(UPGRADE.as_bytes()).await.unwrap();
+        let mut got = Vec::new();
+        let (end, hello_len) = loop {
+            if let Some(p) = find(&got, b"\r\n\r\n")
+                && let Some(len) = frame_len(&got[p + 4..])
+                && got.len() >= p + 4 + len
+            {
+                break (p + 4, len);
+            }
+            let mut chunk = [0u8; 4096];
+            let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut chunk))
+                .await
+                .expect("the 101 and HELLO in time")
+                .unwrap();
+            assert!(n > 0, "closed before HELLO: {got:?}");
+            got.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&got[..end]).to_lowercase();
+        assert!(head.starts_with("http/1.1 101 "), "{head}");
+        assert!(
+            head.contains("sec-websocket-protocol: wsgate.v1\r\n"),
+            "{head}"
+        );
+        assert_eq!(
+            got.len(),
+            end + hello_len,
+            "nothing but HELLO behind the 101"
+        );
+        assert_eq!(
+            data_segments_in(port),
+            1,
+            "the 101 and HELLO came in separate segments"
+        );
+        // And the connection goes on as ever: HELLO parses.
+        let mut ws = Ws {
+            tcp,
+            buf: got[end..].to_vec(),
+        };
+        assert_eq!(ws.hello().await.ip, "127.0.0.1");
+    }
+}
+
+// ---------------------------------------------------------------------------
 // 1. The first message is a KEY_INIT or too big
 // ---------------------------------------------------------------------------
 
