@@ -18,6 +18,16 @@ use crate::args::{Cli, Command, DataDirArgs, ServeArgs, UserCommand};
 
 use crate::demo::{DEMO_PASSWORD, DEMO_USER, DemoOverlay, refuse_leftover_demo_account};
 
+/// `println!` that never panics: a gateway whose stdout reader went away
+/// (a supervisor, a bench, `wsgate serve | head -1`) must keep serving, and
+/// `println!` panics on a closed pipe. What is lost is only the message.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub(crate) fn run(cli: Cli) -> Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -139,20 +149,20 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         "http"
     };
     let gateway = Gateway::new(config, keys, secret, credentials, state);
-    println!(
+    say!(
         "wsgate {} listening on {scheme}://{addr}",
         env!("CARGO_PKG_VERSION")
     );
-    println!("  server key fingerprint: {fingerprint}");
-    println!("  {role}; {backends}");
+    say!("  server key fingerprint: {fingerprint}");
+    say!("  {role}; {backends}");
     if demo {
-        println!("  demo: open {scheme}://{addr}/ and log in as {DEMO_USER} / {DEMO_PASSWORD}");
+        say!("  demo: open {scheme}://{addr}/ and log in as {DEMO_USER} / {DEMO_PASSWORD}");
     }
     let metrics = match metrics_listen {
         None => None,
         Some(at) => match tokio::net::TcpListener::bind(at).await {
             Ok(l) => {
-                println!("  metrics: http://{}/metrics", l.local_addr()?);
+                say!("  metrics: http://{}/metrics", l.local_addr()?);
                 Some(tokio::spawn(gateway.serve_metrics(l)))
             }
             // The default port taken (a second gateway on this host): run
@@ -171,7 +181,7 @@ async fn serve(args: ServeArgs) -> Result<ExitCode> {
         metrics.abort();
     }
     served?;
-    println!("wsgate stopped");
+    say!("wsgate stopped");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -287,7 +297,7 @@ async fn user(cmd: UserCommand) -> Result<ExitCode> {
                 Err(StoreError::UserExists(_)) => bail!("user {stored:?} already exists"),
                 Err(e) => return Err(e.into()),
             }
-            println!("added user {stored:?} ({iterations} iterations)");
+            say!("added user {stored:?} ({iterations} iterations)");
         }
         UserCommand::List { dir } => {
             let (config, dir) = resolve_data_dir(&dir)?;
@@ -299,7 +309,7 @@ async fn user(cmd: UserCommand) -> Result<ExitCode> {
                 );
             }
             for name in open_credentials(&config, &dir).await?.list_users().await? {
-                println!("{name}");
+                say!("{name}");
             }
         }
         UserCommand::Remove { name, dir } => {
@@ -312,7 +322,7 @@ async fn user(cmd: UserCommand) -> Result<ExitCode> {
             {
                 bail!("no user {stored:?}; see `wsgate user list`");
             }
-            println!("removed user {stored:?}");
+            say!("removed user {stored:?}");
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -322,11 +332,11 @@ fn keygen(args: &DataDirArgs) -> Result<ExitCode> {
     let (_, dir) = resolve_data_dir(args)?;
     // Creates the directory and the server secret on first use.
     let key = DataDir::new(&dir).generate_key(&mut rand::rng())?;
-    println!(
+    say!(
         "new current key {} (fingerprint {})",
         key.kid(),
         key.fingerprint()
     );
-    println!("older keys stay accepted; restart the gateway to serve the new key");
+    say!("older keys stay accepted; restart the gateway to serve the new key");
     Ok(ExitCode::SUCCESS)
 }

@@ -180,6 +180,66 @@ async fn serve_demo_creates_the_data_dir_and_the_demo_user_logs_in() {
     assert_eq!(conn.request("sys.echo", b"hi", true).await.unwrap(), b"hi");
 }
 
+/// Whoever started the gateway may stop reading its stdout after the
+/// address (a supervisor, a bench, `| head -1`): its later status lines
+/// (and "wsgate stopped") must not kill it. Before, `println!` panicked on
+/// the closed pipe: a gateway still printing its banner died and its first
+/// client got a reset, and every such stop exited 101.
+#[tokio::test]
+async fn serve_keeps_serving_when_its_stdout_is_closed_after_the_first_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut child = wsgate()
+        .args(["serve", "--demo", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut first = String::new();
+    stdout.read_line(&mut first).unwrap();
+    // Closed before the gateway can have printed the rest.
+    drop(stdout);
+    let addr: std::net::SocketAddr = first
+        .split("listening on http://")
+        .nth(1)
+        .unwrap_or_else(|| panic!("not the listening line: {first:?}"))
+        .trim()
+        .parse()
+        .unwrap();
+    let served = Served { child, addr };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let config = ClientConfig::from_addr(served.addr);
+    let session = login(&config, "demo", "wsgate-demo").await.unwrap();
+    let mut conn = session.connect(&config).await.unwrap();
+    assert_eq!(conn.request("sys.echo", b"hi", true).await.unwrap(), b"hi");
+    let mut served = served;
+    assert!(
+        served.child.try_wait().unwrap().is_none(),
+        "the gateway exited"
+    );
+    // Its last line ("wsgate stopped") is always written to the closed
+    // pipe: the stop is still clean.
+    let killed = Command::new("kill")
+        .args(["-TERM", &served.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let started = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = served.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_demo_account_lives_only_while_demo_runs() {
     let dir = tempfile::tempdir().unwrap();
