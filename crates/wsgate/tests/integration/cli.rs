@@ -50,6 +50,32 @@ impl Drop for Served {
     }
 }
 
+/// Sends SIGTERM to `child`.
+fn sigterm(child: &Child) {
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+}
+
+/// How `child` exited, at most 15 s after `since` (its SIGTERM).
+fn exit_status_within_15_s(
+    child: &mut Child,
+    since: std::time::Instant,
+) -> std::process::ExitStatus {
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(15),
+            "still running after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub(crate) fn serve(args: &[&str]) -> Served {
     serve_with(args, Stdio::null())
 }
@@ -221,22 +247,9 @@ async fn serve_keeps_serving_when_its_stdout_is_closed_after_the_first_line() {
     );
     // Its last line ("wsgate stopped") is always written to the closed
     // pipe: the stop is still clean.
-    let killed = Command::new("kill")
-        .args(["-TERM", &served.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    sigterm(&served.child);
     let started = std::time::Instant::now();
-    let status = loop {
-        if let Some(status) = served.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "still running after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_status_within_15_s(&mut served.child, started);
     assert!(status.success(), "{status:?}");
 }
 
@@ -471,22 +484,9 @@ async fn sigterm_closes_websockets_with_1001_and_exits_cleanly() {
         b"before"
     );
     let started = std::time::Instant::now();
-    let killed = Command::new("kill")
-        .args(["-TERM", &served.child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
+    sigterm(&served.child);
     assert_eq!(conn.raw().expect_close().await.unwrap(), Some(1001));
-    let status = loop {
-        if let Some(status) = served.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "still running after SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let status = exit_status_within_15_s(&mut served.child, started);
     assert!(status.success(), "{status:?}");
     // The session outlives the process (journaled): a restarted node accepts it.
     let again = serve(&[
