@@ -169,6 +169,34 @@ pub fn decode_with_limit(
     message: &[u8],
     max_name_len: usize,
 ) -> Result<Envelope<'_>, EnvelopeError> {
+    let head = decode_fixed(message, max_name_len)?;
+    let (name, body) = message[FIXED_HEADER_LEN..].split_at(head.header_len - FIXED_HEADER_LEN);
+    let name = core::str::from_utf8(name).map_err(|_| EnvelopeError::NameNotUtf8)?;
+    Ok(Envelope {
+        msg_type: head.msg_type,
+        flags: head.flags,
+        id: head.id,
+        name,
+        body,
+        header_len: head.header_len,
+    })
+}
+
+/// The fixed header of a message, its name not yet checked as UTF-8.
+pub(crate) struct FixedHeader {
+    pub(crate) msg_type: u8,
+    pub(crate) flags: u8,
+    pub(crate) id: u32,
+    /// `8 + nlen`, within the message.
+    pub(crate) header_len: usize,
+}
+
+/// Checks everything of the header but the name's UTF-8, which the caller
+/// checks once (a protected frame's only after its tag verified).
+pub(crate) fn decode_fixed(
+    message: &[u8],
+    max_name_len: usize,
+) -> Result<FixedHeader, EnvelopeError> {
     let Some((fixed, rest)) = message.split_first_chunk::<FIXED_HEADER_LEN>() else {
         return Err(EnvelopeError::TooShort);
     };
@@ -183,14 +211,10 @@ pub fn decode_with_limit(
     if rest.len() < nlen {
         return Err(EnvelopeError::Truncated);
     }
-    let (name, body) = rest.split_at(nlen);
-    let name = core::str::from_utf8(name).map_err(|_| EnvelopeError::NameNotUtf8)?;
-    Ok(Envelope {
+    Ok(FixedHeader {
         msg_type,
         flags,
         id: u32::from_be_bytes([i0, i1, i2, i3]),
-        name,
-        body,
         header_len: FIXED_HEADER_LEN + nlen,
     })
 }
@@ -209,12 +233,12 @@ pub fn encode_header(
     if flags & !KNOWN_FLAGS != 0 {
         return Err(EnvelopeError::ReservedFlags);
     }
-    out.reserve(FIXED_HEADER_LEN + name.len());
-    out.push(msg_type);
-    out.push(flags);
-    out.extend_from_slice(&id.to_be_bytes());
     // Cannot truncate: checked against MAX_NAME_LEN above.
-    out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    let [n0, n1] = (name.len() as u16).to_be_bytes();
+    let [i0, i1, i2, i3] = id.to_be_bytes();
+    // One copy of the fixed part, not six pushes that each check capacity.
+    out.reserve(FIXED_HEADER_LEN + name.len());
+    out.extend_from_slice(&[msg_type, flags, i0, i1, i2, i3, n0, n1]);
     out.extend_from_slice(name.as_bytes());
     Ok(())
 }

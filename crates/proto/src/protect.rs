@@ -185,11 +185,12 @@ impl Opener {
     /// failure is fatal for the connection (close 4400); the buffer's
     /// contents are then unspecified.
     pub fn open<'a>(&mut self, frame: &'a mut [u8]) -> Result<Opened<'a>> {
-        let env = envelope::decode_with_limit(frame, self.max_name_len)?;
-        if env.body.len() < TAG_LEN {
+        let head = envelope::decode_fixed(frame, self.max_name_len)?;
+        if frame.len() - head.header_len < TAG_LEN {
             return Err(EnvelopeError::ShortProtectedBody.into());
         }
-        let (msg_type, flags, id, header_len) = (env.msg_type, env.flags, env.id, env.header_len);
+        let (msg_type, flags, id, header_len) =
+            (head.msg_type, head.flags, head.id, head.header_len);
         if self.seq == u64::MAX {
             return Err(Error::SequenceExhausted);
         }
@@ -216,7 +217,8 @@ impl Opener {
             (&frame[..header_len], &frame[header_len..plain_end])
         };
         self.seq += 1;
-        // The header was validated as UTF-8 by decode above.
+        // The name's UTF-8 is checked once, here: a forged frame costs no
+        // more than its tag check.
         let name = core::str::from_utf8(&head[envelope::FIXED_HEADER_LEN..])
             .map_err(|_| EnvelopeError::NameNotUtf8)?;
         Ok(Opened {
@@ -316,6 +318,34 @@ mod tests {
             Opener::new(&KEY).open(&mut short).unwrap_err(),
             Error::Envelope(EnvelopeError::ShortProtectedBody)
         );
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_fails_even_with_a_valid_tag() {
+        // The name's UTF-8 is checked once, after the tag: a frame whose tag
+        // is right but whose name is not UTF-8 must still be refused.
+        for flags in [0, FLAG_ENC] {
+            let mut frame = vec![0x10, flags, 0, 0, 0, 1, 0, 2, 0xc3, 0x28];
+            let header_len = frame.len();
+            frame.extend_from_slice(b"body");
+            let key = aead_key(&KEY);
+            let tag = if flags & FLAG_ENC != 0 {
+                let (head, body) = frame.split_at_mut(header_len);
+                key.seal_in_place_separate_tag(nonce_for(0), Aad::from(&*head), body)
+            } else {
+                key.seal_in_place_separate_tag(nonce_for(0), Aad::from(&frame[..]), &mut [])
+            };
+            frame.extend_from_slice(tag.unwrap().as_ref());
+            let mut o = Opener::new(&KEY);
+            assert_eq!(
+                o.open(&mut frame).unwrap_err(),
+                Error::Envelope(EnvelopeError::NameNotUtf8),
+                "flags {flags}"
+            );
+        }
+        // The same frame with a UTF-8 name opens: the tag above was right.
+        let mut ok = Sealer::new(&KEY).seal(0x10, 0, 1, "é", b"body").unwrap();
+        assert_eq!(Opener::new(&KEY).open(&mut ok).unwrap().name, "é");
     }
 
     #[test]
