@@ -76,7 +76,11 @@ impl Route {
 /// Routes by exact name and by prefix.
 #[derive(Debug, Clone, Default)]
 pub struct RouteTable {
-    exact: HashMap<String, Route>,
+    /// Looked up once per request: foldhash, not SipHash, which was most of
+    /// a lookup's cost (docs/benchmarks.md, round 11). The keys are the
+    /// operator's; a client only probes them, so a flood of names it chooses
+    /// cannot lengthen a chain.
+    exact: HashMap<String, Route, foldhash::fast::RandomState>,
     /// (prefix including the trailing dot, route), longest first.
     prefixes: Vec<(String, Route)>,
 }
