@@ -10,6 +10,11 @@
 //! * `protect_ring`: the same seal/open with `ring`'s AES-256-GCM, as
 //!   `protect.rs` did before it moved to `aws-lc-rs` — a same-run reference
 //!   for that change (the `aead` APIs are alike, so the code is the old one).
+//! * `tag_primitive`: the tag of a tag-only frame (AES-256-GCM of an empty
+//!   plaintext, aad = the frame) three ways: AWS-LC (what `protect.rs`
+//!   uses), `ring`, and AES-GMAC built from RustCrypto's `aes` and `ghash`
+//!   (one GHASH pass and one AES block, no AEAD set-up per call), checked
+//!   equal before they are timed (docs/benchmarks.md, round 11).
 //!
 //! `cargo bench -p wsgate-proto` (results in `target/criterion`);
 //! `cargo bench -p wsgate-proto -- --quick` for a fast pass.
@@ -366,6 +371,93 @@ fn login_seal(c: &mut Criterion) {
     g.finish();
 }
 
+/// AES-256-GMAC: `GHASH_H(aad, len) XOR AES_K(nonce || 1)`, which is what
+/// AES-GCM computes for an empty plaintext.
+struct Gmac {
+    aes: aes::Aes256,
+    ghash: ghash::GHash,
+}
+
+impl Gmac {
+    fn new(key: &[u8; 32]) -> Self {
+        use aes::cipher::{BlockCipherEncrypt as _, KeyInit as _};
+        let aes = aes::Aes256::new(key.into());
+        let mut h = aes::Block::default();
+        aes.encrypt_block(&mut h);
+        let ghash = <ghash::GHash as ghash::universal_hash::KeyInit>::new(&h);
+        Self { aes, ghash }
+    }
+
+    fn tag(&self, nonce: &[u8; 12], aad: &[u8]) -> [u8; 16] {
+        use aes::cipher::BlockCipherEncrypt as _;
+        use ghash::universal_hash::UniversalHash as _;
+        let mut g = self.ghash.clone();
+        g.update_padded(aad);
+        let mut lengths = ghash::Block::default();
+        lengths[..8].copy_from_slice(&(aad.len() as u64 * 8).to_be_bytes());
+        g.update(&[lengths]);
+        let s = g.finalize();
+        let mut j0 = aes::Block::default();
+        j0[..12].copy_from_slice(nonce);
+        j0[15] = 1;
+        self.aes.encrypt_block(&mut j0);
+        std::array::from_fn(|i| s[i] ^ j0[i])
+    }
+}
+
+fn tag_primitive(c: &mut Criterion) {
+    let mut g = c.benchmark_group("tag_primitive");
+    let lc = aws_lc_rs::aead::LessSafeKey::new(
+        aws_lc_rs::aead::UnboundKey::new(&aws_lc_rs::aead::AES_256_GCM, &KEY).unwrap(),
+    );
+    let rk = ring::aead::LessSafeKey::new(
+        ring::aead::UnboundKey::new(&ring::aead::AES_256_GCM, &KEY).unwrap(),
+    );
+    let gmac = Gmac::new(&KEY);
+    let nonce = [0u8; 12];
+    for (n, label) in SIZES {
+        // What a tag covers: header (8 + route) and body.
+        let aad = payload(8 + ROUTE.len() + n);
+        let by_lc = lc
+            .seal_in_place_separate_tag(
+                aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                aws_lc_rs::aead::Aad::from(&aad[..]),
+                &mut [],
+            )
+            .unwrap();
+        assert_eq!(
+            by_lc.as_ref(),
+            &gmac.tag(&nonce, &aad),
+            "GMAC differs at {label}"
+        );
+        g.throughput(Throughput::Bytes(n as u64));
+        g.bench_function(format!("aws_lc/{label}"), |b| {
+            b.iter(|| {
+                lc.seal_in_place_separate_tag(
+                    aws_lc_rs::aead::Nonce::assume_unique_for_key(nonce),
+                    aws_lc_rs::aead::Aad::from(black_box(&aad[..])),
+                    &mut [],
+                )
+                .unwrap()
+            });
+        });
+        g.bench_function(format!("ring/{label}"), |b| {
+            b.iter(|| {
+                rk.seal_in_place_separate_tag(
+                    ring::aead::Nonce::assume_unique_for_key(nonce),
+                    ring::aead::Aad::from(black_box(&aad[..])),
+                    &mut [],
+                )
+                .unwrap()
+            });
+        });
+        g.bench_function(format!("aes_ghash/{label}"), |b| {
+            b.iter(|| gmac.tag(&nonce, black_box(&aad)));
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     envelope_codec,
@@ -373,6 +465,7 @@ criterion_group!(
     protected_frames_ring,
     key_init,
     scram_server,
-    login_seal
+    login_seal,
+    tag_primitive
 );
 criterion_main!(benches);
