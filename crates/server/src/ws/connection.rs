@@ -362,7 +362,8 @@ struct Established {
     /// Unregisters the connection when dropped.
     _registration: Registration,
     /// Ids of requests an upstream or handler is answering, at most
-    /// `max_in_flight` of them: foldhash, as the route table.
+    /// `max_in_flight` of them: foldhash, as the route table. (An empty set,
+    /// the usual case with built-in routes, is not hashed at all.)
     in_flight: std::collections::HashSet<u32, foldhash::fast::RandomState>,
     /// Made on the first request that a task answers (upstream or handler).
     completions: Option<(mpsc::Sender<Completion>, mpsc::Receiver<Completion>)>,
@@ -1106,8 +1107,7 @@ impl Conn {
         if opened.id == 0 {
             return Err(violation("request id 0"));
         }
-        // Echo and the other built-ins answer at once: nothing to hash.
-        if !est.in_flight.is_empty() && est.in_flight.contains(&opened.id) {
+        if est.in_flight.contains(&opened.id) {
             return Err(violation("request id already in flight"));
         }
         let id = opened.id;
